@@ -1,0 +1,83 @@
+"""The ``lightning-edge`` command.
+
+    lightning-edge models [PATTERN]          model names create_model accepts (ours first, then timm's)
+    lightning-edge profile MODEL [...]       parameters, MACs and bytes of a model for an input size
+    lightning-edge train [OVERRIDES...]      the same as `python train.py OVERRIDES...`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import sys
+from pathlib import Path
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _models(args: argparse.Namespace) -> int:
+    from lightning_edge.models import list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        print(f"no model matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    print("\n".join(names))
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from lightning_edge.models import create_model, macs_per_layer, profile_model
+
+    model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, image_size=args.image_size)
+    shape = (args.in_chans, args.image_size, args.image_size)
+    result = profile_model(model, shape).as_dict()
+    if args.layers:
+        result["macs_per_layer"] = macs_per_layer(model, shape)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _train(overrides: list[str]) -> int:
+    script = REPOSITORY_ROOT / "train.py"
+    if not script.is_file():
+        print(f"train.py not found at {script}: run from a clone of the repository (pip install -e .)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("LIGHTNING_EDGE_ROOT", str(REPOSITORY_ROOT))
+    sys.argv = [str(script), *overrides]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightning-edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    models = commands.add_parser("models", help="list model names")
+    models.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'cifar_*' or '*mobilenet*'")
+    models.set_defaults(handler=_models)
+    profile = commands.add_parser("profile", help="parameters, MACs and bytes of a model")
+    profile.add_argument("model")
+    profile.add_argument("--in-chans", type=int, default=3)
+    profile.add_argument("--image-size", type=int, default=32)
+    profile.add_argument("--num-classes", type=int, default=10)
+    profile.add_argument("--layers", action="store_true", help="also list MACs per layer")
+    profile.set_defaults(handler=_profile)
+    commands.add_parser("train", help="run train.py with Hydra overrides", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        return _train(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"lightning-edge {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The pieces of ``train.py``: build from the Hydra config, find the checkpoint to resume, write the summary.
+
+``train.py`` stays a thin script that strings these together; each piece is usable on its own.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import Logger
+
+from lightning_edge.data.base import ImageClassificationDataModule
+from lightning_edge.io import atomic_write_json
+from lightning_edge.models.factory import load_weights
+from lightning_edge.models.profile import profile_model
+from lightning_edge.module import ClassificationModule
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> ImageClassificationDataModule:
+    """Instantiate ``cfg.data`` and find its files now, so missing data stops the run before any model is built."""
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    return datamodule
+
+
+def model_spec(cfg: DictConfig, datamodule: ImageClassificationDataModule) -> dict[str, Any]:
+    """The ``create_model`` arguments for ``cfg.model`` adapted to the data's channels, size and classes."""
+    kwargs = cfg.model.get("kwargs")
+    return dict(
+        name=cfg.model.name,
+        num_classes=datamodule.num_classes,
+        in_chans=datamodule.num_channels,
+        image_size=datamodule.input_size,
+        pretrained=bool(cfg.model.get("pretrained", False)),
+        **(OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else {}),
+    )
+
+
+def build_module(cfg: DictConfig, datamodule: ImageClassificationDataModule) -> pl.LightningModule:
+    """The LightningModule of ``cfg.module`` around the network of ``cfg.model``, local weights loaded."""
+    module = instantiate(cfg.module, net=model_spec(cfg, datamodule), num_classes=datamodule.num_classes)
+    checkpoint_path = cfg.model.get("checkpoint_path")
+    if checkpoint_path:
+        load_weights(module.net, checkpoint_path)
+        log.info("loaded weights from %s", checkpoint_path)
+    return module
+
+
+def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
+    """Every ``_target_`` entry of the ``logger`` group."""
+    return [instantiate(entry) for entry in (logger_cfg or {}).values() if isinstance(entry, Mapping) and "_target_" in entry]
+
+
+def instantiate_callbacks(callbacks_cfg: DictConfig | None, have_logger: bool) -> list[Callback]:
+    """Every ``_target_`` entry of the ``callbacks`` group; the LR monitor is dropped when nothing logs."""
+    callbacks = []
+    for name, entry in (callbacks_cfg or {}).items():
+        if not (isinstance(entry, Mapping) and "_target_" in entry):
+            continue
+        callback = instantiate(entry)
+        if isinstance(callback, LearningRateMonitor) and not have_logger:
+            log.info("callbacks.%s skipped: a learning-rate monitor needs a logger", name)
+            continue
+        callbacks.append(callback)
+    return callbacks
+
+
+def resolve_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path`` if set, else this output directory's last.ckpt.
+
+    The second case is a requeued cluster job (SLURM preemption through submitit): it runs again in
+    the same output directory, and picks up where it stopped. Fresh runs get fresh directories.
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        if ckpt_path not in ("last", "best") and not os.path.isfile(ckpt_path):
+            raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist; give the path of a .ckpt file to resume")
+        return ckpt_path
+    last = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    if os.path.isfile(last):
+        log.info("resuming from %s left by an earlier attempt of this job", last)
+        return last
+    return None
+
+
+def best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """Path of the best checkpoint the trainer's ModelCheckpoint kept, if any."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.best_model_path and os.path.isfile(callback.best_model_path):
+        return callback.best_model_path
+    return None
+
+
+def _scalar_metrics(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    return {
+        key[len(prefix):]: float(value)
+        for key, value in metrics.items()
+        if key.startswith(prefix) and (not isinstance(value, torch.Tensor) or value.numel() == 1)
+    }
+
+
+def build_summary(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: ImageClassificationDataModule,
+    fit_metrics: Mapping[str, Any],
+    test_metrics: Mapping[str, Any],
+    tested_checkpoint: str | None,
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """What a run produced: accuracy, size, cost, where its checkpoints are, and how long it took."""
+    net = getattr(module, "net", module)
+    profile = profile_model(net, datamodule.input_shape)
+    last = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    return {
+        "task_name": cfg.get("task_name"),
+        "model": cfg.model.name,
+        "data": datamodule.name,
+        "test": _scalar_metrics(test_metrics, "test/"),
+        "val": _scalar_metrics(fit_metrics, "val/"),
+        "parameters": profile.parameters,
+        "macs": profile.macs,
+        "model_bytes": profile.model_bytes,
+        "input_shape": list(profile.input_shape),
+        "checkpoint": tested_checkpoint,
+        "last_checkpoint": last if os.path.isfile(last) else None,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(wall_time_s, 2),
+        "output_dir": cfg.paths.output_dir,
+        "command": " ".join(sys.argv),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "pytorch_lightning": pl.__version__,
+        },
+    }
+
+
+def write_summary(summary: Mapping[str, Any], output_dir: str) -> str:
+    """Write summary.json into ``output_dir`` atomically and return its path."""
+    return atomic_write_json(os.path.join(output_dir, "summary.json"), dict(summary))

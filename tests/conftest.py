@@ -1,0 +1,68 @@
+"""Shared test fixtures: composing the Hydra config like train.py does, and small on-disk data sets."""
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("LIGHTNING_EDGE_ROOT", str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import lightning_edge.models  # noqa: E402,F401  (registers our models with timm)
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+RECIPES = sorted(path.stem for path in (ROOT / "recipes" / "recipe").glob("*.yaml"))
+
+# Small, fast settings for a run that only has to prove the pipeline works.
+QUICK = [
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose conf/train.yaml with ``overrides`` as train.py would, writing into ``output_dir``."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=[*overrides, f"paths.output_dir={output_dir}", f"paths.log_dir={output_dir}"],
+        )
+
+
+def write_cifar10(root: Path, train_per_file: int = 40, test: int = 40) -> Path:
+    """A small copy of CIFAR-10 in torchvision's exact pickle layout (random pixels, balanced labels)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        count = test if name == "test_batch" else train_per_file
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [i % 10 for i in range(count)],
+            b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+            b"filenames": [f"{i}.png".encode() for i in range(count)],
+        }
+        with open(folder / name, "wb") as handle:
+            pickle.dump(batch, handle)
+    return root
+
+
+@pytest.fixture
+def cifar10_root(tmp_path: Path) -> Path:
+    return write_cifar10(tmp_path / "cifar")
+
+
+requires_fashion_mnist = pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist (scripts/setup.sh does)",
+)

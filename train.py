@@ -1,0 +1,78 @@
+"""Train, test and summarise one run, configured by Hydra.
+
+    python train.py recipe=baseline                      # a recipe from recipes/recipe/
+    python train.py model.name=cifar_wrn_16_2 data=cifar10 trainer.max_epochs=30
+    python train.py -m optimizer.lr=0.05,0.1 hydra/launcher=submitit_local   # a sweep
+    python train.py recipe=baseline ckpt_path=outputs/baseline/runs/.../checkpoints/last.ckpt  # resume
+
+Each run writes its checkpoints, logs and summary.json into its output folder (outputs/TASK/runs/TIME).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LIGHTNING_EDGE_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+import lightning_edge.models  # noqa: E402,F401  (registers our models with timm)
+from lightning_edge.training import (  # noqa: E402
+    best_checkpoint,
+    build_datamodule,
+    build_module,
+    build_summary,
+    instantiate_callbacks,
+    instantiate_loggers,
+    resolve_checkpoint,
+    write_summary,
+)
+
+log = logging.getLogger("train")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test the configured model; return the summary that is also written to summary.json."""
+    started = time.perf_counter()
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"), have_logger=bool(loggers))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    fit_metrics: dict[str, Any] = {}
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_checkpoint(cfg))
+        fit_metrics = dict(trainer.callback_metrics)
+    tested_checkpoint = best_checkpoint(trainer)
+    test_metrics: dict[str, Any] = {}
+    if cfg.get("test", True):
+        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=tested_checkpoint, weights_only=False)[0]
+    summary = build_summary(
+        cfg, trainer, module, datamodule, fit_metrics, test_metrics, tested_checkpoint, time.perf_counter() - started
+    )
+    if trainer.is_global_zero:
+        path = write_summary(summary, cfg.paths.output_dir)
+        log.info("summary written to %s", path)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the test accuracy so sweepers can optimise it."""
+    summary = train(cfg)
+    return summary["test"].get("acc")
+
+
+if __name__ == "__main__":
+    main()
