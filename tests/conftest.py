@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LIGHTNING_EDGE_ROOT", str(ROOT))
@@ -27,6 +28,17 @@ QUICK = [
     "trainer.enable_model_summary=false",
     "callbacks.progress_bar.refresh_rate=0",
 ]
+
+
+class StopAfterEpochs(Callback):
+    """Interrupts training after ``epochs`` epochs, as a preempted job stops, keeping the configured schedule."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:

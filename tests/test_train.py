@@ -77,7 +77,8 @@ def _synthetic(tmp_path, *extra: str) -> list[str]:
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     straight = train(compose_config(_synthetic(tmp_path, "trainer.max_epochs=2"), tmp_path / "straight"))
-    first = train(compose_config(_synthetic(tmp_path, "trainer.max_epochs=1", "test=false"), tmp_path / "first"))
+    interrupted = ["trainer.max_epochs=2", "test=false", "+callbacks.interrupt._target_=conftest.StopAfterEpochs", "+callbacks.interrupt.epochs=1"]
+    first = train(compose_config(_synthetic(tmp_path, *interrupted), tmp_path / "first"))
     resumed = train(
         compose_config(
             _synthetic(tmp_path, "trainer.max_epochs=2", f"ckpt_path={first['last_checkpoint']}"), tmp_path / "resumed"
