@@ -41,6 +41,18 @@ class StopAfterEpochs(Callback):
             trainer.should_stop = True
 
 
+class SaveFinalWeights(Callback):
+    """Writes the network's weights when fit ends, to compare two runs exactly."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        import torch
+
+        torch.save(pl_module.state_dict(), self.path)
+
+
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose conf/train.yaml with ``overrides`` as train.py would, writing into ``output_dir``."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
