@@ -11,7 +11,7 @@ from conftest import ROOT
 
 SWEEP = [
     "data=synthetic",
-    "data.train_samples=128",
+    "data.train_samples=256",
     "data.test_samples=64",
     "trainer.max_epochs=1",
     "trainer.accelerator=cpu",
