@@ -95,10 +95,10 @@ def resolve_checkpoint(cfg: DictConfig) -> str | None:
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str | None:
-    """Path of the best checkpoint the trainer's ModelCheckpoint kept, if any."""
-    callback = trainer.checkpoint_callback
-    if isinstance(callback, ModelCheckpoint) and callback.best_model_path and os.path.isfile(callback.best_model_path):
-        return callback.best_model_path
+    """Path of the best checkpoint kept by the trainer's monitoring ModelCheckpoint, if any."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor and os.path.isfile(callback.best_model_path or ""):
+            return callback.best_model_path
     return None
 
 

@@ -89,6 +89,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
         )
     )
     assert resumed["global_step"] == straight["global_step"] == 2 * first["global_step"]
+    for run in (straight, resumed):  # last.ckpt is the final state even when the last epoch was not the best
+        assert torch.load(run["last_checkpoint"], weights_only=True)["global_step"] == run["global_step"]
     expected = read_state_dict(tmp_path / "straight.pt")
     actual = read_state_dict(tmp_path / "resumed.pt")
     assert expected.keys() == actual.keys()
