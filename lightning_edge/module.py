@@ -12,8 +12,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -46,11 +46,14 @@ class ClassificationModule(pl.LightningModule):
         num_classes: int | None = None,
     ):
         super().__init__()
-        if not isinstance(net, nn.Module):
+        if isinstance(net, nn.Module):
+            self.save_hyperparameters(ignore=["optimizer", "scheduler", "net"])
+            self.net = net
+        else:
             # Plain containers keep checkpoints loadable with torch.load(weights_only=True).
             net = OmegaConf.to_container(net, resolve=True) if isinstance(net, DictConfig) else dict(net)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", *(["net"] if isinstance(net, nn.Module) else [])])
-        self.net = net if isinstance(net, nn.Module) else create_model(**dict(net))
+            self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+            self.net = create_model(**net)
         num_classes = num_classes or getattr(self.net, "num_classes", None)
         if not num_classes:
             raise ValueError("ClassificationModule needs num_classes: the network has no num_classes attribute")

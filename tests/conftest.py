@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
@@ -48,8 +49,6 @@ class SaveFinalWeights(Callback):
         self.path = path
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        import torch
-
         torch.save(pl_module.state_dict(), self.path)
 
 
