@@ -2,6 +2,7 @@
 
     python train.py recipe=baseline                      # a recipe from recipes/recipe/
     python train.py model.name=cifar_wrn_16_2 data=cifar10 trainer.max_epochs=30
+    python train.py distill=kd_at teacher.ckpt=outputs/baseline/runs/.../checkpoints/last.ckpt  # distil
     python train.py -m optimizer.lr=0.05,0.1 hydra/launcher=submitit_local   # a sweep
     python train.py recipe=baseline ckpt_path=outputs/baseline/runs/.../checkpoints/last.ckpt  # resume
 
@@ -26,6 +27,7 @@ import lightning_edge.models  # noqa: E402,F401  (registers our models with timm
 from lightning_edge.training import (  # noqa: E402
     best_checkpoint,
     build_datamodule,
+    build_distillation,
     build_module,
     build_summary,
     instantiate_callbacks,
@@ -46,6 +48,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), have_logger=bool(loggers))
+    distillation = build_distillation(cfg, datamodule)
+    if distillation is not None:
+        callbacks.insert(0, distillation)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 
+from lightning_edge.callbacks.knowledge_distillation import KnowledgeDistillation
 from lightning_edge.data.base import ImageClassificationDataModule
+from lightning_edge.distill.teacher import load_teacher
 from lightning_edge.io import atomic_write_json
 from lightning_edge.models.factory import load_weights
 from lightning_edge.models.profile import profile_model
@@ -55,6 +57,31 @@ def build_module(cfg: DictConfig, datamodule: ImageClassificationDataModule) -> 
         load_weights(module.net, checkpoint_path)
         log.info("loaded weights from %s", checkpoint_path)
     return module
+
+
+def build_distillation(cfg: DictConfig, datamodule: ImageClassificationDataModule) -> KnowledgeDistillation | None:
+    """The ``distill`` group's callback around the ``teacher`` group's network, or None with ``distill=none``."""
+    distill_cfg = cfg.get("distill")
+    teacher_cfg = cfg.get("teacher") or {}
+    if not (isinstance(distill_cfg, Mapping) and "_target_" in distill_cfg):
+        if teacher_cfg.get("name") or teacher_cfg.get("ckpt"):
+            log.warning("teacher.* is set but distill=none: the teacher is not used (choose distill=kd, at, kd_at or hint)")
+        return None
+    if not teacher_cfg.get("ckpt"):
+        raise ValueError(
+            "distillation needs a trained teacher: teacher.ckpt=PATH (a checkpoint written by train.py), "
+            "or teacher.name=MODEL teacher.ckpt=PATH for other weights"
+        )
+    spec = {
+        "name": teacher_cfg.get("name"),
+        "checkpoint": teacher_cfg.ckpt,
+        "kwargs": OmegaConf.to_container(teacher_cfg.get("kwargs") or {}, resolve=True),
+    }
+    teacher = load_teacher(
+        spec, num_classes=datamodule.num_classes, in_chans=datamodule.num_channels, image_size=datamodule.input_size
+    )
+    log.info("teacher loaded from %s", teacher_cfg.ckpt)
+    return instantiate(distill_cfg, teacher=teacher)
 
 
 def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
@@ -123,6 +150,7 @@ def build_summary(
     """What a run produced: accuracy, size, cost, where its checkpoints are, and how long it took."""
     net = getattr(module, "net", module)
     profile = profile_model(net, datamodule.input_shape)
+    distillation = next((c for c in trainer.callbacks if isinstance(c, KnowledgeDistillation)), None)
     last = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
     return {
         "task_name": cfg.get("task_name"),
@@ -140,12 +168,30 @@ def build_summary(
         "global_step": trainer.global_step,
         "wall_time_s": round(wall_time_s, 2),
         "output_dir": cfg.paths.output_dir,
+        "distill": distillation_summary(distillation, cfg, datamodule) if distillation is not None else None,
         "command": " ".join(sys.argv),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "pytorch_lightning": pl.__version__,
         },
+    }
+
+
+def distillation_summary(
+    distillation: KnowledgeDistillation, cfg: DictConfig, datamodule: ImageClassificationDataModule
+) -> dict[str, Any]:
+    """The teacher's size and checkpoint, the losses and the feature points of a distillation run."""
+    teacher = profile_model(distillation.teacher, datamodule.input_shape)
+    return {
+        "teacher": {
+            "name": cfg.teacher.get("name"),
+            "checkpoint": cfg.teacher.get("ckpt"),
+            "parameters": teacher.parameters,
+            "macs": teacher.macs,
+        },
+        "losses": {name: repr(loss) for name, loss in distillation.losses.items()},
+        "points": [list(pair[:2]) for pair in distillation.pairs] if distillation.pairs else None,
     }
 
 
