@@ -75,7 +75,7 @@ def build_distillation(cfg: DictConfig, datamodule: ImageClassificationDataModul
     spec = {
         "name": teacher_cfg.get("name"),
         "checkpoint": teacher_cfg.ckpt,
-        "kwargs": OmegaConf.to_container(teacher_cfg.get("kwargs") or {}, resolve=True),
+        "kwargs": OmegaConf.to_container(teacher_cfg.kwargs, resolve=True) if teacher_cfg.get("kwargs") else {},
     }
     teacher = load_teacher(
         spec, num_classes=datamodule.num_classes, in_chans=datamodule.num_channels, image_size=datamodule.input_size

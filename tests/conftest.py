@@ -89,3 +89,32 @@ requires_fashion_mnist = pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist (scripts/setup.sh does)",
 )
+
+
+class TeacherProbe(Callback):
+    """Records, per DDP rank, how often the distillation teacher ran and on what, plus the adapters' weights."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.calls: list[float] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from lightning_edge.callbacks import KnowledgeDistillation
+
+        self.distillation = next(c for c in trainer.callbacks if isinstance(c, KnowledgeDistillation))
+        self.distillation.teacher.register_forward_pre_hook(lambda module, args: self.calls.append(float(args[0].sum())))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        import json
+
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "global_step": trainer.global_step,
+            "teacher_inputs": self.calls,
+            "teacher_training": self.distillation.teacher.training,
+            "adapters": [float(p.double().sum()) for p in self.distillation.trainable_parameters()],
+            "student": float(sum(p.double().sum() for p in pl_module.parameters())),
+        }
+        with open(f"{self.path}.rank{trainer.global_rank}.json", "w") as handle:
+            json.dump(record, handle)

@@ -331,10 +331,13 @@ class KnowledgeDistillation(Callback):
         self._student_taps = FeatureTaps(self._student, [pair[0] for pair in self.pairs], "student")
         self._student_taps.enabled = self._in_step
         self._teacher_taps = FeatureTaps(self.teacher, [pair[1] for pair in self.pairs], "teacher")
-        for loss in self.feature_losses.values():
-            configure = getattr(loss, "configure", None)
-            if configure is not None:
-                configure([pair[2] for pair in self.pairs], [pair[3] for pair in self.pairs])
+        # The adapters draw their initial weights from a fork of the generator: adding a hint loss, or
+        # rebuilding the adapters on resume, leaves the run's random stream (shuffling, augmentation) as it was.
+        with torch.random.fork_rng(devices=[]):
+            for loss in self.feature_losses.values():
+                configure = getattr(loss, "configure", None)
+                if configure is not None:
+                    configure([pair[2] for pair in self.pairs], [pair[3] for pair in self.pairs])
         device = self._module.device if self._module is not None else torch.device("cpu")
         self.losses.to(device)
         trainer = self._trainer

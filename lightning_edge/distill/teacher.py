@@ -57,6 +57,8 @@ def load_teacher(teacher: TeacherSpec, **overrides: Any) -> nn.Module:
     spec = dict(teacher)
     checkpoint = spec.pop("checkpoint", None) or spec.pop("ckpt", None)
     extra = dict(spec.pop("kwargs", None) or {})
+    if checkpoint and not os.path.isfile(os.fspath(checkpoint)):
+        raise FileNotFoundError(f"teacher checkpoint {os.fspath(checkpoint)!r} does not exist; check teacher.ckpt")
     if not spec.get("name"):
         if not checkpoint:
             raise ValueError("the teacher needs a model name with a checkpoint, or a checkpoint that records its model")
