@@ -38,6 +38,12 @@ from lightning_edge.models import create_model  # noqa: E402
 from lightning_edge.module import ClassificationModule  # noqa: E402
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so wall time covers it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 class StepTimer(Callback):
     """Wall time of each training step, from batch start to the end of the optimizer step."""
 
@@ -46,9 +52,11 @@ class StepTimer(Callback):
         self._started = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        synchronize()
         self._started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        synchronize()
         self.seconds.append(time.perf_counter() - self._started)
 
 
@@ -72,7 +80,7 @@ def load_batches(batch_size: int, count: int) -> tuple[list[tuple[torch.Tensor, 
         ], "random"
 
 
-def time_training(student_name: str, batches, teacher: torch.nn.Module | None) -> list[float]:
+def time_training(student_name: str, batches, teacher: torch.nn.Module | None, accelerator: str, precision: str) -> list[float]:
     """Per-step seconds of a fresh student trained on ``batches``, with distillation when ``teacher`` is given."""
     torch.manual_seed(0)
     module = ClassificationModule({"name": student_name, "num_classes": 10, "in_chans": 1})
@@ -81,19 +89,25 @@ def time_training(student_name: str, batches, teacher: torch.nn.Module | None) -
     if teacher is not None:
         callbacks.insert(0, KnowledgeDistillation(teacher=teacher, losses=["kd", "at"]))
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator=accelerator, precision=precision, devices=1, max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks,
     )
     trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
     return timer.seconds
 
 
-def time_teacher(teacher: torch.nn.Module, batches) -> list[float]:
+def time_teacher(teacher: torch.nn.Module, batches, device: torch.device, precision: str) -> list[float]:
+    """The teacher's forward pass alone, in the precision the training steps use."""
     seconds = []
-    with torch.no_grad():
+    teacher.to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    with torch.no_grad(), autocast:
         for images, _ in batches:
+            images = images.to(device)
+            synchronize()
             started = time.perf_counter()
             teacher(images)
+            synchronize()
             seconds.append(time.perf_counter() - started)
     return seconds
 
@@ -107,6 +121,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "distill_overhead"))
     args = parser.parse_args()
 
@@ -114,11 +130,12 @@ def main() -> None:
     pl.utilities.disable_possible_user_warnings()
     batches, data = load_batches(args.batch_size, args.warmup + args.steps)
     teacher = create_model(args.teacher, num_classes=10, in_chans=1).eval().requires_grad_(False)
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     samples: dict[str, list[float]] = {"student": [], "distill": [], "teacher": []}
     for round_index in range(args.rounds):
-        samples["student"] += time_training(args.student, batches, None)[args.warmup:]
-        samples["distill"] += time_training(args.student, batches, teacher)[args.warmup:]
-        samples["teacher"] += time_teacher(teacher, batches)[args.warmup:]
+        samples["student"] += time_training(args.student, batches, None, args.accelerator, args.precision)[args.warmup:]
+        samples["distill"] += time_training(args.student, batches, teacher, args.accelerator, args.precision)[args.warmup:]
+        samples["teacher"] += time_teacher(teacher, batches, device, args.precision)[args.warmup:]
         medians = {name: statistics.median(values) for name, values in samples.items()}
         print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in medians.items()), flush=True)
 
@@ -131,6 +148,8 @@ def main() -> None:
         "data": data,
         "batch_size": args.batch_size,
         "threads": args.threads,
+        "accelerator": torch.cuda.get_device_name() if args.accelerator == "gpu" else "cpu",
+        "precision": args.precision,
         "timed_steps_per_variant": len(samples["student"]),
         "median_seconds": {"student_step": student, "distill_step": distill, "teacher_forward": teacher_forward},
         "overhead_seconds": overhead,

@@ -213,3 +213,17 @@ def test_manual_optimisation_is_refused_with_the_reason():
 
     with pytest.raises(RuntimeError, match="manual optimisation ignores"):
         trainer(KnowledgeDistillation(teacher=teacher_network())).fit(Manual(), datamodule=data())
+
+
+def test_a_second_fit_with_the_same_callback_keeps_the_points_and_trained_adapters():
+    hint = FeatureHintLoss()
+    callback = KnowledgeDistillation(teacher=teacher_network(), losses={"at": None, "hint": hint})
+    module = UserModule()
+    trainer(callback, max_steps=2, limit_val_batches=0).fit(module, datamodule=data())
+    adapter = hint.adapters[0]
+    trained = adapter.weight.detach().clone()
+    second = trainer(callback, max_steps=2, limit_val_batches=0)
+    second.fit(module, datamodule=data())
+    assert hint.adapters[0] is adapter and not torch.equal(adapter.weight, trained)  # kept, and trained further
+    assert second.optimizers[0].param_groups[1]["params"] == list(hint.adapters.parameters())
+    assert torch.isfinite(second.callback_metrics["distill/hint"])

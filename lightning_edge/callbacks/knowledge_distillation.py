@@ -137,6 +137,8 @@ class KnowledgeDistillation(Callback):
             example = self._example_input(trainer, pl_module)
             if example is not None:
                 self._resolve(example)
+        elif self.feature_losses and self._student_taps is None:
+            self._install(self.pairs)  # a later fit with the same callback: same points, trained adapters kept
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         freeze(self.teacher)
@@ -160,10 +162,7 @@ class KnowledgeDistillation(Callback):
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-        for taps in (self._student_taps, self._teacher_taps):
-            if taps is not None:
-                taps.remove()
-        self._student_taps = self._teacher_taps = None
+        self._remove_taps()
         pl_module.__dict__.pop("training_step", None)
         self._clear_step()
 
@@ -332,10 +331,13 @@ class KnowledgeDistillation(Callback):
 
     def _install(self, pairs: list[tuple[str, str, int, int]]) -> None:
         """Tap the paired modules and build the losses' adapters, joined to the student's optimizer."""
-        self.pairs = [tuple(pair) for pair in pairs]
-        self._student_taps = FeatureTaps(self._student, [pair[0] for pair in self.pairs], "student")
-        self._student_taps.enabled = self._in_step
-        self._teacher_taps = FeatureTaps(self.teacher, [pair[1] for pair in self.pairs], "teacher")
+        pairs = [tuple(pair) for pair in pairs]
+        if self._student_taps is None or pairs != self.pairs:
+            self._remove_taps()
+            self._student_taps = FeatureTaps(self._student, [pair[0] for pair in pairs], "student")
+            self._student_taps.enabled = self._in_step
+            self._teacher_taps = FeatureTaps(self.teacher, [pair[1] for pair in pairs], "teacher")
+        self.pairs = pairs
         # The adapters draw their initial weights from a fork of the generator: adding a hint loss, or
         # rebuilding the adapters on resume, leaves the run's random stream (shuffling, augmentation) as it was.
         with torch.random.fork_rng(devices=[]):
@@ -352,13 +354,18 @@ class KnowledgeDistillation(Callback):
                 self.losses.load_state_dict(weights)
             _join_optimizer(trainer, self.trainable_parameters())
 
+    def _remove_taps(self) -> None:
+        for taps in (self._student_taps, self._teacher_taps):
+            if taps is not None:
+                taps.remove()
+        self._student_taps = self._teacher_taps = None
+
     def _restore(self, state: dict[str, Any]) -> None:
         pairs = [tuple(pair) for pair in state["pairs"]] if state.get("pairs") is not None else None
         if pairs is not None:
             if self.pairs is not None and [p[:2] for p in self.pairs] != [tuple(p[:2]) for p in pairs]:
                 raise ValueError(f"the checkpoint distilled at {pairs}, this run at {self.pairs}: resume with the same points")
-            if self.pairs is None:
-                self._install(pairs)
+            self._install(pairs)
         for name, loss_state in state.get("losses", {}).items():
             if name in self.losses:
                 self.losses[name].load_state_dict(loss_state)

@@ -21,7 +21,9 @@ def attention_map(features: torch.Tensor, p: float = 2.0, size: tuple[int, int] 
     """
     if features.dim() != 4:
         raise ValueError(f"attention maps need N x C x H x W feature maps, got shape {tuple(features.shape)}")
-    attention = features.float().abs().pow(p).mean(dim=1, keepdim=True)
+    features = features.float()
+    powered = features.pow(p) if float(p).is_integer() and int(p) % 2 == 0 else features.abs().pow(p)
+    attention = powered.mean(dim=1, keepdim=True)
     if size is not None:
         attention = match_size(attention, size)
     return F.normalize(attention.flatten(1), p=2, dim=1)

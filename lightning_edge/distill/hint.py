@@ -43,6 +43,7 @@ class FeatureHintLoss(nn.Module):
             raise ValueError(f"FeatureHintLoss weight must be >= 0, got {weight}")
         self.weight = float(weight)
         self.adapters = nn.ModuleList()
+        self.channels: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
         if student_channels is not None or teacher_channels is not None:
             self.configure(student_channels or [], teacher_channels or [])
 
@@ -51,15 +52,18 @@ class FeatureHintLoss(nn.Module):
         return len(self.adapters) > 0
 
     def configure(self, student_channels: Sequence[int], teacher_channels: Sequence[int]) -> None:
-        """Build one adapter per pair of feature maps."""
+        """Build one adapter per pair of feature maps; adapters already built for these channels are kept."""
+        channels = (tuple(int(c) for c in student_channels), tuple(int(c) for c in teacher_channels))
+        if self.configured and channels == self.channels:
+            return
         if len(student_channels) != len(teacher_channels) or not student_channels:
             raise ValueError(
                 f"FeatureHintLoss needs one channel count per pair for both networks, got {list(student_channels)} "
                 f"and {list(teacher_channels)}"
             )
+        self.channels = channels
         self.adapters = nn.ModuleList(
-            nn.Identity() if s == t else nn.Conv2d(s, t, kernel_size=1, bias=False)
-            for s, t in zip(student_channels, teacher_channels)
+            nn.Identity() if s == t else nn.Conv2d(s, t, kernel_size=1, bias=False) for s, t in zip(*channels)
         )
 
     def forward(self, student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
