@@ -1,5 +1,6 @@
 """Train, test and summarise one run, configured by Hydra.
 
+    python train.py recipe=moonshine_resnet              # teacher, then its Moonshine student, distilled
     python train.py recipe=baseline                      # a recipe from recipes/recipe/
     python train.py model.name=cifar_wrn_16_2 data=cifar10 trainer.max_epochs=30
     python train.py distill=kd_at teacher.ckpt=outputs/baseline/runs/.../checkpoints/last.ckpt  # distil
@@ -10,6 +11,7 @@ Each run writes its checkpoints, logs and summary.json into its output folder (o
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -21,7 +23,8 @@ os.environ.setdefault("LIGHTNING_EDGE_ROOT", str(Path(__file__).resolve().parent
 import hydra  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+from pytorch_lightning.utilities.rank_zero import rank_zero_only  # noqa: E402
 
 import lightning_edge.models  # noqa: E402,F401  (registers our models with timm)
 from lightning_edge.training import (  # noqa: E402
@@ -33,14 +36,21 @@ from lightning_edge.training import (  # noqa: E402
     instantiate_callbacks,
     instantiate_loggers,
     resolve_checkpoint,
+    save_network,
+    teacher_stage_config,
+    test_network,
     write_summary,
 )
 
 log = logging.getLogger("train")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test the configured model; return the summary that is also written to summary.json."""
+def train(cfg: DictConfig, final_weights: bool = False) -> dict[str, Any]:
+    """Fit and test the configured model; return the summary that is also written to summary.json.
+
+    With ``final_weights`` the network's final weights are also written to checkpoints/final_weights.ckpt
+    (a teacher stage needs a checkpoint even when the trainer keeps none, as in ``fast_dev_run``).
+    """
     started = time.perf_counter()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -66,16 +76,48 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     summary = build_summary(
         cfg, trainer, module, datamodule, fit_metrics, test_metrics, tested_checkpoint, time.perf_counter() - started
     )
+    if distillation is not None and cfg.get("test", True) and trainer.world_size == 1:
+        summary["distill"]["teacher"]["test"] = test_network(distillation.teacher, datamodule, cfg)
+    if final_weights and trainer.is_global_zero:
+        summary["final_weights"] = save_network(module, os.path.join(cfg.paths.output_dir, "checkpoints", "final_weights.ckpt"))
     if trainer.is_global_zero:
         path = write_summary(summary, cfg.paths.output_dir)
         log.info("summary written to %s", path)
     return summary
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The whole pipeline: with ``teacher.train=true`` (and no ``teacher.ckpt``) the teacher is trained first
+    in OUTPUT_DIR/teacher, then the configured model (a Moonshine student, say) is trained from it."""
+    started = time.perf_counter()
+    teacher_summary = None
+    if cfg.teacher.get("train") and not cfg.teacher.get("ckpt"):
+        stage = teacher_stage_config(cfg)
+        finished = os.path.join(stage.paths.output_dir, "summary.json")
+        if os.path.isfile(finished):  # a requeued job: the teacher stage already ended
+            with open(finished) as handle:
+                teacher_summary = json.load(handle)
+            log.info("teacher already trained in %s", stage.paths.output_dir)
+        else:
+            log.info("training the teacher %s in %s", cfg.teacher.name, stage.paths.output_dir)
+            teacher_summary = train(stage, final_weights=True)
+        with open_dict(cfg):
+            cfg.teacher.ckpt = teacher_summary["checkpoint"] or teacher_summary.get("final_weights")
+    summary = train(cfg)
+    if teacher_summary is not None:
+        summary["teacher_run"] = {
+            key: teacher_summary.get(key) for key in ("model", "test", "val", "parameters", "macs", "checkpoint", "wall_time_s")
+        }
+        summary["pipeline_wall_time_s"] = round(time.perf_counter() - started, 2)
+        if rank_zero_only.rank == 0:
+            write_summary(summary, cfg.paths.output_dir)
+    return summary
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the test accuracy so sweepers can optimise it."""
-    summary = train(cfg)
+    summary = run(cfg)
     return summary["test"].get("acc")
 
 

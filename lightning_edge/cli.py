@@ -2,6 +2,7 @@
 
     lightning-edge models [PATTERN]          model names create_model accepts (ours first, then timm's)
     lightning-edge profile MODEL [...]       parameters, MACs and bytes of a model for an input size
+    lightning-edge student MODEL --block G4  the Moonshine student of MODEL: what each layer becomes and costs
     lightning-edge train [OVERRIDES...]      the same as `python train.py OVERRIDES...`
 """
 from __future__ import annotations
@@ -39,6 +40,18 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _student(args: argparse.Namespace) -> int:
+    from lightning_edge.models import create_model, derive_student
+
+    teacher = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, image_size=args.image_size)
+    blocks = args.block if len(args.block) > 1 else args.block[0]
+    _, report = derive_student(
+        teacher, blocks, include=args.include, exclude=args.exclude, input_shape=(args.in_chans, args.image_size, args.image_size)
+    )
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report)
+    return 0
+
+
 def _train(overrides: list[str]) -> int:
     script = REPOSITORY_ROOT / "train.py"
     if not script.is_file():
@@ -63,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--num-classes", type=int, default=10)
     profile.add_argument("--layers", action="store_true", help="also list MACs per layer")
     profile.set_defaults(handler=_profile)
+    student = commands.add_parser("student", help="the Moonshine student of a model, layer by layer")
+    student.add_argument("model")
+    student.add_argument("--block", nargs="+", default=["G(4)"], help="G(g), DW, B(b), BG(b,g); several: one per residual block")
+    student.add_argument("--include", nargs="*", help="glob patterns of further conv paths to replace")
+    student.add_argument("--exclude", nargs="*", help="glob patterns of conv paths to keep standard")
+    student.add_argument("--in-chans", type=int, default=3)
+    student.add_argument("--image-size", type=int, default=32)
+    student.add_argument("--num-classes", type=int, default=10)
+    student.add_argument("--json", action="store_true", help="the report as JSON")
+    student.set_defaults(handler=_student)
     commands.add_parser("train", help="run train.py with Hydra overrides", add_help=False)
     return parser
 

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import platform
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
@@ -21,7 +23,7 @@ from pytorch_lightning.loggers import Logger
 from lightning_edge.callbacks.knowledge_distillation import KnowledgeDistillation
 from lightning_edge.data.base import ImageClassificationDataModule
 from lightning_edge.distill.teacher import load_teacher
-from lightning_edge.io import atomic_write_json
+from lightning_edge.io import atomic_write_bytes, atomic_write_json
 from lightning_edge.models.factory import load_weights
 from lightning_edge.models.profile import profile_model
 from lightning_edge.module import ClassificationModule
@@ -39,7 +41,7 @@ def build_datamodule(cfg: DictConfig) -> ImageClassificationDataModule:
 def model_spec(cfg: DictConfig, datamodule: ImageClassificationDataModule) -> dict[str, Any]:
     """The ``create_model`` arguments for ``cfg.model`` adapted to the data's channels, size and classes."""
     kwargs = cfg.model.get("kwargs")
-    return dict(
+    spec = dict(
         name=cfg.model.name,
         num_classes=datamodule.num_classes,
         in_chans=datamodule.num_channels,
@@ -47,6 +49,10 @@ def model_spec(cfg: DictConfig, datamodule: ImageClassificationDataModule) -> di
         pretrained=bool(cfg.model.get("pretrained", False)),
         **(OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else {}),
     )
+    student = cfg.get("student")
+    if isinstance(student, Mapping) and student.get("block"):
+        spec["derive"] = OmegaConf.to_container(student, resolve=True)
+    return spec
 
 
 def build_module(cfg: DictConfig, datamodule: ImageClassificationDataModule) -> pl.LightningModule:
@@ -57,6 +63,26 @@ def build_module(cfg: DictConfig, datamodule: ImageClassificationDataModule) -> 
         load_weights(module.net, checkpoint_path)
         log.info("loaded weights from %s", checkpoint_path)
     return module
+
+
+def teacher_stage_config(cfg: DictConfig) -> DictConfig:
+    """The config that trains ``teacher.name`` first: same data, optimizer and schedule, in OUTPUT_DIR/teacher."""
+    teacher = cfg.teacher
+    if not teacher.get("name"):
+        raise ValueError("teacher.train=true needs teacher.name: the architecture to train as the teacher")
+    stage = cfg.copy()
+    OmegaConf.set_struct(stage, False)
+    stage.paths.output_dir = os.path.join(cfg.paths.output_dir, "teacher")
+    stage.task_name = f"{cfg.get('task_name')}/teacher"
+    stage.model = {"name": teacher.name, "pretrained": False, "checkpoint_path": None, "kwargs": teacher.get("kwargs") or {}}
+    stage.student = None
+    stage.distill = None
+    stage.teacher = {"name": None, "ckpt": None, "train": False}
+    stage.ckpt_path = None
+    if teacher.get("max_epochs"):
+        stage.trainer.max_epochs = teacher.max_epochs
+    OmegaConf.set_struct(stage, True)
+    return stage
 
 
 def build_distillation(cfg: DictConfig, datamodule: ImageClassificationDataModule) -> KnowledgeDistillation | None:
@@ -169,6 +195,7 @@ def build_summary(
         "wall_time_s": round(wall_time_s, 2),
         "output_dir": cfg.paths.output_dir,
         "distill": distillation_summary(distillation, cfg, datamodule) if distillation is not None else None,
+        "student": model_spec(cfg, datamodule).get("derive"),
         "command": " ".join(sys.argv),
         "versions": {
             "python": platform.python_version(),
@@ -193,6 +220,32 @@ def distillation_summary(
         "losses": {name: repr(loss) for name, loss in distillation.losses.items()},
         "points": [list(pair[:2]) for pair in distillation.pairs] if distillation.pairs else None,
     }
+
+
+def test_network(net: nn.Module, datamodule: ImageClassificationDataModule, cfg: DictConfig) -> dict[str, float]:
+    """Test accuracy of a bare network (a teacher) on the data's test split, on one device."""
+    trainer_cfg = cfg.trainer
+    tester = pl.Trainer(
+        accelerator=trainer_cfg.get("accelerator", "auto"),
+        devices=1,
+        precision=trainer_cfg.get("precision", "32-true"),
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        fast_dev_run=trainer_cfg.get("fast_dev_run", False),
+        limit_test_batches=trainer_cfg.get("limit_test_batches"),
+    )
+    module = ClassificationModule(net, num_classes=datamodule.num_classes)
+    return _scalar_metrics(tester.test(module, datamodule=datamodule, verbose=False)[0], "test/")
+
+
+def save_network(module: pl.LightningModule, path: str) -> str:
+    """The module's weights with the model spec it was built from, atomically: ``load_teacher(path)`` reads it."""
+    buffer = io.BytesIO()
+    spec = module.hparams.get("net") if isinstance(module.hparams.get("net"), Mapping) else None
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"net": dict(spec) if spec else None}}, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_summary(summary: Mapping[str, Any], output_dir: str) -> str:

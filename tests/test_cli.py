@@ -28,3 +28,11 @@ def test_unknown_model_is_a_clean_error(capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "lightning_edge.cli", "models", "cifar_wrn_40_*"], capture_output=True, text=True)
     assert result.returncode == 0 and "cifar_wrn_40_2" in result.stdout
+
+
+def test_student_prints_the_moonshine_report(capsys):
+    assert main(["student", "cifar_wrn_40_2", "--block", "BG(2,4)", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["teacher"]["parameters"] == 2_243_546 and report["student"]["parameters"] == 421_082
+    assert main(["student", "cifar_resnet20", "--block", "G3"]) == 2
+    assert "groups must divide its 16 input channels" in capsys.readouterr().err

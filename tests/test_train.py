@@ -11,7 +11,7 @@ import torch
 
 from conftest import QUICK, RECIPES, ROOT, compose_config, requires_fashion_mnist, write_cifar10
 from lightning_edge.models import read_state_dict
-from train import train
+from train import run, train
 
 
 def _recipe_data_overrides(recipe: str, tmp_path) -> list[str]:
@@ -25,7 +25,7 @@ def _recipe_data_overrides(recipe: str, tmp_path) -> list[str]:
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_composes_and_runs_one_batch(recipe, tmp_path):
     overrides = [f"recipe={recipe}", "trainer.fast_dev_run=true", *QUICK, *_recipe_data_overrides(recipe, tmp_path)]
-    summary = train(compose_config(overrides, tmp_path))
+    summary = run(compose_config(overrides, tmp_path))
     assert summary["global_step"] == 1
     assert summary["task_name"] == recipe
     written = json.loads((tmp_path / "summary.json").read_text())

@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 
 from conftest import QUICK, ROOT, compose_config
 from lightning_edge.models import create_model, read_state_dict
-from train import train
+from train import run, train
 
 SYNTHETIC = ["data=synthetic", "data.crop_padding=2", "data.hflip=true", "model.name=cifar_resnet20", "logger=csv", *QUICK]
 
@@ -48,7 +48,7 @@ def test_teacher_by_name_with_a_state_dict(tmp_path):
     [
         (["distill=kd_at"], ValueError, "distillation needs a trained teacher: teacher.ckpt=PATH"),
         (["distill=at", "teacher.ckpt=/nowhere.ckpt"], FileNotFoundError, "checkpoint '/nowhere.ckpt' does not exist"),
-        (["distill=at", "teacher.name=cifar_wrn_40_2", "teacher.ckpt=TEACHER"], ValueError, "does not fit the model"),
+        (["distill=at", "teacher.name=cifar_wrn_40_2", "teacher.ckpt=TEACHER"], ValueError, "holds a .cifar_wrn_16_2., not the .cifar_wrn_40_2."),
         (["distill=at", "distill.losses.at.mode=pepper", "teacher.ckpt=TEACHER"], InstantiationException, "unknown attention transfer mode"),
     ],
     ids=["no-teacher", "missing-checkpoint", "wrong-architecture", "bad-mode"],
@@ -102,3 +102,22 @@ def test_ddp_ranks_each_run_the_teacher_on_their_own_shard(teacher_checkpoint, t
     assert ranks[0]["teacher_inputs"] != ranks[1]["teacher_inputs"]  # different shards
     assert ranks[0]["adapters"] == ranks[1]["adapters"]  # adapter gradients averaged across ranks
     assert ranks[0]["student"] == pytest.approx(ranks[1]["student"], rel=1e-9)
+
+
+def test_moonshine_pipeline_trains_the_teacher_then_distils_its_student(tmp_path):
+    overrides = [
+        "recipe=moonshine_resnet", *SYNTHETIC[:3], "logger=csv", *QUICK, "trainer.max_epochs=1", "teacher.max_epochs=1",
+        "student.block=DW",
+    ]
+    summary = run(compose_config(overrides, tmp_path))
+    teacher_summary = tmp_path / "teacher" / "summary.json"
+    assert json.loads(teacher_summary.read_text())["model"] == "cifar_resnet20"
+    assert summary["teacher_run"]["parameters"] == summary["distill"]["teacher"]["parameters"] == 272_474
+    assert summary["student"]["block"] == "DW" and summary["parameters"] < summary["teacher_run"]["parameters"] / 2
+    assert summary["teacher_run"]["test"]["acc"] == pytest.approx(summary["distill"]["teacher"]["test"]["acc"])
+    assert summary["distill"]["points"] == [["layer1", "layer1"], ["layer2", "layer2"], ["layer3", "layer3"]]
+    assert json.loads((tmp_path / "summary.json").read_text())["teacher_run"] == summary["teacher_run"]
+    # A requeued job in the same folder keeps the finished teacher stage and resumes the student.
+    written = teacher_summary.stat().st_mtime_ns
+    again = run(compose_config(overrides, tmp_path))
+    assert teacher_summary.stat().st_mtime_ns == written and again["global_step"] == summary["global_step"]

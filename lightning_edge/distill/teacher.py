@@ -13,8 +13,8 @@ from lightning_edge.models.factory import create_model, load_weights
 TeacherSpec = Union[nn.Module, str, os.PathLike, Mapping[str, Any]]
 
 
-def _architecture_in_checkpoint(path: str) -> dict[str, Any]:
-    """The ``create_model`` spec a ClassificationModule checkpoint records under ``hyper_parameters.net``."""
+def _recorded_architecture(path: str) -> dict[str, Any] | None:
+    """The ``create_model`` spec a train.py checkpoint records under ``hyper_parameters.net``, if any."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not a plain checkpoint: its hyper-parameters may hold other objects
@@ -22,14 +22,9 @@ def _architecture_in_checkpoint(path: str) -> dict[str, Any]:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:  # noqa: BLE001
             raise ValueError(f"teacher checkpoint {path!r} is not a readable torch file ({error}); it may be truncated") from error
-    spec = checkpoint.get("hyper_parameters", {}).get("net") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(spec, Mapping) or "name" not in spec:
-        raise ValueError(
-            f"teacher checkpoint {path!r} does not record its architecture (no hyper_parameters.net with a model name). "
-            "Name the architecture too: teacher.name=MODEL teacher.ckpt=PATH "
-            "(Python: KnowledgeDistillation(teacher={'name': MODEL, 'checkpoint': PATH, 'num_classes': N}))"
-        )
-    return dict(spec)
+    hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    spec = hyper_parameters.get("net") if isinstance(hyper_parameters, Mapping) else None
+    return dict(spec) if isinstance(spec, Mapping) and spec.get("name") else None
 
 
 def load_teacher(teacher: TeacherSpec, **overrides: Any) -> nn.Module:
@@ -59,14 +54,26 @@ def load_teacher(teacher: TeacherSpec, **overrides: Any) -> nn.Module:
     extra = dict(spec.pop("kwargs", None) or {})
     if checkpoint and not os.path.isfile(os.fspath(checkpoint)):
         raise FileNotFoundError(f"teacher checkpoint {os.fspath(checkpoint)!r} does not exist; check teacher.ckpt")
-    if not spec.get("name"):
-        if not checkpoint:
-            raise ValueError("the teacher needs a model name with a checkpoint, or a checkpoint that records its model")
-        spec = {**_architecture_in_checkpoint(os.fspath(checkpoint)), **{k: v for k, v in spec.items() if v is not None}}
     if not checkpoint:
+        if not spec.get("name"):
+            raise ValueError("the teacher needs a model name with a checkpoint, or a checkpoint that records its model")
         raise ValueError(
             f"teacher {spec['name']!r} has no checkpoint: distilling from untrained weights teaches nothing. "
             "Give its trained weights: teacher.ckpt=PATH (Python: {'name': ..., 'checkpoint': PATH})"
+        )
+    recorded = _recorded_architecture(os.fspath(checkpoint))
+    if recorded is not None:
+        if spec.get("name") and spec["name"] != recorded["name"]:
+            raise ValueError(
+                f"teacher checkpoint {os.fspath(checkpoint)!r} holds a {recorded['name']!r}, not the {spec['name']!r} "
+                "named for the teacher; drop teacher.name or give the matching checkpoint"
+            )
+        spec = {**recorded, **{k: v for k, v in spec.items() if v is not None and k != "name"}}
+    elif not spec.get("name"):
+        raise ValueError(
+            f"teacher checkpoint {os.fspath(checkpoint)!r} does not record its architecture (no hyper_parameters.net with a "
+            "model name). Name the architecture too: teacher.name=MODEL teacher.ckpt=PATH "
+            "(Python: KnowledgeDistillation(teacher={'name': MODEL, 'checkpoint': PATH, 'num_classes': N}))"
         )
     arguments = {**{k: v for k, v in overrides.items() if v is not None}, **{k: v for k, v in spec.items() if v is not None}}
     arguments.pop("pretrained", None)

@@ -2,10 +2,17 @@
 from lightning_edge.models import cifar_resnet, cifar_wrn  # noqa: F401  (registers the models with timm)
 from lightning_edge.models.cifar_resnet import CifarResNet
 from lightning_edge.models.cifar_wrn import CifarWideResNet, register_wrn
+from lightning_edge.models.block_spec import BlockSpec, parse_block_spec
 from lightning_edge.models.factory import create_model, list_models, load_weights, read_state_dict
+from lightning_edge.models.moonshine import StudentReport, derive_student, residual_blocks
 from lightning_edge.models.profile import ModelProfile, count_macs, count_parameters, macs_per_layer, model_bytes, profile_model
 
 __all__ = [
+    "BlockSpec",
+    "StudentReport",
+    "derive_student",
+    "parse_block_spec",
+    "residual_blocks",
     "CifarResNet",
     "CifarWideResNet",
     "ModelProfile",

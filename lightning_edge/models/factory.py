@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lightning_edge.models.cifar_wrn import register_wrn_name
+from lightning_edge.models.moonshine import derive_student
 
 # Prefixes that wrappers put in front of parameter names: our ClassificationModule, DDP, torch.compile.
 _STATE_DICT_PREFIXES = ("net.", "model.", "module.", "_orig_mod.")
@@ -53,6 +54,7 @@ def create_model(
     image_size: int | None = None,
     pretrained: bool = False,
     checkpoint_path: str | os.PathLike | None = None,
+    derive: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build ``name`` (ours or timm's) for ``in_chans``-channel images and ``num_classes`` classes.
@@ -65,6 +67,8 @@ def create_model(
             it and one forward pass proves the network runs at that size.
         pretrained: download weights through timm (needs a model hub; ours have none).
         checkpoint_path: local weights to load: a state dict, a timm checkpoint or a Lightning checkpoint.
+        derive: ``derive_student`` arguments (``{"block": "G(4)"}``): build the Moonshine student of ``name``
+            instead; a checkpoint's spec that holds it rebuilds the student.
         **kwargs: passed to the model's constructor (``drop_rate``, ``shortcut``, ...).
     """
     register_wrn_name(name)
@@ -80,6 +84,9 @@ def create_model(
             f"could not fetch pretrained weights for {name!r} ({error}). This machine may have no model hub: "
             "set model.pretrained=false and model.checkpoint_path=PATH to load local weights"
         ) from error
+    if derive:
+        shape = (in_chans, image_size, image_size) if image_size is not None else None
+        model, _ = derive_student(model, input_shape=shape, **dict(derive))
     if checkpoint_path:
         load_weights(model, checkpoint_path)
     if image_size is not None:
