@@ -158,9 +158,6 @@ def _reinitialise(model: nn.Module) -> None:
     init = getattr(model, "init_weights", None)
     if callable(init):
         init()
-    for module in model.modules():
-        if isinstance(module, (nn.BatchNorm2d,)) and hasattr(module, "reset_running_stats"):
-            module.reset_running_stats()
 
 
 def _default_input_shape(model: nn.Module) -> tuple[int, int, int]:
