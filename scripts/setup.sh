@@ -35,4 +35,4 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     .venv/bin/python -m pip install -q -e ".[dev,cluster]"
     echo "$WANT" > "$STAMP"
 fi
-echo "== ready: .venv/bin/python train.py recipe=baseline"
+echo "== ready: .venv/bin/python train.py recipe=moonshine_resnet"
