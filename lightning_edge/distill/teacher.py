@@ -5,23 +5,16 @@ import os
 from collections.abc import Mapping
 from typing import Any, Union
 
-import torch
 from torch import nn
 
-from lightning_edge.models.factory import create_model, load_weights
+from lightning_edge.models.factory import create_model, load_weights, read_checkpoint
 
 TeacherSpec = Union[nn.Module, str, os.PathLike, Mapping[str, Any]]
 
 
 def _recorded_architecture(path: str) -> dict[str, Any] | None:
     """The ``create_model`` spec a train.py checkpoint records under ``hyper_parameters.net``, if any."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a plain checkpoint: its hyper-parameters may hold other objects
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # noqa: BLE001
-            raise ValueError(f"teacher checkpoint {path!r} is not a readable torch file ({error}); it may be truncated") from error
+    checkpoint = read_checkpoint(path)
     hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
     spec = hyper_parameters.get("net") if isinstance(hyper_parameters, Mapping) else None
     return dict(spec) if isinstance(spec, Mapping) and spec.get("name") else None

@@ -122,19 +122,25 @@ def check_runs_on(model: nn.Module, name: str, input_shape: tuple[int, int, int]
         model.train(was_training)
 
 
+def read_checkpoint(checkpoint_path: str | os.PathLike) -> Any:
+    """The object a torch checkpoint file holds, on the CPU; a corrupt file fails naming the path."""
+    path = os.fspath(checkpoint_path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        try:
+            # Lightning checkpoints carry RNG states and hyper-parameters beside the tensors.
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # noqa: BLE001
+            raise ValueError(f"checkpoint {path!r} is not a readable torch file ({error}); it may be truncated") from error
+
+
 def read_state_dict(checkpoint_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The network weights in a state dict, timm checkpoint or Lightning checkpoint, wrapper prefixes removed."""
     path = os.fspath(checkpoint_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist; check model.checkpoint_path")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001
-        try:
-            # Lightning checkpoints carry RNG states and hyper-parameters beside the tensors.
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # noqa: BLE001
-            raise ValueError(f"checkpoint {path!r} is not a readable torch file ({error}); it may be truncated") from error
+    checkpoint = read_checkpoint(path)
     if isinstance(checkpoint, Mapping):
         for key in ("state_dict", "model", "state_dict_ema"):
             if isinstance(checkpoint.get(key), Mapping):
