@@ -1,5 +1,7 @@
-"""Lightning callbacks: thin adapters over lightning_edge's pure-torch algorithms."""
+"""Lightning callbacks: thin adapters over lightning_edge's pure-torch algorithms (one callback a file)."""
 from lightning_edge.callbacks.exact_resume import ExactResume
 from lightning_edge.callbacks.knowledge_distillation import KnowledgeDistillation
+from lightning_edge.callbacks.post_training_quantization import PostTrainingQuantization
+from lightning_edge.callbacks.quantization_aware_training import QuantizationAwareTraining
 
-__all__ = ["ExactResume", "KnowledgeDistillation"]
+__all__ = ["ExactResume", "KnowledgeDistillation", "PostTrainingQuantization", "QuantizationAwareTraining"]

@@ -21,13 +21,13 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from lightning_edge.callbacks.network import find_network
 from lightning_edge.distill.registry import LossSpec, build_losses
 from lightning_edge.distill.teacher import TeacherSpec, freeze, load_teacher
-from lightning_edge.models.taps import FeatureTaps, find_module, first_tensor, parse_point_pairs, resolve_points
+from lightning_edge.models.taps import FeatureTaps, first_tensor, parse_point_pairs, resolve_points
 
 log = logging.getLogger(__name__)
 
-STUDENT_ATTRIBUTES = ("net", "model", "student", "network")
 TEACHER_PRECISIONS = {None: None, "32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
 
 
@@ -116,13 +116,13 @@ class KnowledgeDistillation(Callback):
                 "ignores. Use automatic optimisation, or call the losses of lightning_edge.distill in your own step"
             )
         self._trainer, self._module = trainer, pl_module
-        self._student_path, self._student = self._find_student(pl_module)
+        self._student_path, self._student = find_network(pl_module, self.student_spec, exclude=(self.teacher,))
         if self._student is self.teacher:
             raise ValueError("the teacher and the student are the same module; give a separate, trained teacher")
         freeze(self.teacher)
         self._teacher_fingerprint = _fingerprint(self.teacher)
         self._hooks = [
-            self._student.register_forward_pre_hook(self._on_student_input),
+            self._student.register_forward_pre_hook(self._on_student_input, prepend=True),  # raw input, before QAT's
             self._student.register_forward_hook(self._on_student_output),
         ]
         self._wrap_training_step(pl_module)
@@ -178,21 +178,6 @@ class KnowledgeDistillation(Callback):
         self._pending_state = dict(state_dict)
 
     # ------------------------------------------------------------------ the student and the wrapped step
-    def _find_student(self, pl_module: pl.LightningModule) -> tuple[str, nn.Module]:
-        spec = self.student_spec
-        if isinstance(spec, nn.Module):
-            for path, module in pl_module.named_modules():
-                if module is spec:
-                    return path, module
-            raise ValueError("the student module given to KnowledgeDistillation is not part of the LightningModule")
-        if isinstance(spec, str):
-            return spec, find_module(pl_module, spec, "LightningModule")
-        for name in STUDENT_ATTRIBUTES:
-            candidate = getattr(pl_module, name, None)
-            if isinstance(candidate, nn.Module) and candidate is not self.teacher:
-                return name, candidate
-        return "", pl_module
-
     def _wrap_training_step(self, pl_module: pl.LightningModule) -> None:
         if "training_step" in pl_module.__dict__:
             raise RuntimeError(
