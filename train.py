@@ -4,6 +4,8 @@
     python train.py recipe=baseline                      # a recipe from recipes/recipe/
     python train.py model.name=cifar_wrn_16_2 data=cifar10 trainer.max_epochs=30
     python train.py distill=kd_at teacher.ckpt=outputs/baseline/runs/.../checkpoints/last.ckpt  # distil
+    python train.py quant=qat model.checkpoint_path=FP32.ckpt trainer.max_epochs=1 optimizer.lr=0.01  # QAT, ONNX QDQ
+    python train.py quant=ptq train=false model.checkpoint_path=FP32.ckpt     # post-training quantization
     python train.py -m optimizer.lr=0.05,0.1 hydra/launcher=submitit_local   # a sweep
     python train.py recipe=baseline ckpt_path=outputs/baseline/runs/.../checkpoints/last.ckpt  # resume
 
@@ -27,12 +29,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from pytorch_lightning.utilities.rank_zero import rank_zero_only  # noqa: E402
 
 import lightning_edge.models  # noqa: E402,F401  (registers our models with timm)
+from lightning_edge.callbacks import QuantizationAwareTraining  # noqa: E402
 from lightning_edge.training import (  # noqa: E402
     best_checkpoint,
     build_datamodule,
     build_distillation,
     build_module,
+    build_quantization,
     build_summary,
+    export_network,
     instantiate_callbacks,
     instantiate_loggers,
     resolve_checkpoint,
@@ -61,6 +66,9 @@ def train(cfg: DictConfig, final_weights: bool = False) -> dict[str, Any]:
     distillation = build_distillation(cfg, datamodule)
     if distillation is not None:
         callbacks.insert(0, distillation)
+    quantization = build_quantization(cfg)
+    if quantization is not None:
+        callbacks.insert(1 if distillation is not None else 0, quantization)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -69,7 +77,8 @@ def train(cfg: DictConfig, final_weights: bool = False) -> dict[str, Any]:
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_checkpoint(cfg))
         fit_metrics = dict(trainer.callback_metrics)
-    tested_checkpoint = best_checkpoint(trainer)
+    # A QAT run tests (and exports) its final weights: the best float epoch may predate quantization.
+    tested_checkpoint = None if isinstance(quantization, QuantizationAwareTraining) else best_checkpoint(trainer)
     test_metrics: dict[str, Any] = {}
     if cfg.get("test", True):
         test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=tested_checkpoint, weights_only=False)[0]
@@ -78,6 +87,8 @@ def train(cfg: DictConfig, final_weights: bool = False) -> dict[str, Any]:
     )
     if distillation is not None and cfg.get("test", True) and trainer.world_size == 1:
         summary["distill"]["teacher"]["test"] = test_network(distillation.teacher, datamodule, cfg)
+    if cfg.get("test", True) and trainer.is_global_zero:
+        summary["export"] = export_network(module, datamodule, cfg, trainer)
     if final_weights and trainer.is_global_zero:
         summary["final_weights"] = save_network(module, os.path.join(cfg.paths.output_dir, "checkpoints", "final_weights.ckpt"))
     if trainer.is_global_zero:

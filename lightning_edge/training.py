@@ -21,11 +21,18 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelChec
 from pytorch_lightning.loggers import Logger
 
 from lightning_edge.callbacks.knowledge_distillation import KnowledgeDistillation
+from lightning_edge.callbacks.network import find_network
+from lightning_edge.callbacks.post_training_quantization import PostTrainingQuantization
+from lightning_edge.callbacks.quantization_aware_training import QuantizationAwareTraining
 from lightning_edge.data.base import ImageClassificationDataModule
 from lightning_edge.distill.teacher import load_teacher
+from lightning_edge.export.evaluate import evaluate_onnx
+from lightning_edge.export.onnx import to_onnx
 from lightning_edge.io import atomic_write_bytes, atomic_write_json
 from lightning_edge.models.factory import load_weights
 from lightning_edge.models.profile import profile_model
+from lightning_edge.quant.calibrate import batch_input
+from lightning_edge.quant.prepare import is_prepared
 from lightning_edge.module import ClassificationModule
 
 log = logging.getLogger(__name__)
@@ -108,6 +115,38 @@ def build_distillation(cfg: DictConfig, datamodule: ImageClassificationDataModul
     )
     log.info("teacher loaded from %s", teacher_cfg.ckpt)
     return instantiate(distill_cfg, teacher=teacher)
+
+
+def build_quantization(cfg: DictConfig) -> QuantizationAwareTraining | PostTrainingQuantization | None:
+    """The ``quant`` group's callback (QAT or PTQ), or None with ``quant=none``."""
+    quant_cfg = cfg.get("quant")
+    if not (isinstance(quant_cfg, Mapping) and "_target_" in quant_cfg):
+        return None
+    return instantiate(quant_cfg)
+
+
+def export_network(
+    module: pl.LightningModule, datamodule: ImageClassificationDataModule, cfg: DictConfig, trainer: pl.Trainer
+) -> dict[str, Any] | None:
+    """Write OUTPUT_DIR/model.onnx per the ``export`` group and run it in ONNX Runtime on the test set.
+
+    ``export.onnx=auto`` exports only quantized networks (as QDQ); ``true`` exports float ones as FP32 too.
+    """
+    export_cfg = cfg.get("export") or {}
+    _, network = find_network(module)
+    choice = export_cfg.get("onnx", "auto")
+    if choice is False or choice == "false" or (choice == "auto" and not is_prepared(network)):
+        return None
+    example = batch_input(next(iter(datamodule.test_dataloader())))[:1]
+    path = to_onnx(network, example, os.path.join(cfg.paths.output_dir, "model.onnx"), opset=int(export_cfg.get("opset", 17)))
+    result: dict[str, Any] = {"onnx": path, "bytes": os.path.getsize(path), "format": "qdq" if is_prepared(network) else "fp32"}
+    log.info("exported %s (%d bytes)", path, result["bytes"])
+    if export_cfg.get("evaluate", True):
+        limit = trainer.limit_test_batches
+        max_batches = 1 if trainer.fast_dev_run else (limit if isinstance(limit, int) else None)
+        result["onnxruntime"] = evaluate_onnx(path, datamodule.test_dataloader(), reference=network, max_batches=max_batches)
+        log.info("ONNX Runtime on the test set: %s", result["onnxruntime"])
+    return result
 
 
 def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
@@ -195,6 +234,7 @@ def build_summary(
         "wall_time_s": round(wall_time_s, 2),
         "output_dir": cfg.paths.output_dir,
         "distill": distillation_summary(distillation, cfg, datamodule) if distillation is not None else None,
+        "quant": quantization_summary(trainer),
         "student": model_spec(cfg, datamodule).get("derive"),
         "command": " ".join(sys.argv),
         "versions": {
@@ -203,6 +243,23 @@ def build_summary(
             "pytorch_lightning": pl.__version__,
         },
     }
+
+
+def quantization_summary(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """What the quant group did: QAT settings and schedule, or PTQ calibration; None for a float run."""
+    callback = next((c for c in trainer.callbacks if isinstance(c, (QuantizationAwareTraining, PostTrainingQuantization))), None)
+    if callback is None:
+        return None
+    network = callback.network
+    summary: dict[str, Any] = {"method": "qat" if isinstance(callback, QuantizationAwareTraining) else "ptq",
+                               **callback.config.as_dict()}
+    if isinstance(callback, QuantizationAwareTraining):
+        summary.update(callback.schedule)
+    else:
+        summary.update(num_batches=callback.num_batches, split=callback.split)
+    if network is not None and is_prepared(network):
+        summary.update(int8_layers=len(network.quant_plan.folds), int8_tensors=len(network.quant_plan.points))
+    return summary
 
 
 def distillation_summary(

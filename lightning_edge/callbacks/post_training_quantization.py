@@ -54,8 +54,13 @@ class PostTrainingQuantization(Callback):
         datamodule = trainer.datamodule
         if datamodule is None:
             raise ValueError("PostTrainingQuantization calibrates on the datamodule's data; pass datamodule= to test")
-        loader = datamodule.val_dataloader() if self.split == "val" else datamodule.train_dataloader()
+        datamodule.setup("fit")  # testing alone sets up only the test split
+        split = self.split
+        if split == "val" and getattr(datamodule, "val_set", None) is getattr(datamodule, "test_set", False):
+            rank_zero_info("PostTrainingQuantization: the validation split is the test set (val_size=0); calibrating on train")
+            split = "train"
+        loader = datamodule.val_dataloader() if split == "val" else datamodule.train_dataloader()
         prepare_qat(network, self.config, inplace=True)
         calibrate(network, loader, self.num_batches)
         self.network = network
-        rank_zero_info(f"PostTrainingQuantization: calibrated {path or 'the module'} on {self.num_batches} {self.split} batches")
+        rank_zero_info(f"PostTrainingQuantization: calibrated {path or 'the module'} on {self.num_batches} {split} batches")

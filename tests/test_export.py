@@ -1,0 +1,121 @@
+"""export.to_onnx: standard QDQ that ONNX Runtime runs as the fake-quantized model predicts; FP32 for float."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import pytorch_lightning as pl
+import torch
+from onnx import numpy_helper
+
+from conftest import FASHION_MNIST_DIR
+from lightning_edge.callbacks import QuantizationAwareTraining
+from lightning_edge.data.fashion_mnist import FashionMNISTDataModule
+from lightning_edge.export import evaluate_onnx, onnxruntime_session, to_onnx
+from lightning_edge.models import create_model
+from lightning_edge.module import ClassificationModule
+from lightning_edge.quant import QuantConv2d, calibrate, prepare_qat, quantized_layers
+
+
+def calibrated_resnet(seed: int = 0, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = create_model("cifar_resnet20", num_classes=10, in_chans=1, **kwargs)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 1, 28, 28))
+    return calibrate(model.eval(), [torch.randn(16, 1, 28, 28) for _ in range(2)], num_batches=2)
+
+
+def test_float_model_exports_as_plain_fp32(tmp_path):
+    model = create_model("cifar_wrn_16_2", num_classes=10, in_chans=1).eval()
+    x = torch.randn(3, 1, 28, 28)
+    path = to_onnx(model, x[:1], str(tmp_path / "float.onnx"))
+    graph = onnx.load(path).graph
+    assert not [node for node in graph.node if "Quantize" in node.op_type]
+    logits = onnxruntime_session(path).run(None, {"input": x.numpy()})[0]  # batch 3 through a batch-1 trace
+    with torch.no_grad():
+        assert np.allclose(logits, model(x).numpy(), atol=1e-4)
+
+
+def test_quantized_export_is_standard_qdq(tmp_path):
+    model = calibrated_resnet()
+    path = to_onnx(model, torch.randn(1, 1, 28, 28), str(tmp_path / "int8.onnx"))
+    proto = onnx.load(path)
+    assert proto.opset_import[0].version >= 13
+    graph = proto.graph
+    initializers = {item.name: numpy_helper.to_array(item) for item in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    assert not [node for node in graph.node if node.op_type in ("Cast", "Constant", "BatchNormalization")]
+    convs = [node for node in graph.node if node.op_type in ("Conv", "Gemm")]
+    assert len(convs) == 22
+    layers = list(quantized_layers(model))
+    for node, layer in zip(convs, layers):
+        x_dq, w_dq, b_dq = (producers[name] for name in node.input)
+        assert x_dq.op_type == w_dq.op_type == b_dq.op_type == "DequantizeLinear"
+        codes, scale = initializers[w_dq.input[0]], initializers[w_dq.input[1]]
+        assert codes.dtype == np.int8 and np.abs(codes.astype(int)).max() <= 127
+        assert scale.shape == (codes.shape[0],) and next(a.i for a in w_dq.attribute if a.name == "axis") == 0
+        assert not initializers[w_dq.input[2]].any()  # symmetric
+        bias = initializers[b_dq.input[0]]
+        assert bias.dtype == np.int32
+        input_scale = initializers[x_dq.input[1]]
+        assert np.array_equal(initializers[b_dq.input[1]], (input_scale * scale).astype(np.float32))
+        integers = layer.integer_weight_and_bias()  # the file holds the model's own integers
+        assert np.array_equal(codes, integers["weight"].numpy())
+        assert np.array_equal(bias, integers["bias"].numpy().astype(np.int32))
+    activations = [node for node in graph.node if node.op_type == "QuantizeLinear"]
+    assert len(activations) == len(model.quant_plan.points)
+    assert all(initializers[node.input[2]].dtype == np.uint8 for node in activations)
+
+
+def test_lone_batchnorm_exports_as_depthwise_conv(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("cifar_wrn_16_2", num_classes=10, in_chans=1)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 1, 28, 28))
+    model = calibrate(model.eval(), [torch.randn(8, 1, 28, 28)], num_batches=1)
+    path = to_onnx(model, torch.randn(1, 1, 28, 28), str(tmp_path / "wrn.onnx"))
+    groups = [next(a.i for a in node.attribute if a.name == "group") for node in onnx.load(path).graph.node if node.op_type == "Conv"]
+    assert sorted(set(groups)) == [1, 32, 64, 128]  # the six lone pre-activation BatchNorms: depthwise 1x1
+    x = torch.randn(8, 1, 28, 28)
+    logits = onnxruntime_session(path).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    steps = np.abs(logits - expected) / model.activation_quantizers["fc"].scale.item()
+    assert (steps <= 1.01).mean() >= 0.95 and steps.max() <= 3.01  # ties round apart, then propagate a little
+
+
+def test_uncalibrated_model_is_refused(tmp_path):
+    model = prepare_qat(create_model("cifar_resnet20", num_classes=10, in_chans=1))
+    with pytest.raises(ValueError, match="no range yet.*calibrate"):
+        to_onnx(model, torch.randn(1, 1, 28, 28), str(tmp_path / "x.onnx"))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_onnxruntime_agrees_with_the_qat_model_on_real_test_images(tmp_path):
+    """QAT fine-tuning on Fashion-MNIST, then the export in ONNX Runtime against the fake-quant model."""
+    torch.manual_seed(0)
+    data = FashionMNISTDataModule(batch_size=64, eval_batch_size=250, crop_padding=2, val_size=1000)
+    module = ClassificationModule(create_model("cifar_resnet20", num_classes=10, in_chans=1))
+    settings = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, limit_val_batches=0, max_epochs=1)
+    pl.Trainer(limit_train_batches=60, **settings).fit(module, datamodule=data)
+    qat = QuantizationAwareTraining()
+    pl.Trainer(limit_train_batches=30, callbacks=[qat], **settings).fit(module, datamodule=data)
+    network = module.net.eval()
+    assert isinstance(network.conv1, QuantConv2d)
+    path = to_onnx(network, torch.zeros(1, 1, 28, 28), str(tmp_path / "qat.onnx"))
+    data.setup("test")
+    result = evaluate_onnx(path, data.test_dataloader(), reference=network, max_batches=8)  # 2,000 images
+    assert result["images"] == 2000
+    assert result["agreement"] >= 0.995
+    assert result["acc"] > 0.6  # it learned something, so agreement is not between two constant guesses
+    session = onnxruntime_session(path)
+    images = next(iter(data.test_dataloader()))[0]
+    logits = session.run(None, {"input": images.numpy()})[0]
+    with torch.no_grad():
+        expected = network(images).numpy()
+    steps = np.abs(logits - expected) / network.activation_quantizers["fc"].scale.item()
+    assert (steps <= 1.01).mean() >= 0.99  # within one output step on nearly all elements
