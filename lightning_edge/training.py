@@ -32,7 +32,7 @@ from lightning_edge.io import atomic_write_bytes, atomic_write_json
 from lightning_edge.models.factory import load_weights
 from lightning_edge.models.profile import profile_model
 from lightning_edge.quant.calibrate import batch_input
-from lightning_edge.quant.prepare import is_prepared
+from lightning_edge.quant.prepare import activation_quantizers, is_prepared
 from lightning_edge.module import ClassificationModule
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ def teacher_stage_config(cfg: DictConfig) -> DictConfig:
     stage.model = {"name": teacher.name, "pretrained": False, "checkpoint_path": None, "kwargs": teacher.get("kwargs") or {}}
     stage.student = None
     stage.distill = None
+    stage.quant = None  # the teacher stays a float network
     stage.teacher = {"name": None, "ckpt": None, "train": False}
     stage.ckpt_path = None
     if teacher.get("max_epochs"):
@@ -136,6 +137,9 @@ def export_network(
     _, network = find_network(module)
     choice = export_cfg.get("onnx", "auto")
     if choice is False or choice == "false" or (choice == "auto" and not is_prepared(network)):
+        return None
+    if is_prepared(network) and not all(quantizer.active for quantizer in activation_quantizers(network)):
+        log.warning("no ONNX export: the network's quantization never started (quant.start_epoch beyond the epochs run?)")
         return None
     example = batch_input(next(iter(datamodule.test_dataloader())))[:1]
     path = to_onnx(network, example, os.path.join(cfg.paths.output_dir, "model.onnx"), opset=int(export_cfg.get("opset", 17)))

@@ -118,3 +118,36 @@ class TeacherProbe(Callback):
         }
         with open(f"{self.path}.rank{trainer.global_rank}.json", "w") as handle:
             json.dump(record, handle)
+
+
+class QuantProbe(Callback):
+    """Records, per DDP rank, every quantizer's scale and zero point after each step, and the sums of its own batches."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.scales: list[list[float]] = []
+        self.zero_points: list[list[int]] = []
+        self.batch_sums: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batch_sums.append(float(batch[0].double().sum()))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from lightning_edge.quant import activation_quantizers
+
+        quantizers = list(activation_quantizers(pl_module.net))
+        self.scales.append([float(quantizer.scale) for quantizer in quantizers])
+        self.zero_points.append([int(quantizer.zero_point) for quantizer in quantizers])
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        import json
+
+        record = {
+            "world_size": trainer.world_size,
+            "global_step": trainer.global_step,
+            "scales": self.scales,
+            "zero_points": self.zero_points,
+            "batch_sums": self.batch_sums,
+        }
+        with open(f"{self.path}.rank{trainer.global_rank}.json", "w") as handle:
+            json.dump(record, handle)

@@ -1,7 +1,7 @@
 """Quantization-aware training as a callback: the user's LightningModule stays unchanged.
 
-``setup`` prepares the network in place (``lightning_edge.quant.prepare_qat``) before optimizers and DDP
-exist, so the optimizer gets the prepared parameters (LSQ step sizes included) and DDP wraps the prepared
+``setup`` prepares the network in place (``lightning_edge.quant.prepare_qat``) before optimizers, DDP
+and checkpoint loading, so the optimizer gets the prepared parameters (LSQ step sizes included) and DDP wraps the prepared
 network. Each epoch start applies the schedule, a pure function of the epoch (so a resumed run lands
 in the same state): fake quantization from ``start_epoch``, frozen BatchNorm statistics from
 ``freeze_bn_epoch``, fixed activation ranges from ``freeze_observers_epoch``. After every training batch
@@ -83,7 +83,9 @@ class QuantizationAwareTraining(Callback):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.network is not None:
+        # Every stage prepares: ``trainer.test(module, ckpt_path=QAT_CHECKPOINT)`` on a fresh module needs the
+        # quantized structure before Lightning loads the checkpoint's weights and quantization buffers into it.
+        if self.network is not None:
             return
         self.network_path, network = find_network(pl_module, self.network_spec)
         if is_prepared(network):
@@ -99,7 +101,8 @@ class QuantizationAwareTraining(Callback):
                 f"{self.network_path or type(pl_module).__name__}; fake quantization from epoch {self.start_epoch}"
             )
         self.network = network
-        self.apply_schedule(trainer.current_epoch)
+        if stage == "fit":
+            self.apply_schedule(trainer.current_epoch)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.apply_schedule(trainer.current_epoch)
