@@ -123,7 +123,12 @@ def build_quantization(cfg: DictConfig) -> QuantizationAwareTraining | PostTrain
     quant_cfg = cfg.get("quant")
     if not (isinstance(quant_cfg, Mapping) and "_target_" in quant_cfg):
         return None
-    return instantiate(quant_cfg)
+    callback = instantiate(quant_cfg)
+    if isinstance(callback, QuantizationAwareTraining) and not cfg.get("train", True):
+        raise ValueError("quant=qat with train=false has nothing to train; quantize a trained network with quant=ptq")
+    if isinstance(callback, PostTrainingQuantization) and not cfg.get("test", True):
+        raise ValueError("quant=ptq calibrates when testing starts, and test=false skips testing; drop test=false")
+    return callback
 
 
 def export_network(

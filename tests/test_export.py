@@ -119,3 +119,26 @@ def test_onnxruntime_agrees_with_the_qat_model_on_real_test_images(tmp_path):
         expected = network(images).numpy()
     steps = np.abs(logits - expected) / network.activation_quantizers["fc"].scale.item()
     assert (steps <= 1.01).mean() >= 0.99  # within one output step on nearly all elements
+
+
+def test_seven_bit_activations_stay_within_127_in_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 1, 28, 28))
+    model = calibrate(model.eval(), [torch.randn(16, 1, 28, 28)], num_batches=1, config={"activation_bits": 7})
+    path = to_onnx(model, torch.randn(1, 1, 28, 28), str(tmp_path / "a7.onnx"))
+    proto = onnx.load(path)
+    quantize_nodes = [node for node in proto.graph.node if node.op_type == "QuantizeLinear"]
+    for node in quantize_nodes:  # expose every activation's codes
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UINT8, None))
+    import onnxruntime
+
+    x = torch.randn(32, 1, 28, 28) * 1.5  # wider than the calibration data: ranges saturate
+    outputs = onnxruntime.InferenceSession(proto.SerializeToString()).run(None, {"input": x.numpy()})
+    assert all(int(codes.max()) <= 127 for codes in outputs[1:])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    steps = np.abs(outputs[0] - expected) / model.activation_quantizers["fc"].scale.item()
+    assert (steps <= 1.01).mean() >= 0.95

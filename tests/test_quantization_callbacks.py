@@ -166,6 +166,18 @@ def test_train_py_ptq_calibrates_on_validation_images(tmp_path):
     assert abs(summary["test"]["acc"] - summary["export"]["onnxruntime"]["acc"]) <= 0.05
 
 
+@pytest.mark.parametrize(
+    "overrides,message",
+    [(["quant=qat", "train=false"], "nothing to train"), (["quant=ptq", "test=false"], "drop test=false"),
+     (["quant=qat", "quant.observer=histogram"], "unknown observer 'histogram'")],
+    ids=["qat-without-training", "ptq-without-testing", "unknown-observer"],
+)
+def test_train_py_refuses_quantization_settings_that_cannot_work(overrides, message, tmp_path):
+    with pytest.raises(Exception, match=message):
+        train(compose_config([*SYNTHETIC, *overrides], tmp_path))
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_train_py_refuses_a_network_the_runtime_cannot_run(tmp_path):
     overrides = ["data=synthetic", "model.name=efficientnet_b0", "quant=qat", "logger=none", *QUICK, "trainer.max_epochs=1"]
     with pytest.raises(UnsupportedModelError, match=r"module 'bn1\.act' \(SiLU\)|SiLU"):
