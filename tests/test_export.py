@@ -130,9 +130,13 @@ def test_seven_bit_activations_stay_within_127_in_onnxruntime(tmp_path):
     model = calibrate(model.eval(), [torch.randn(16, 1, 28, 28)], num_batches=1, config={"activation_bits": 7})
     path = to_onnx(model, torch.randn(1, 1, 28, 28), str(tmp_path / "a7.onnx"))
     proto = onnx.load(path)
+    users = {name: node for node in proto.graph.node for name in node.input}
     quantize_nodes = [node for node in proto.graph.node if node.op_type == "QuantizeLinear"]
-    for node in quantize_nodes:  # expose every activation's codes
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UINT8, None))
+    # 7-bit codes are written QuantizeLinear -> Clip(0, 127) on the uint8 codes -> DequantizeLinear
+    clips = [users[node.output[0]] for node in quantize_nodes]
+    assert {clip.op_type for clip in clips} == {"Clip"}
+    for clip in clips:  # expose every activation's codes
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(clip.output[0], onnx.TensorProto.UINT8, None))
     import onnxruntime
 
     x = torch.randn(32, 1, 28, 28) * 1.5  # wider than the calibration data: ranges saturate
