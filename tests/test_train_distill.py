@@ -106,8 +106,8 @@ def test_ddp_ranks_each_run_the_teacher_on_their_own_shard(teacher_checkpoint, t
 
 def test_moonshine_pipeline_trains_the_teacher_then_distils_its_student(tmp_path):
     overrides = [
-        "recipe=moonshine_resnet", *SYNTHETIC[:3], "logger=csv", *QUICK, "trainer.max_epochs=1", "teacher.max_epochs=1",
-        "student.block=DW",
+        "recipe=moonshine_resnet", *SYNTHETIC[:3], "logger=csv", *QUICK, "trainer.max_epochs=2", "teacher.max_epochs=1",
+        "student.block=DW", "quant.start_epoch=1",
     ]
     summary = run(compose_config(overrides, tmp_path))
     teacher_summary = tmp_path / "teacher" / "summary.json"
@@ -117,6 +117,11 @@ def test_moonshine_pipeline_trains_the_teacher_then_distils_its_student(tmp_path
     assert summary["teacher_run"]["test"]["acc"] == pytest.approx(summary["distill"]["teacher"]["test"]["acc"])
     assert summary["distill"]["points"] == [["layer1", "layer1"], ["layer2", "layer2"], ["layer3", "layer3"]]
     assert json.loads((tmp_path / "summary.json").read_text())["teacher_run"] == summary["teacher_run"]
+    # The student's last epoch trains quantized; the INT8 student is tested, exported and run in ONNX Runtime.
+    assert summary["quant"]["method"] == "qat" and summary["quant"]["start_epoch"] == 1
+    assert summary["checkpoint"] is None and summary["export"]["format"] == "qdq"
+    assert summary["export"]["onnxruntime"]["agreement"] >= 0.95
+    assert json.loads(teacher_summary.read_text())["quant"] is None  # the teacher stays float
     # A requeued job in the same folder keeps the finished teacher stage and resumes the student.
     written = teacher_summary.stat().st_mtime_ns
     again = run(compose_config(overrides, tmp_path))
