@@ -77,10 +77,6 @@ class QuantPlan:
 
     folds: list[Fold] = field(default_factory=list)
     points: list[Point] = field(default_factory=list)
-    point_of_node: dict[str, str] = field(default_factory=dict)  # fx node -> point name holding its value
-
-    def point(self, name: str) -> Point:
-        return next(point for point in self.points if point.name == name)
 
 
 @dataclass
@@ -293,7 +289,7 @@ def build_plan(model: nn.Module) -> QuantPlan:
             input_node = quantized_input(node, node.args[0])
             end, fold = node, Fold(kind if kind != "bn" else "batchnorm", node.target, input_node=input_node.name)
             if kind == "bn":
-                fold.activation = _activation_kind(getattr(modules[node.target], "act", None) or nn.Identity())
+                fold.activation = _bn_act_kind(modules[node.target], node, modules)
             follower = _next_in_chain(end, kinds)
             if kind == "conv" and follower is not None and kinds[follower] == "bn" and module_once(follower):
                 fold.bn_path, end = follower.target, follower
@@ -326,7 +322,6 @@ def build_plan(model: nn.Module) -> QuantPlan:
                 grid_source[node] = grid_source[source]
     for fold in plan.folds:
         fold.input_node = point_nodes[_node_named(graph, fold.input_node)].name
-    plan.point_of_node = {node.name: point.name for node, point in point_nodes.items()}
     return plan
 
 
