@@ -3,6 +3,8 @@
     lightning-edge models [PATTERN]          model names create_model accepts (ours first, then timm's)
     lightning-edge profile MODEL [...]       parameters, MACs and bytes of a model for an input size
     lightning-edge student MODEL --block G4  the Moonshine student of MODEL: what each layer becomes and costs
+    lightning-edge qat-plan MODEL            what prepare_qat makes of MODEL: int8 layers and int8 tensors
+    lightning-edge export CKPT -o F.onnx     a train.py checkpoint as ONNX: QDQ after QAT, else FP32
     lightning-edge train [OVERRIDES...]      the same as `python train.py OVERRIDES...`
 """
 from __future__ import annotations
@@ -52,6 +54,43 @@ def _student(args: argparse.Namespace) -> int:
     return 0
 
 
+def _qat_plan(args: argparse.Namespace) -> int:
+    from lightning_edge.models import create_model
+    from lightning_edge.quant import build_plan
+
+    model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, image_size=args.image_size)
+    plan = build_plan(model)
+    if args.json:
+        print(json.dumps({"layers": [vars(fold) for fold in plan.folds], "tensors": [vars(point) for point in plan.points]}, indent=2))
+        return 0
+    print(f"{args.model}: {len(plan.folds)} int8 layers, {len(plan.points)} int8 tensors")
+    for fold in plan.folds:
+        folded = f" + BatchNorm {fold.bn_path}" if fold.bn_path else ""
+        print(f"  layer  {fold.path:<28} {fold.kind}{folded}{' + ' + fold.activation if fold.activation else ''}")
+    for point in plan.points:
+        anchor = f"{point.where} of {point.anchor or 'the model'}"
+        print(f"  tensor {point.name:<28} {point.description} ({anchor})")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from lightning_edge.export import network_from_checkpoint, to_onnx
+    from lightning_edge.models import recorded_model_spec
+
+    network = network_from_checkpoint(args.checkpoint)
+    spec = recorded_model_spec(args.checkpoint) or {}
+    size = args.image_size or spec.get("image_size")
+    if not size:
+        raise ValueError("the checkpoint does not record its input size; give --image-size")
+    example = torch.zeros(1, int(spec.get("in_chans", 3)), int(size), int(size))
+    path = to_onnx(network, example, args.output, opset=args.opset)
+    kind = "QDQ (INT8)" if hasattr(network, "activation_quantizers") else "FP32"
+    print(f"wrote {path}: {kind}, {os.path.getsize(path):,} bytes")
+    return 0
+
+
 def _train(overrides: list[str]) -> int:
     script = REPOSITORY_ROOT / "train.py"
     if not script.is_file():
@@ -86,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     student.add_argument("--num-classes", type=int, default=10)
     student.add_argument("--json", action="store_true", help="the report as JSON")
     student.set_defaults(handler=_student)
+    qat_plan = commands.add_parser("qat-plan", help="the int8 layers and tensors prepare_qat finds in a model")
+    qat_plan.add_argument("model")
+    qat_plan.add_argument("--in-chans", type=int, default=3)
+    qat_plan.add_argument("--image-size", type=int, default=32)
+    qat_plan.add_argument("--num-classes", type=int, default=10)
+    qat_plan.add_argument("--json", action="store_true")
+    qat_plan.set_defaults(handler=_qat_plan)
+    export = commands.add_parser("export", help="a train.py checkpoint as ONNX (QDQ after QAT, else FP32)")
+    export.add_argument("checkpoint")
+    export.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    export.add_argument("--image-size", type=int, help="input side, when the checkpoint does not record it")
+    export.add_argument("--opset", type=int, default=17)
+    export.set_defaults(handler=_export)
     commands.add_parser("train", help="run train.py with Hydra overrides", add_help=False)
     return parser
 
@@ -97,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # UnsupportedModelError is a ValueError
         print(f"lightning-edge {args.command}: {error}", file=sys.stderr)
         return 2
 

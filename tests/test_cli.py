@@ -36,3 +36,29 @@ def test_student_prints_the_moonshine_report(capsys):
     assert report["teacher"]["parameters"] == 2_243_546 and report["student"]["parameters"] == 421_082
     assert main(["student", "cifar_resnet20", "--block", "G3"]) == 2
     assert "groups must divide its 16 input channels" in capsys.readouterr().err
+
+
+def test_qat_plan_lists_int8_layers_and_refuses_what_the_runtime_cannot_run(capsys):
+    assert main(["qat-plan", "cifar_resnet20", "--in-chans", "1", "--image-size", "28"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cifar_resnet20: 22 int8 layers, 34 int8 tensors")
+    assert "layer1.0.conv1               conv + BatchNorm layer1.0.bn1 + relu" in out
+    assert "residual add + relu (output of layer1.0.relu2)" in out
+    assert main(["qat-plan", "efficientnet_b0", "--json"]) == 2
+    assert "cannot quantize module 'blocks.0.0.se.act1' (SiLU)" in capsys.readouterr().err
+
+
+def test_export_writes_a_train_py_checkpoint_as_onnx(tmp_path, capsys):
+    import onnx
+
+    from conftest import QUICK, compose_config
+    from train import train
+
+    overrides = ["data=synthetic", "model.name=cifar_resnet20", "logger=none", *QUICK, "trainer.max_epochs=1",
+                 "test=false", "quant=qat"]
+    checkpoint = train(compose_config(overrides, tmp_path))["last_checkpoint"]
+    assert main(["export", checkpoint, "-o", str(tmp_path / "cli.onnx")]) == 0
+    assert "QDQ (INT8)" in capsys.readouterr().out
+    assert sum(node.op_type == "QuantizeLinear" for node in onnx.load(tmp_path / "cli.onnx").graph.node) == 34
+    assert main(["export", str(tmp_path / "missing.ckpt"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err

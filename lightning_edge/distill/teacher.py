@@ -7,17 +7,9 @@ from typing import Any, Union
 
 from torch import nn
 
-from lightning_edge.models.factory import create_model, load_weights, read_checkpoint
+from lightning_edge.models.factory import create_model, load_weights, recorded_model_spec
 
 TeacherSpec = Union[nn.Module, str, os.PathLike, Mapping[str, Any]]
-
-
-def _recorded_architecture(path: str) -> dict[str, Any] | None:
-    """The ``create_model`` spec a train.py checkpoint records under ``hyper_parameters.net``, if any."""
-    checkpoint = read_checkpoint(path)
-    hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
-    spec = hyper_parameters.get("net") if isinstance(hyper_parameters, Mapping) else None
-    return dict(spec) if isinstance(spec, Mapping) and spec.get("name") else None
 
 
 def load_teacher(teacher: TeacherSpec, **overrides: Any) -> nn.Module:
@@ -54,7 +46,7 @@ def load_teacher(teacher: TeacherSpec, **overrides: Any) -> nn.Module:
             f"teacher {spec['name']!r} has no checkpoint: distilling from untrained weights teaches nothing. "
             "Give its trained weights: teacher.ckpt=PATH (Python: {'name': ..., 'checkpoint': PATH})"
         )
-    recorded = _recorded_architecture(os.fspath(checkpoint))
+    recorded = recorded_model_spec(os.fspath(checkpoint))
     if recorded is not None:
         if spec.get("name") and spec["name"] != recorded["name"]:
             raise ValueError(

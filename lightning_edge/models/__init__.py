@@ -3,7 +3,7 @@ from lightning_edge.models import cifar_resnet, cifar_wrn  # noqa: F401  (regist
 from lightning_edge.models.cifar_resnet import CifarResNet
 from lightning_edge.models.cifar_wrn import CifarWideResNet, register_wrn
 from lightning_edge.models.block_spec import BlockSpec, parse_block_spec
-from lightning_edge.models.factory import create_model, list_models, load_weights, read_state_dict
+from lightning_edge.models.factory import create_model, list_models, load_weights, read_state_dict, recorded_model_spec
 from lightning_edge.models.moonshine import StudentReport, derive_student, residual_blocks
 from lightning_edge.models.profile import ModelProfile, count_macs, count_parameters, macs_per_layer, model_bytes, profile_model
 
@@ -25,5 +25,6 @@ __all__ = [
     "model_bytes",
     "profile_model",
     "read_state_dict",
+    "recorded_model_spec",
     "register_wrn",
 ]

@@ -135,6 +135,14 @@ def read_checkpoint(checkpoint_path: str | os.PathLike) -> Any:
             raise ValueError(f"checkpoint {path!r} is not a readable torch file ({error}); it may be truncated") from error
 
 
+def recorded_model_spec(checkpoint_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``create_model`` spec a train.py checkpoint records under ``hyper_parameters.net``, if any."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    spec = hyper_parameters.get("net") if isinstance(hyper_parameters, Mapping) else None
+    return dict(spec) if isinstance(spec, Mapping) and spec.get("name") else None
+
+
 def read_state_dict(checkpoint_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The network weights in a state dict, timm checkpoint or Lightning checkpoint, wrapper prefixes removed."""
     path = os.fspath(checkpoint_path)
