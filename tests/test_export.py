@@ -146,3 +146,25 @@ def test_seven_bit_activations_stay_within_127_in_onnxruntime(tmp_path):
         expected = model(x).numpy()
     steps = np.abs(outputs[0] - expected) / model.activation_quantizers["fc"].scale.item()
     assert (steps <= 1.01).mean() >= 0.95
+
+
+def test_lsq_model_exports_its_learned_step_sizes(tmp_path):
+    torch.manual_seed(0)
+    model = prepare_qat(create_model("cifar_resnet20", num_classes=10, in_chans=1), {"observer": "lsq"}).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model.eval()
+    path = to_onnx(model, x[:1], str(tmp_path / "lsq.onnx"))
+    graph = onnx.load(path).graph
+    initializers = {item.name: numpy_helper.to_array(item) for item in graph.initializer}
+    learned = model.activation_quantizers["fc"].scale.item()
+    scales = [float(initializers[node.input[1]]) for node in graph.node if node.op_type == "QuantizeLinear"]
+    assert learned in scales
+    logits = onnxruntime_session(path).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        steps = np.abs(logits - model(x).numpy()) / learned
+    assert (steps <= 1.01).mean() >= 0.95
