@@ -6,7 +6,8 @@ Three runs of train.py from the same checkpoint, each ending with our ONNX expor
 test set in ONNX Runtime:
   fp32: test only, exported as plain FP32 ONNX;
   ptq:  post-training quantization (calibrated on validation batches), exported as QDQ;
-  qat:  QAT fine-tune (--qat-epochs at --qat-lr, cosine to 0), exported as QDQ.
+  qat:  QAT fine-tune (--qat-epochs at --qat-lr, cosine to 0), exported as QDQ; once per --seeds value
+        (the seed sets data order and augmentation), reported as mean and standard deviation.
 Then the cost of a QAT training step against an FP32 step: forward, backward and SGD update on one real
 batch, the two alternating in rounds on the same input and thread count; the ratio is per round.
 Writes OUT/results.json and OUT/results.md. Finished train.py runs are reused (delete OUT/NAME to redo one).
@@ -33,8 +34,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="cifar_resnet20", help="its model.name")
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--qat-lr", type=float, default=0.01)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 0, 1], help="QAT fine-tunes, one per seed")
     parser.add_argument("--ptq-batches", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds of the step-cost comparison")
+    parser.add_argument("--rounds", type=int, default=11, help="alternating rounds of the step-cost comparison")
     parser.add_argument("--steps", type=int, default=10, help="training steps per variant and round")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
@@ -106,18 +108,27 @@ def step_cost(args: argparse.Namespace) -> dict:
     }
 
 
+def _mean_std(values: list[float]) -> str:
+    spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{100 * statistics.mean(values):.2f}%{spread}"
+
+
 def table(results: dict) -> str:
-    fp32 = results["runs"]["fp32"]["export"]["onnxruntime"]["acc"]
+    runs = results["runs"]
+    fp32 = runs["fp32"]["export"]["onnxruntime"]["acc"]
     rows = [
         "| network | torch top-1 | ONNX Runtime top-1 (our export) | vs FP32 in ONNX Runtime | argmax agreement torch/ORT | .onnx size |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for name, label in (("fp32", "FP32"), ("ptq", "PTQ (INT8)"), ("qat", "QAT (INT8)")):
-        run = results["runs"][name]
-        ort = run["export"]["onnxruntime"]
+    groups = [("FP32", ["fp32"]), ("PTQ (INT8)", ["ptq"]),
+              (f"QAT (INT8), {len(results['seeds'])} seeds", [f"qat_seed{seed}" for seed in results["seeds"]])]
+    for label, names in groups:
+        torch_acc = [runs[name]["test"]["acc"] for name in names]
+        ort_acc = [runs[name]["export"]["onnxruntime"]["acc"] for name in names]
+        agreement = [runs[name]["export"]["onnxruntime"]["agreement"] for name in names]
         rows.append(
-            f"| {label} | {100 * run['test']['acc']:.2f}% | {100 * ort['acc']:.2f}% | {100 * (ort['acc'] - fp32):+.2f} | "
-            f"{100 * ort['agreement']:.2f}% | {run['export']['bytes'] / 1024:.0f} KiB |"
+            f"| {label} | {_mean_std(torch_acc)} | {_mean_std(ort_acc)} | {100 * (statistics.mean(ort_acc) - fp32):+.2f} | "
+            f"{100 * min(agreement):.2f}% (lowest) | {runs[names[0]]['export']['bytes'] / 1024:.0f} KiB |"
         )
     cost = results["step_cost"]
     rows += [
@@ -135,12 +146,16 @@ def main() -> None:
     runs = {
         "fp32": run_train("fp32", ["train=false", "export.onnx=true"], args),
         "ptq": run_train("ptq", ["train=false", "quant=ptq", f"quant.num_batches={args.ptq_batches}"], args),
-        "qat": run_train("qat", ["quant=qat", f"trainer.max_epochs={args.qat_epochs}", f"optimizer.lr={args.qat_lr}",
-                                 "scheduler.warmup_epochs=0"], args),
     }
+    for seed in args.seeds:
+        runs[f"qat_seed{seed}"] = run_train(f"qat_seed{seed}", [
+            "quant=qat", f"trainer.max_epochs={args.qat_epochs}", f"optimizer.lr={args.qat_lr}",
+            "scheduler.warmup_epochs=0", f"seed={seed}",
+        ], args)
     results = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "fp32_checkpoint": args.fp32_ckpt,
+        "seeds": args.seeds,
         "runs": {name: {key: run.get(key) for key in ("test", "export", "quant", "wall_time_s", "bench_command")}
                  for name, run in runs.items()},
         "step_cost": step_cost(args),

@@ -53,8 +53,8 @@ def to_onnx(
         for layer in list(quantized_layers(exported)):
             layer.attach_export_tensors()
     proto = _torch_export(exported, example_input.detach().cpu().float(), opset, dynamic_batch)
+    _fold_constant_nodes(proto.graph)  # also un-shares the initializers the exporter deduplicated (Identity nodes)
     if quantized:
-        _fold_constant_nodes(proto.graph)
         _quantize_biases(proto.graph)
     onnx.checker.check_model(proto)
     return atomic_write_bytes(path, proto.SerializeToString())

@@ -69,6 +69,7 @@ class Point:
     where: str                     # "output" or "input"
     source: str | None = None      # for a shared point: the point whose grid it reuses
     description: str = ""
+    nonnegative: bool = False      # after a ReLU/ReLU6: the value is never below zero
 
 
 @dataclass
@@ -250,11 +251,13 @@ def build_plan(model: nn.Module) -> QuantPlan:
     def module_once(node: fx.Node) -> bool:
         return node.op == "call_module" and call_count[node.target] == 1
 
-    def add_point(node: fx.Node, description: str, source: fx.Node | None = None) -> None:
+    def add_point(node: fx.Node, description: str, source: fx.Node | None = None, nonnegative: bool = False) -> None:
         anchor, where = _anchor(node, calls, call_count, modules)
         name = _point_name(anchor, where, node, {point.name for point in plan.points})
+        if source is not None:
+            nonnegative = point_nodes[source].nonnegative
         point = Point(name, node.name, anchor, where, point_nodes[source].name if source is not None else None,
-                      description)
+                      description, nonnegative)
         plan.points.append(point)
         point_nodes[node] = point
 
@@ -300,7 +303,8 @@ def build_plan(model: nn.Module) -> QuantPlan:
                 fold.activation, end = kinds[follower], follower
                 absorbed.add(follower)
             plan.folds.append(fold)
-            add_point(end, f"output of {fold.kind} {fold.path}" + (f" + {fold.activation}" if fold.activation else ""))
+            add_point(end, f"output of {fold.kind} {fold.path}" + (f" + {fold.activation}" if fold.activation else ""),
+                      nonnegative=fold.activation is not None)
         elif kind == "add":
             for operand in node.args[:2]:
                 quantized_input(node, operand)
@@ -308,10 +312,10 @@ def build_plan(model: nn.Module) -> QuantPlan:
             if follower is not None and kinds[follower] in ("relu", "relu6"):
                 end = follower
                 absorbed.add(follower)
-            add_point(end, "residual add" + (f" + {kinds[follower]}" if end is not node else ""))
+            add_point(end, "residual add" + (f" + {kinds[follower]}" if end is not node else ""), nonnegative=end is not node)
         elif kind == "avgpool":
-            quantized_input(node, node.args[0])
-            add_point(node, f"average pooling ({_where(node, modules)})")
+            pooled = quantized_input(node, node.args[0])
+            add_point(node, f"average pooling ({_where(node, modules)})", nonnegative=point_nodes[pooled].nonnegative)
         elif kind in ("grid", "relu", "relu6"):
             source = node.args[0]
             while isinstance(source, fx.Node) and kinds[source] == "invisible" and source not in point_nodes:

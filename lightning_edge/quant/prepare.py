@@ -125,7 +125,9 @@ def _build_quantizers(plan: QuantPlan, config: QuantConfig) -> nn.ModuleDict:
     quantizers = nn.ModuleDict()
     for point in plan.points:
         if point.source is None:
-            quantizers[point.name] = ActivationQuantizer(config.observer, config.activation_bits, config.averaging_constant)
+            quantizers[point.name] = ActivationQuantizer(
+                config.observer, config.activation_bits, config.averaging_constant, nonnegative=point.nonnegative
+            )
     for point in plan.points:
         if point.source is not None:
             quantizers[point.name] = SharedQuantizer(quantizers[point.source])
