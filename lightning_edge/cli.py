@@ -78,6 +78,7 @@ def _export(args: argparse.Namespace) -> int:
 
     from lightning_edge.export import network_from_checkpoint, to_onnx
     from lightning_edge.models import recorded_model_spec
+    from lightning_edge.quant import is_prepared
 
     network = network_from_checkpoint(args.checkpoint)
     spec = recorded_model_spec(args.checkpoint) or {}
@@ -86,7 +87,7 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError("the checkpoint does not record its input size; give --image-size")
     example = torch.zeros(1, int(spec.get("in_chans", 3)), int(size), int(size))
     path = to_onnx(network, example, args.output, opset=args.opset)
-    kind = "QDQ (INT8)" if hasattr(network, "activation_quantizers") else "FP32"
+    kind = "QDQ (INT8)" if is_prepared(network) else "FP32"
     print(f"wrote {path}: {kind}, {os.path.getsize(path):,} bytes")
     return 0
 
@@ -102,6 +103,14 @@ def _train(overrides: list[str]) -> int:
     return 0
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL and the data it is built for: input channels, image size, classes."""
+    parser.add_argument("model")
+    parser.add_argument("--in-chans", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--num-classes", type=int, default=10)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightning-edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -109,27 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'cifar_*' or '*mobilenet*'")
     models.set_defaults(handler=_models)
     profile = commands.add_parser("profile", help="parameters, MACs and bytes of a model")
-    profile.add_argument("model")
-    profile.add_argument("--in-chans", type=int, default=3)
-    profile.add_argument("--image-size", type=int, default=32)
-    profile.add_argument("--num-classes", type=int, default=10)
+    _add_model_arguments(profile)
     profile.add_argument("--layers", action="store_true", help="also list MACs per layer")
     profile.set_defaults(handler=_profile)
     student = commands.add_parser("student", help="the Moonshine student of a model, layer by layer")
-    student.add_argument("model")
+    _add_model_arguments(student)
     student.add_argument("--block", nargs="+", default=["G(4)"], help="G(g), DW, B(b), BG(b,g); several: one per residual block")
     student.add_argument("--include", nargs="*", help="glob patterns of further conv paths to replace")
     student.add_argument("--exclude", nargs="*", help="glob patterns of conv paths to keep standard")
-    student.add_argument("--in-chans", type=int, default=3)
-    student.add_argument("--image-size", type=int, default=32)
-    student.add_argument("--num-classes", type=int, default=10)
     student.add_argument("--json", action="store_true", help="the report as JSON")
     student.set_defaults(handler=_student)
     qat_plan = commands.add_parser("qat-plan", help="the int8 layers and tensors prepare_qat finds in a model")
-    qat_plan.add_argument("model")
-    qat_plan.add_argument("--in-chans", type=int, default=3)
-    qat_plan.add_argument("--image-size", type=int, default=32)
-    qat_plan.add_argument("--num-classes", type=int, default=10)
+    _add_model_arguments(qat_plan)
     qat_plan.add_argument("--json", action="store_true")
     qat_plan.set_defaults(handler=_qat_plan)
     export = commands.add_parser("export", help="a train.py checkpoint as ONNX (QDQ after QAT, else FP32)")

@@ -32,7 +32,7 @@ from lightning_edge.io import atomic_write_bytes, atomic_write_json
 from lightning_edge.models.factory import load_weights
 from lightning_edge.models.profile import profile_model
 from lightning_edge.quant.calibrate import batch_input
-from lightning_edge.quant.prepare import activation_quantizers, is_prepared
+from lightning_edge.quant.prepare import inactive_quantizers, is_prepared
 from lightning_edge.module import ClassificationModule
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def export_network(
     choice = export_cfg.get("onnx", "auto")
     if choice is False or choice == "false" or (choice == "auto" and not is_prepared(network)):
         return None
-    if is_prepared(network) and not all(quantizer.active for quantizer in activation_quantizers(network)):
+    if is_prepared(network) and inactive_quantizers(network):
         log.warning("no ONNX export: the network's quantization never started (quant.start_epoch beyond the epochs run?)")
         return None
     example = batch_input(next(iter(datamodule.test_dataloader())))[:1]

@@ -19,6 +19,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lightning_edge.models  # noqa: E402,F401  (registers our models with timm)
+import pytorch_lightning as pl  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from lightning_edge.data.synthetic import SyntheticDataModule  # noqa: E402
+from lightning_edge.models import create_model  # noqa: E402
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 RECIPES = sorted(path.stem for path in (ROOT / "recipes" / "recipe").glob("*.yaml"))
@@ -174,3 +180,51 @@ def qat_resnet_on_fashion_mnist():
     pl.Trainer(limit_train_batches=30, callbacks=[QuantizationAwareTraining()], **settings).fit(module, datamodule=data)
     data.setup("test")
     return module.net.eval(), data
+
+
+class UserModule(pl.LightningModule):
+    """A typical user module: ``self.net`` inside, ``training_step`` returning the loss tensor."""
+
+    def __init__(self, net: nn.Module | None = None):
+        super().__init__()
+        self.net = net or create_model("cifar_resnet20", num_classes=10, in_chans=1)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        loss = F.cross_entropy(self.net(images), labels)
+        self.log("user_loss", loss, on_step=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        self.log("val_loss", F.cross_entropy(self.net(images), labels))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def synthetic_data(**kwargs) -> SyntheticDataModule:
+    """Small synthetic 1x28x28 data for callback tests: 96 training and 32 test images, batches of 16."""
+    kwargs = {"native_channels": 1, "native_size": 28, "train_samples": 96, "test_samples": 32, "batch_size": 16, "num_workers": 0, **kwargs}
+    return SyntheticDataModule(**kwargs)
+
+
+def quick_trainer(*callbacks: Callback, **kwargs) -> pl.Trainer:
+    """A one-epoch CPU Trainer that logs and checkpoints nothing, for callback tests."""
+    settings = dict(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=2,
+    )
+    return pl.Trainer(callbacks=list(callbacks), **{**settings, **kwargs})
+
+
+def calibrated_network(name: str = "cifar_resnet20", config: dict | None = None, seed: int = 0, **kwargs) -> nn.Module:
+    """``name`` for 1x28x28 inputs with BatchNorm statistics of its own, calibrated (PTQ) on random batches."""
+    from lightning_edge.quant import calibrate
+
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=10, in_chans=1, **kwargs)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 1, 28, 28))
+    return calibrate(model.eval(), [torch.randn(16, 1, 28, 28) for _ in range(2)], num_batches=2, config=config)

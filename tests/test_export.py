@@ -7,19 +7,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import FASHION_MNIST_DIR, qat_resnet_on_fashion_mnist
+from conftest import FASHION_MNIST_DIR, calibrated_network, qat_resnet_on_fashion_mnist
 from lightning_edge.export import evaluate_onnx, onnxruntime_session, to_onnx
 from lightning_edge.models import create_model
-from lightning_edge.quant import QuantConv2d, calibrate, prepare_qat, quantized_layers
-
-
-def calibrated_resnet(seed: int = 0, **kwargs) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = create_model("cifar_resnet20", num_classes=10, in_chans=1, **kwargs)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(32, 1, 28, 28))
-    return calibrate(model.eval(), [torch.randn(16, 1, 28, 28) for _ in range(2)], num_batches=2)
+from lightning_edge.quant import QuantConv2d, prepare_qat, quantized_layers
 
 
 def test_float_model_exports_as_plain_fp32(tmp_path):
@@ -34,7 +25,7 @@ def test_float_model_exports_as_plain_fp32(tmp_path):
 
 
 def test_quantized_export_is_standard_qdq(tmp_path):
-    model = calibrated_resnet()
+    model = calibrated_network()
     path = to_onnx(model, torch.randn(1, 1, 28, 28), str(tmp_path / "int8.onnx"))
     proto = onnx.load(path)
     assert proto.opset_import[0].version >= 13
@@ -65,12 +56,7 @@ def test_quantized_export_is_standard_qdq(tmp_path):
 
 
 def test_lone_batchnorm_exports_as_depthwise_conv(tmp_path):
-    torch.manual_seed(0)
-    model = create_model("cifar_wrn_16_2", num_classes=10, in_chans=1)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(16, 1, 28, 28))
-    model = calibrate(model.eval(), [torch.randn(8, 1, 28, 28)], num_batches=1)
+    model = calibrated_network("cifar_wrn_16_2")
     path = to_onnx(model, torch.randn(1, 1, 28, 28), str(tmp_path / "wrn.onnx"))
     groups = [next(a.i for a in node.attribute if a.name == "group") for node in onnx.load(path).graph.node if node.op_type == "Conv"]
     assert sorted(set(groups)) == [1, 32, 64, 128]  # the six lone pre-activation BatchNorms: depthwise 1x1
@@ -109,12 +95,7 @@ def test_onnxruntime_agrees_with_the_qat_model_on_real_test_images(tmp_path):
 
 
 def test_seven_bit_activations_stay_within_127_in_onnxruntime(tmp_path):
-    torch.manual_seed(0)
-    model = create_model("cifar_resnet20", num_classes=10, in_chans=1)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(16, 1, 28, 28))
-    model = calibrate(model.eval(), [torch.randn(16, 1, 28, 28)], num_batches=1, config={"activation_bits": 7})
+    model = calibrated_network(config={"activation_bits": 7})
     path = to_onnx(model, torch.randn(1, 1, 28, 28), str(tmp_path / "a7.onnx"))
     proto = onnx.load(path)
     users = {name: node for node in proto.graph.node for name in node.input}

@@ -2,39 +2,19 @@
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 
+from conftest import UserModule
+from conftest import quick_trainer as trainer
+from conftest import synthetic_data as data
 from lightning_edge.callbacks import KnowledgeDistillation
-from lightning_edge.data.synthetic import SyntheticDataModule
 from lightning_edge.distill import FeatureHintLoss
 from lightning_edge.models import create_model
 from lightning_edge.module import ClassificationModule
 from lightning_edge.optim import cosine_with_warmup
-
-
-class UserModule(pl.LightningModule):
-    """A typical user module: ``self.net`` inside, ``training_step`` returning the loss tensor."""
-
-    def __init__(self, net: nn.Module | None = None):
-        super().__init__()
-        self.net = net or create_model("cifar_resnet20", num_classes=10, in_chans=1)
-
-    def training_step(self, batch, batch_idx):
-        images, labels = batch
-        loss = F.cross_entropy(self.net(images), labels)
-        self.log("user_loss", loss, on_step=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        images, labels = batch
-        self.log("val_loss", F.cross_entropy(self.net(images), labels))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
 class DictModule(UserModule):
@@ -61,11 +41,6 @@ class RecordOutputs(Callback):
         self.outputs.append(outputs)
 
 
-def data(**kwargs) -> SyntheticDataModule:
-    kwargs = {"native_channels": 1, "native_size": 28, "train_samples": 96, "test_samples": 32, "batch_size": 16, "num_workers": 0, **kwargs}
-    return SyntheticDataModule(**kwargs)
-
-
 def teacher_network() -> nn.Module:
     torch.manual_seed(1)
     teacher = create_model("cifar_wrn_16_2", num_classes=10, in_chans=1)
@@ -73,14 +48,6 @@ def teacher_network() -> nn.Module:
     with torch.no_grad():  # give the BN layers statistics of their own, so a change would show
         teacher(torch.randn(32, 1, 28, 28) * 3 + 1)
     return teacher
-
-
-def trainer(*callbacks: Callback, **kwargs) -> pl.Trainer:
-    settings = dict(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=2,
-    )
-    return pl.Trainer(callbacks=list(callbacks), **{**settings, **kwargs})
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,11 +10,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from conftest import QUICK, ROOT, compose_config
+from conftest import QUICK, ROOT, UserModule, compose_config, quick_trainer
+from conftest import synthetic_data as data
 from lightning_edge.callbacks import KnowledgeDistillation, QuantizationAwareTraining
-from lightning_edge.data.synthetic import SyntheticDataModule
 from lightning_edge.models import create_model, read_state_dict
 from lightning_edge.quant import QuantConv2d, activation_quantizers
 from lightning_edge.quant.graph import UnsupportedModelError
@@ -23,33 +22,8 @@ from train import train
 SYNTHETIC = ["data=synthetic", "data.crop_padding=2", "model.name=cifar_resnet20", "logger=csv", *QUICK]
 
 
-class UserModule(pl.LightningModule):
-    """A module as users write it: ``self.net``, a loss tensor from ``training_step``."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = create_model("cifar_resnet20", num_classes=10, in_chans=1)
-
-    def training_step(self, batch, batch_idx):
-        images, labels = batch
-        return F.cross_entropy(self.net(images), labels)
-
-    def validation_step(self, batch, batch_idx):
-        images, labels = batch
-        self.log("val_loss", F.cross_entropy(self.net(images), labels))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
-
-
-def data() -> SyntheticDataModule:
-    return SyntheticDataModule(native_channels=1, native_size=28, train_samples=96, test_samples=32, batch_size=16, num_workers=0)
-
-
 def trainer(*callbacks, **kwargs) -> pl.Trainer:
-    settings = dict(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, limit_val_batches=1)
-    return pl.Trainer(callbacks=list(callbacks), **{**settings, **kwargs})
+    return quick_trainer(*callbacks, **{"limit_val_batches": 1, **kwargs})
 
 
 class RecordRanges(pl.Callback):

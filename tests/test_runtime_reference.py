@@ -6,10 +6,9 @@ import onnx
 import pytest
 import torch
 
-from conftest import FASHION_MNIST_DIR, qat_resnet_on_fashion_mnist
+from conftest import FASHION_MNIST_DIR, calibrated_network, qat_resnet_on_fashion_mnist
 from lightning_edge.export import onnxruntime_session, to_onnx
 from lightning_edge.models import create_model
-from lightning_edge.quant import calibrate
 from lightning_edge.runtime.reference import ReferenceModel, quantize, requantize
 
 
@@ -21,22 +20,12 @@ def test_quantize_and_requantize_round_half_to_even():
     assert requantize(acc, multiplier / np.float32(5.0), 10, 0, 255).ravel().tolist() == [10, 12, 12, 10]
 
 
-def exported_resnet(tmp_path, seed: int = 0, **config) -> tuple[str, torch.nn.Module]:
-    torch.manual_seed(seed)
-    model = create_model("cifar_resnet20", num_classes=10, in_chans=1)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(32, 1, 28, 28))
-    model = calibrate(model.eval(), [torch.randn(16, 1, 28, 28)], num_batches=1, config=config or None)
-    return to_onnx(model, torch.zeros(1, 1, 28, 28), str(tmp_path / "model.onnx")), model
-
-
 def test_reference_follows_onnxruntime_layer_by_layer(tmp_path):
     """Against ONNX Runtime's plain float path (DequantizeLinear, float op, QuantizeLinear; no integer kernels,
     whose AVX2 u8 x s8 products may saturate): equal codes while the inputs are equal, then ties only."""
     import onnxruntime
 
-    path, _ = exported_resnet(tmp_path)
+    path = to_onnx(calibrated_network(), torch.zeros(1, 1, 28, 28), str(tmp_path / "model.onnx"))
     proto = onnx.load(path)
     names = [node.output[0] for node in proto.graph.node if node.op_type == "QuantizeLinear"]
     for name in names:

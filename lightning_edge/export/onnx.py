@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from lightning_edge.io import atomic_write_bytes
-from lightning_edge.quant.prepare import activation_quantizers, is_prepared, quantized_layers
+from lightning_edge.quant.prepare import inactive_quantizers, is_prepared, quantized_layers
 
 DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -61,8 +61,7 @@ def to_onnx(
 
 
 def _check_calibrated(model: nn.Module) -> None:
-    missing = [name for name, module in model.named_modules()
-               if module in set(activation_quantizers(model)) and not module.active]
+    missing = inactive_quantizers(model)
     if missing:
         raise ValueError(
             f"{len(missing)} activation quantizers have no range yet (first: {missing[0]!r}); run "

@@ -56,7 +56,7 @@ class Fold:
     path: str                      # the module that becomes the quantized layer
     bn_path: str | None = None     # the BatchNorm folded into the conv (replaced by its activation or Identity)
     activation: str | None = None  # "relu" or "relu6" fused at the output, None when linear
-    input_node: str = ""           # the fx node the layer reads
+    input_point: str = ""          # the int8 point (Point.name) the layer reads
 
 
 @dataclass
@@ -261,13 +261,17 @@ def build_plan(model: nn.Module) -> QuantPlan:
         plan.points.append(point)
         point_nodes[node] = point
 
+    def through_invisible(node: Any) -> Any:
+        """The node whose value reaches here unchanged through Identity and dropout."""
+        while isinstance(node, fx.Node) and kinds[node] == "invisible" and node not in point_nodes:
+            node = node.args[0]
+        return node
+
     def quantized_input(consumer: fx.Node, value: Any) -> fx.Node:
         """The point node ``value`` (an input of a quantized op) holds, adding a shared point when needed."""
         if not isinstance(value, fx.Node):
             raise UnsupportedModelError(f"{_where(consumer, modules)} takes a constant operand; the INT8 runtime needs tensors")
-        node = value
-        while kinds[node] == "invisible" and node not in point_nodes:
-            node = node.args[0]
+        node = through_invisible(value)
         if node in point_nodes:
             return node
         if node in grid_source:
@@ -289,8 +293,8 @@ def build_plan(model: nn.Module) -> QuantPlan:
                     f"{_where(node, modules)} is called {call_count[node.target]} times; quantization needs one "
                     "module per use (each use gets its own folding and ranges)"
                 )
-            input_node = quantized_input(node, node.args[0])
-            end, fold = node, Fold(kind if kind != "bn" else "batchnorm", node.target, input_node=input_node.name)
+            input_point = point_nodes[quantized_input(node, node.args[0])].name
+            end, fold = node, Fold(kind if kind != "bn" else "batchnorm", node.target, input_point=input_point)
             if kind == "bn":
                 fold.activation = _bn_act_kind(modules[node.target], node, modules)
             follower = _next_in_chain(end, kinds)
@@ -317,15 +321,11 @@ def build_plan(model: nn.Module) -> QuantPlan:
             pooled = quantized_input(node, node.args[0])
             add_point(node, f"average pooling ({_where(node, modules)})", nonnegative=point_nodes[pooled].nonnegative)
         elif kind in ("grid", "relu", "relu6"):
-            source = node.args[0]
-            while isinstance(source, fx.Node) and kinds[source] == "invisible" and source not in point_nodes:
-                source = source.args[0]
+            source = through_invisible(node.args[0])
             if source in point_nodes:
                 grid_source[node] = source
             elif source in grid_source:
                 grid_source[node] = grid_source[source]
-    for fold in plan.folds:
-        fold.input_node = point_nodes[_node_named(graph, fold.input_node)].name
     return plan
 
 
@@ -340,10 +340,6 @@ def _bn_act_kind(bn: nn.Module, node: fx.Node, modules: dict[str, nn.Module]) ->
             f"{_where(node, modules)} applies {type(act).__name__}; the INT8 runtime fuses only ReLU and ReLU6"
         )
     return kind
-
-
-def _node_named(graph: fx.Graph, name: str) -> fx.Node:
-    return next(node for node in graph.nodes if node.name == name)
 
 
 def _anchor(

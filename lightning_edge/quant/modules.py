@@ -235,11 +235,7 @@ class QuantBatchNorm2d(_QuantWeightMixin, nn.BatchNorm2d):
             raise ValueError("a BatchNorm2d without affine parameters or running statistics cannot become an int8 layer")
         quantized = cls(bn.num_features, weight_bits=weight_bits, eps=bn.eps, momentum=bn.momentum,
                         device=bn.weight.device, dtype=bn.weight.dtype)
-        quantized.weight, quantized.bias = bn.weight, bn.bias
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            setattr(quantized, name, getattr(bn, name))
-        quantized.train(bn.training)
-        return quantized
+        return _share_batchnorm_state(bn, quantized)
 
     def deployed_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.depthwise_weight_and_bias()
@@ -265,8 +261,13 @@ def _plain_batch_norm(bn: nn.Module) -> nn.BatchNorm2d:
         return bn
     plain = nn.BatchNorm2d(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
                            track_running_stats=bn.track_running_stats, device=bn.weight.device, dtype=bn.weight.dtype)
-    plain.weight, plain.bias = bn.weight, bn.bias
+    return _share_batchnorm_state(bn, plain)
+
+
+def _share_batchnorm_state(source: nn.Module, target: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    """``target`` takes over ``source``'s parameters, running statistics and train/eval mode (the same tensors)."""
+    target.weight, target.bias = source.weight, source.bias
     for name in ("running_mean", "running_var", "num_batches_tracked"):
-        setattr(plain, name, getattr(bn, name))
-    plain.train(bn.training)
-    return plain
+        setattr(target, name, getattr(source, name))
+    target.train(source.training)
+    return target

@@ -92,7 +92,7 @@ def prepare_qat(
         else:
             anchor.register_forward_pre_hook(functools.partial(_quantize_input, quantizer))
     for fold in plan.folds:
-        model.get_submodule(fold.path).attach_input_quantizer(quantizers[fold.input_node])
+        model.get_submodule(fold.path).attach_input_quantizer(quantizers[fold.input_point])
     model.quant_plan = plan
     model.quant_config = config
     quantizers.train(model.training)
@@ -159,6 +159,11 @@ def activation_quantizers(model: nn.Module) -> Iterator[ActivationQuantizer]:
 
 def quantized_layers(model: nn.Module) -> Iterator[nn.Module]:
     return (module for module in model.modules() if isinstance(module, QUANTIZED_LAYERS))
+
+
+def inactive_quantizers(model: nn.Module) -> list[str]:
+    """Names of the activation quantizers that do not quantize yet: switched off, or without a range."""
+    return [name for name, module in model.named_modules() if isinstance(module, ActivationQuantizer) and not module.active]
 
 
 def set_fake_quant(model: nn.Module, enabled: bool) -> None:

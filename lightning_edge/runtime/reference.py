@@ -101,6 +101,7 @@ class ReferenceModel:
         for node in self.graph.node:
             if node.op_type == "Constant":
                 self.constants[node.output[0]] = numpy_helper.to_array(_attributes(node)["value"])
+        self.producers = {output: node for node in self.graph.node for output in node.output}
         self.input_name = self.graph.input[0].name
         self.output_names = [output.name for output in self.graph.output]
         self.tensors: dict[str, QTensor] = {}
@@ -169,7 +170,7 @@ class ReferenceModel:
 
     def _weight(self, name: str) -> tuple[np.ndarray, np.ndarray, int]:
         """(codes, per-channel scales, axis) of a DequantizeLinear'd initializer; per-tensor scales broadcast."""
-        node = next((n for n in self.graph.node if n.output and n.output[0] == name), None)
+        node = self.producers.get(name)
         if node is not None and node.op_type == "Identity":
             return self._weight(node.input[0])  # an initializer shared by several layers
         if node is None or node.op_type != "DequantizeLinear":
