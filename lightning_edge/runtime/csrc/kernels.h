@@ -1,0 +1,86 @@
+// Kernels of the INT8 runtime: the op descriptions they read and the per-backend entry points.
+//
+// Every backend (scalar, AVX2, NEON) computes the same integers: INT8_SPEC.md, bit for bit. Activations are
+// uint8 codes in NHWC order; int8-activation files are shifted by +128 at compile time, which keeps every
+// (code - zero_point) difference, every ordering (max pool) and every float step unchanged.
+// The float steps are written so that no compiler may fuse them (built with -ffp-contract=off): a product,
+// then a sum or a division, each rounded to float32 as numpy does.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+namespace edge {
+
+// Requantization onto an output grid: clamp(round_half_even(v) + z, lo, hi).
+// Clamping v to [lo - z, hi - z] before rounding gives the same integer (the bounds are integers) and keeps
+// the float-to-int conversion in range; a NaN becomes lo, as numpy's clip of its conversion does.
+inline int round_onto_grid(float v, int z, int lo, int hi) {
+    const float low = static_cast<float>(lo - z), high = static_cast<float>(hi - z);
+    v = v > low ? v : low;
+    v = v < high ? v : high;
+    return static_cast<int>(std::nearbyint(v)) + z;
+}
+
+// One convolution (or linear layer: a 1x1 convolution over a 1x1 image), with its epilogue.
+struct ConvOp {
+    int in_h, in_w, in_c, out_h, out_w, out_c;
+    int kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
+    int groups, group_in, group_out;  // channels per group
+    int depth, depth_padded;          // kernel_h * kernel_w * group_in, rounded up to an even count
+    int block;                        // output channels per packed block: 8 or 16
+    int blocks;                       // per group
+    const int16_t* weights;           // [groups][blocks][depth_padded / 2][block][2]
+    const int32_t* bias;              // [out_c]
+    const float* multiplier;          // [out_c]: float32(s_x * s_w[c]) / s_y
+    int input_zero, output_zero, low, high;
+    // A residual add folded into the epilogue: out = onto((q - output_zero) * conv_scale + (skip - skip_zero) * skip_scale)
+    bool residual;
+    float conv_scale, skip_scale, sum_scale;
+    int skip_zero, sum_zero, sum_low, sum_high;
+};
+
+struct DepthwiseOp {
+    int in_h, in_w, channels, out_h, out_w;
+    int kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
+    const int32_t* weights;  // [kernel_h * kernel_w][channels]
+    const int32_t* bias;
+    const float* multiplier;
+    int input_zero, output_zero, low, high;
+};
+
+// Range of output pixels (flattened over batch, rows and columns) and of (group, block) columns to compute.
+struct Range {
+    int pixel_begin, pixel_end, column_begin, column_end;
+};
+
+// Scratch a conv call may use: int16 rows of the im2col tile and its accumulators. Sized by conv_scratch_bytes.
+size_t conv_scratch_bytes(const ConvOp& op);
+
+struct Backend {
+    const char* name;
+    void (*conv)(const ConvOp& op, const uint8_t* input, const uint8_t* skip, uint8_t* output, Range range, void* scratch);
+    void (*depthwise)(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end);
+};
+
+const Backend& scalar_backend();
+const Backend* avx2_backend();  // nullptr when not built for this architecture
+const Backend* neon_backend();  // nullptr when not built for this architecture
+
+// Tile of output pixels the conv kernels pack together (rows of the GEMM micro-kernel).
+constexpr int kTilePixels = 6;
+
+// Epilogue for one accumulator of output channel c at output position `index` (shared by every backend's tails).
+inline uint8_t conv_epilogue(const ConvOp& op, int32_t acc, int c, const uint8_t* skip, size_t index) {
+    const float scaled = static_cast<float>(acc + op.bias[c]) * op.multiplier[c];
+    const int q = round_onto_grid(scaled, op.output_zero, op.low, op.high);
+    if (!op.residual) return static_cast<uint8_t>(q);
+    const float conv_real = static_cast<float>(q - op.output_zero) * op.conv_scale;
+    const float skip_real = static_cast<float>(static_cast<int>(skip[index]) - op.skip_zero) * op.skip_scale;
+    const float sum = conv_real + skip_real;
+    return static_cast<uint8_t>(round_onto_grid(sum / op.sum_scale, op.sum_zero, op.sum_low, op.sum_high));
+}
+
+}  // namespace edge

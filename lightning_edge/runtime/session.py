@@ -1,0 +1,128 @@
+"""Load a .edge file and run it: ``load(path, threads=None) -> Session``; ``Session.run(x) -> np.ndarray``.
+
+numpy and the compiled kernels only (no torch, no onnx). The .edge container is checked by
+``edge_format.read_edge``; the plan inside it is then checked op by op by the engine (every tensor index,
+size, array dtype and length) before anything runs, so a bad file is a Python exception, never a crash.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from lightning_edge.runtime.edge_format import EdgeFormatError, read_edge
+
+KERNELS = ("auto", "avx2", "neon", "scalar")
+
+
+def engine_module() -> Any:
+    """The compiled extension, or an ImportError that says how to build it."""
+    try:
+        from lightning_edge.runtime import _engine
+    except ImportError as error:
+        raise ImportError("lightning_edge.runtime's kernels are not built: run `pip install -e .` in the repository "
+                          f"(it compiles lightning_edge/runtime/csrc with g++) ({error})") from error
+    return _engine
+
+
+def available_kernels() -> list[str]:
+    """Kernel paths this build and CPU can run, e.g. ['scalar', 'avx2']."""
+    return list(engine_module().available_kernels())
+
+
+def default_threads() -> int:
+    """All cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def engine_arrays(plan: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The plan's arrays as the kernels read them: weights stored as int8 are widened (int16 GEMM, int32 depthwise)."""
+    arrays = dict(tensors)
+    for op in plan.get("ops", []):
+        name = op.get("weights") if isinstance(op, dict) else None
+        if isinstance(name, str) and name in arrays and arrays[name].dtype == np.int8:
+            arrays[name] = arrays[name].astype(np.int16 if op.get("kind") == "conv" else np.int32)
+    return arrays
+
+
+class Session:
+    """A loaded plan bound to a thread pool and a kernel path; run it on float32 NCHW batches of any size."""
+
+    def __init__(self, plan: dict[str, Any], tensors: dict[str, np.ndarray], threads: int | None = None,
+                 kernels: str = "auto", path: str = "<plan>"):
+        from lightning_edge.runtime.compiler import PLAN_FORMAT, PLAN_VERSION, runtime_ops
+
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels={kernels!r}: choose one of {', '.join(KERNELS)}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads={threads!r}: give a positive number of threads, or None for all cores")
+        if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+            raise EdgeFormatError(path, "it does not hold a lightning-edge plan")
+        if plan.get("version") != PLAN_VERSION:
+            raise EdgeFormatError(path, f"plan version {plan.get('version')} is not {PLAN_VERSION}, the one this runtime reads")
+        self.path, self.plan = path, plan
+        module = engine_module()
+        try:
+            ops = runtime_ops(plan)
+            sizes = [int(tensor["size"]) for tensor in plan["tensors"]]
+            self._engine = module.Engine(ops, sizes, engine_arrays(plan, tensors), threads or default_threads(), kernels)
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as error:
+            if "needs an" in str(error):  # a kernel path this CPU or build lacks: the file is fine
+                raise ValueError(str(error)) from error
+            raise EdgeFormatError(path, f"its plan is inconsistent ({error})") from error
+        self.input_shape = tuple(plan["input"]["shape"])
+
+    @property
+    def kernels(self) -> str:
+        """The kernel path in use: 'avx2', 'neon' or 'scalar'."""
+        return self._engine.backend
+
+    @property
+    def threads(self) -> int:
+        return self._engine.threads
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """float32 (batch, C, H, W) in, the model's float32 output (batch, classes) or (batch, C, H, W) out."""
+        return self._engine.run(self._checked(x))
+
+    def trace(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Output plus every uint8 tensor the plan stores, by its ONNX name (the QuantizeLinear output), NCHW.
+
+        Codes of int8-activation files are reported shifted by +128 (the runtime's uint8 form)."""
+        x = self._checked(x)
+        output, codes = self._engine.trace(x)
+        tensors = {}
+        for info, flat in zip(self.plan["tensors"], codes):
+            if flat is None:
+                continue
+            shape = info["shape"]
+            if len(shape) == 3:
+                tensors[info["name"]] = flat.reshape(len(x), shape[1], shape[2], shape[0]).transpose(0, 3, 1, 2)
+            else:
+                tensors[info["name"]] = flat.reshape(len(x), -1)
+        return output, tensors
+
+    def _checked(self, x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"input of shape {tuple(x.shape)}: this model takes float32 (batch, "
+                             f"{', '.join(map(str, self.input_shape))})")
+        if x.shape[0] == 0:
+            raise ValueError("input batch is empty")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"Session({self.path!r}, kernels={self.kernels!r}, threads={self.threads})"
+
+
+def load(edge_path: str | os.PathLike, threads: int | None = None, kernels: str = "auto") -> Session:
+    """Load a .edge file (checked before use). ``threads=None`` uses all cores; ``kernels`` forces a path."""
+    path = os.fspath(edge_path)
+    plan, tensors = read_edge(path)
+    return Session(plan, tensors, threads=threads, kernels=kernels, path=path)
