@@ -536,15 +536,19 @@ def _conv_candidates(fields: dict[str, Any], depthwise: bool) -> list[dict[str, 
     return candidates
 
 
-def pack_gemm_weights(codes: np.ndarray, groups: int, block: int) -> np.ndarray:
-    """int16 weights as the GEMM kernels read them: [group][block][depth pair][channel in block][2]."""
+def pack_gemm_weights(codes: np.ndarray, groups: int, block: int, taps: int) -> np.ndarray:
+    """Weights as the GEMM kernels read them: [group][block][tap][channel pair][channel in block][2].
+
+    ``codes`` is (out, taps * channels per group) in window order; each tap's channels are padded to an even
+    count with zeros, as the widened input is."""
     out_c, depth = codes.shape
-    group_out = out_c // groups
+    group_in, group_out = depth // taps, out_c // groups
+    group_in_padded = group_in + group_in % 2
     blocks = -(-group_out // block)
-    padded_depth = depth + depth % 2
-    w = np.zeros((groups, blocks * block, padded_depth), np.int16)
-    w[:, :group_out, :depth] = codes.reshape(groups, group_out, depth)
-    return np.ascontiguousarray(w.reshape(groups, blocks, block, padded_depth // 2, 2).transpose(0, 1, 3, 2, 4))
+    w = np.zeros((groups, blocks * block, taps, group_in_padded), np.int16)
+    w[:, :group_out, :, :group_in] = codes.reshape(groups, group_out, taps, group_in)
+    w = w.reshape(groups, blocks, block, taps * group_in_padded // 2, 2)
+    return np.ascontiguousarray(w.transpose(0, 1, 3, 2, 4))
 
 
 def _block_diagonal(codes: np.ndarray, groups: int, kernel_taps: int) -> np.ndarray:
@@ -576,7 +580,7 @@ def _apply_candidate(op: dict[str, Any], arrays: dict[str, np.ndarray], candidat
             codes = _block_diagonal(codes, op["groups"], taps)
         op["groups_source"] = op["groups"]
         op["block"] = candidate["block"]
-        arrays[f"{index}.weights"] = pack_gemm_weights(codes, candidate["groups"], candidate["block"])
+        arrays[f"{index}.weights"] = pack_gemm_weights(codes, candidate["groups"], candidate["block"], taps)
         op["groups_run"] = candidate["groups"]
     op["weights"] = f"{index}.weights"
 

@@ -1,6 +1,8 @@
-// The convolution loop every backend shares: tiles of output pixels, im2col rows packed once per tile and
-// group, then one GEMM micro-kernel call and one epilogue per block of output channels. A backend supplies
-// pack_row, multiply and epilogue; the loop, the scratch layout and the padding rules live here once.
+// The convolution loop every backend shares. The input is first widened once per layer (widen_rows: int16,
+// centered, zero-bordered); then tiles of kTilePixels output pixels run one GEMM micro-kernel call per
+// block of output channels, reading each pixel's window straight from the widened input (a base offset per
+// pixel plus one offset per kernel tap), and one epilogue. A backend supplies the row copy, the micro-kernel
+// and the epilogue; the loops, the offsets and the padding rules live here once.
 #pragma once
 
 #include <cstring>
@@ -9,52 +11,66 @@
 
 namespace edge {
 
-inline size_t conv_scratch_bytes(const ConvOp& op) {
-    return sizeof(int16_t) * kTilePixels * static_cast<size_t>(op.depth_padded) + sizeof(int32_t) * kTilePixels * 16 + 64;
-}
+constexpr int kMaxTaps = 64;
 
-// The centered input values (code - zero point) one output pixel's window reads for group g, in
-// (kernel row, kernel column, channel) order; taps in the padding are 0, the real zero.
-template <class CopyCentered>
-inline void pack_window_row(const ConvOp& op, const uint8_t* input, int pixel, int group, int16_t* row, CopyCentered copy) {
-    const int per_image = op.out_h * op.out_w;
-    const int n = pixel / per_image, rest = pixel % per_image;
-    const int oh = rest / op.out_w, ow = rest % op.out_w;
+// Rows [row_begin, row_end) of the widened input (row index = image * wide_h + y). copy(src, dst, count, zero)
+// widens `count` codes to centered int16.
+template <class Copy>
+inline void widen_rows(const ConvOp& op, const uint8_t* input, int16_t* wide, int row_begin, int row_end, Copy copy) {
+    const size_t row_elements = static_cast<size_t>(op.wide_w) * op.wide_c;
+    const int columns = std::max(0, std::min(op.in_w, op.wide_w - op.pad_left));
     const int16_t zero = static_cast<int16_t>(op.input_zero);
-    int16_t* out = row;
-    for (int ky = 0; ky < op.kernel_h; ++ky) {
-        const int ih = oh * op.stride_h - op.pad_top + ky;
-        for (int kx = 0; kx < op.kernel_w; ++kx, out += op.group_in) {
-            const int iw = ow * op.stride_w - op.pad_left + kx;
-            if (ih < 0 || ih >= op.in_h || iw < 0 || iw >= op.in_w) {
-                std::memset(out, 0, sizeof(int16_t) * op.group_in);
-                continue;
-            }
-            const uint8_t* src = input + ((static_cast<size_t>(n) * op.in_h + ih) * op.in_w + iw) * op.in_c + group * op.group_in;
-            copy(src, out, op.group_in, zero);
+    const bool dense = op.group_in == op.group_in_padded;
+    for (int row = row_begin; row < row_end; ++row) {
+        const int n = row / op.wide_h, y = row % op.wide_h - op.pad_top;
+        int16_t* dst = wide + static_cast<size_t>(row) * row_elements;
+        if (y < 0 || y >= op.in_h) {
+            std::memset(dst, 0, sizeof(int16_t) * row_elements);
+            continue;
         }
+        const uint8_t* src = input + (static_cast<size_t>(n) * op.in_h + y) * op.in_w * op.in_c;
+        const size_t left = static_cast<size_t>(op.pad_left) * op.wide_c;
+        std::memset(dst, 0, sizeof(int16_t) * left);
+        if (dense) {
+            copy(src, dst + left, columns * op.in_c, zero);
+        } else {  // odd channels per group: each group gets a zero channel after its own
+            for (int x = 0; x < columns; ++x)
+                for (int g = 0; g < op.groups; ++g) {
+                    int16_t* out = dst + left + static_cast<size_t>(x) * op.wide_c + g * op.group_in_padded;
+                    copy(src + static_cast<size_t>(x) * op.in_c + g * op.group_in, out, op.group_in, zero);
+                    out[op.group_in] = 0;
+                }
+        }
+        const size_t used = left + static_cast<size_t>(columns) * op.wide_c;
+        std::memset(dst + used, 0, sizeof(int16_t) * (row_elements - used));
     }
-    for (int k = op.depth; k < op.depth_padded; ++k) row[k] = 0;
 }
 
 template <class Kernels>
-void conv_driver(const ConvOp& op, const uint8_t* input, const uint8_t* skip, uint8_t* output, Range range, void* scratch) {
-    int16_t* rows = static_cast<int16_t*>(scratch);
-    uintptr_t acc_address = reinterpret_cast<uintptr_t>(rows + kTilePixels * static_cast<size_t>(op.depth_padded));
-    int32_t* acc = reinterpret_cast<int32_t*>((acc_address + 31) & ~static_cast<uintptr_t>(31));
+void conv_driver(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, Range range) {
+    alignas(64) int32_t acc[kTilePixels * 16];
+    size_t tap_offsets[kMaxTaps];
+    for (int ky = 0; ky < op.kernel_h; ++ky)
+        for (int kx = 0; kx < op.kernel_w; ++kx)
+            tap_offsets[ky * op.kernel_w + kx] = (static_cast<size_t>(ky) * op.wide_w + kx) * op.wide_c;
     const size_t block_stride = static_cast<size_t>(op.depth_padded / 2) * op.block * 2;
+    const int per_image = op.out_h * op.out_w;
+    // Position of the next pixel, advanced without divisions: image n, row oh, column ow.
+    int n = range.pixel_begin / per_image, oh = range.pixel_begin % per_image / op.out_w, ow = range.pixel_begin % op.out_w;
+    size_t bases[kTilePixels];
     for (int first = range.pixel_begin; first < range.pixel_end; first += kTilePixels) {
         const int count = std::min(kTilePixels, range.pixel_end - first);
-        int packed_group = -1;
+        for (int m = 0; m < count; ++m) {
+            bases[m] = ((static_cast<size_t>(n) * op.wide_h + oh * op.stride_h) * op.wide_w + ow * op.stride_w) * op.wide_c;
+            if (++ow == op.out_w) {
+                ow = 0;
+                if (++oh == op.out_h) oh = 0, ++n;
+            }
+        }
         for (int column = range.column_begin; column < range.column_end; ++column) {
             const int group = column / op.blocks, block = column % op.blocks;
-            if (group != packed_group) {
-                for (int m = 0; m < count; ++m)
-                    Kernels::pack_row(op, input, first + m, group, rows + static_cast<size_t>(m) * op.depth_padded);
-                packed_group = group;
-            }
             const int16_t* weights = op.weights + (static_cast<size_t>(group) * op.blocks + block) * block_stride;
-            Kernels::multiply(op, rows, count, weights, acc);
+            Kernels::multiply(op, wide + static_cast<size_t>(group) * op.group_in_padded, bases, count, tap_offsets, weights, acc);
             const int channel = group * op.group_out + block * op.block;
             const int width = std::min(op.block, op.group_out - block * op.block);
             Kernels::epilogue(op, acc, count, first, channel, width, skip, output);

@@ -47,6 +47,7 @@ struct Op {
 
 struct Arena {
     std::vector<std::vector<uint8_t>> slots;
+    std::vector<int16_t> wide;  // the widened input of the conv running now (the largest any conv needs)
 };
 
 int get_int(const py::dict& d, const char* key) {
@@ -84,11 +85,8 @@ class Engine {
             if (ops_[i].kind == Kind::Quantize || ops_[i].kind == Kind::Dequantize)
                 throw std::invalid_argument("a plan has one quantize op (first) and one dequantize op (last)");
         plan_slots();
-        size_t scratch = 64;
         for (const Op& op : ops_)
-            if (op.kind == Kind::Conv) scratch = std::max(scratch, conv_scratch_bytes(op.conv));
-        scratch_.resize(static_cast<size_t>(pool_.size()) * (scratch + 64));
-        scratch_stride_ = scratch + 64;
+            if (op.kind == Kind::Conv) wide_per_sample_ = std::max(wide_per_sample_, wide_elements(op.conv, 1));
     }
 
     std::string backend() const { return backend_->name; }
@@ -122,6 +120,30 @@ class Engine {
             }
         }
         return py::make_tuple(result, tensors);
+    }
+
+    // Median seconds each op takes inside whole runs of x (`repeats` runs after one warm-up): per-layer cost.
+    std::vector<double> profile(py::array_t<float, py::array::c_style | py::array::forcecast> x, int repeats) {
+        const int batch = check_input(x);
+        if (repeats < 1) throw std::invalid_argument("repeats must be positive");
+        Arena& arena = arena_for(batch);
+        py::array_t<float> result(output_shape(batch));
+        std::vector<std::vector<double>> times(ops_.size());
+        {
+            py::gil_scoped_release release;
+            for (int r = 0; r <= repeats; ++r)
+                for (size_t i = 0; i < ops_.size(); ++i) {
+                    const double start = seconds_now();
+                    execute(ops_[i], arena, batch, x.data(), result.mutable_data());
+                    if (r > 0) times[i].push_back(seconds_now() - start);
+                }
+        }
+        std::vector<double> medians;
+        for (auto& t : times) {
+            std::sort(t.begin(), t.end());
+            medians.push_back(t[t.size() / 2]);
+        }
+        return medians;
     }
 
     // Seconds per call of op `index` alone at `batch`, the median of `repeats` after a warm-up, on
@@ -228,12 +250,17 @@ class Engine {
             if (c.block != 8 && c.block != 16) throw std::invalid_argument("conv: block must be 8 or 16");
             if (c.pad_top < 0 || c.pad_left < 0 || c.pad_top >= c.kernel_h || c.pad_left >= c.kernel_w)
                 throw std::invalid_argument("conv: padding out of range");
-            if ((c.out_h - 1) * c.stride_h - c.pad_top + c.kernel_h > c.in_h + c.kernel_h ||
-                (c.out_w - 1) * c.stride_w - c.pad_left + c.kernel_w > c.in_w + c.kernel_w)
+            if ((c.out_h - 1) * static_cast<long>(c.stride_h) - c.pad_top + c.kernel_h > c.in_h + c.kernel_h ||
+                (c.out_w - 1) * static_cast<long>(c.stride_w) - c.pad_left + c.kernel_w > c.in_w + c.kernel_w)
                 throw std::invalid_argument("conv: output size does not fit the input");
+            if (c.kernel_h * c.kernel_w > kMaxTaps) throw std::invalid_argument("conv: at most 64 kernel taps");
             c.group_in = c.in_c / c.groups, c.group_out = c.out_c / c.groups;
-            c.depth = c.kernel_h * c.kernel_w * c.group_in;
-            c.depth_padded = (c.depth + 1) / 2 * 2;
+            c.taps = c.kernel_h * c.kernel_w;
+            c.group_in_padded = (c.group_in + 1) / 2 * 2;
+            c.depth_padded = c.taps * c.group_in_padded;
+            c.wide_h = (c.out_h - 1) * c.stride_h + c.kernel_h;
+            c.wide_w = (c.out_w - 1) * c.stride_w + c.kernel_w;
+            c.wide_c = c.groups * c.group_in_padded;
             c.blocks = (c.group_out + c.block - 1) / c.block;
             c.weights = array<int16_t>(arrays, d, "weights", static_cast<size_t>(c.groups) * c.blocks * c.depth_padded * c.block);
             c.bias = array<int32_t>(arrays, d, "bias", c.out_c);
@@ -349,6 +376,7 @@ class Engine {
         if (arenas_.size() >= 8) arenas_.erase(arenas_.begin());  // bound memory across many batch sizes
         Arena& arena = arenas_[batch];
         for (size_t size : slot_sizes_) arena.slots.emplace_back(size * batch + 64);
+        arena.wide.resize(wide_per_sample_ * batch + 32);
         return arena;
     }
 
@@ -417,17 +445,18 @@ class Engine {
                 const uint8_t* in = buffer(arena, op.inputs[0]);
                 const uint8_t* skip = c.residual ? buffer(arena, op.inputs[1]) : nullptr;
                 uint8_t* out = buffer(arena, op.output);
+                int16_t* wide = arena.wide.data();
+                parallel(batch * c.wide_h, 8, [&](int begin, int end, int) { backend_->widen(c, in, wide, begin, end); });
                 const int pixels = batch * c.out_h * c.out_w;
                 const int tiles = (pixels + kTilePixels - 1) / kTilePixels;
                 const int columns = c.groups * c.blocks;
                 if (tiles >= 2 * pool_.size() || columns < pool_.size()) {
-                    parallel(tiles, 1, [&](int begin, int end, int t) {
-                        backend_->conv(c, in, skip, out, Range{begin * kTilePixels, std::min(end * kTilePixels, pixels), 0, columns},
-                                       scratch(t));
+                    parallel(tiles, 1, [&](int begin, int end, int) {
+                        backend_->conv(c, wide, skip, out, Range{begin * kTilePixels, std::min(end * kTilePixels, pixels), 0, columns});
                     });
                 } else {
-                    parallel(columns, 1, [&](int begin, int end, int t) {
-                        backend_->conv(c, in, skip, out, Range{0, pixels, begin, end}, scratch(t));
+                    parallel(columns, 1, [&](int begin, int end, int) {
+                        backend_->conv(c, wide, skip, out, Range{0, pixels, begin, end});
                     });
                 }
                 return;
@@ -491,11 +520,6 @@ class Engine {
         }
     }
 
-    void* scratch(int thread) {
-        uintptr_t address = reinterpret_cast<uintptr_t>(scratch_.data() + static_cast<size_t>(thread) * scratch_stride_);
-        return reinterpret_cast<void*>((address + 63) & ~static_cast<uintptr_t>(63));
-    }
-
     ThreadPool pool_;
     const Backend* backend_;
     std::vector<size_t> tensor_sizes_;
@@ -504,8 +528,7 @@ class Engine {
     std::vector<int> slot_of_;
     std::vector<size_t> slot_sizes_;
     std::map<int, Arena> arenas_;
-    std::vector<uint8_t> scratch_;
-    size_t scratch_stride_ = 0;
+    size_t wide_per_sample_ = 0;
     std::vector<int32_t> pool_sums_;
 };
 
@@ -519,6 +542,7 @@ PYBIND11_MODULE(_engine, m) {
              py::arg("arrays"), py::arg("threads"), py::arg("kernels") = "auto")
         .def("run", &edge::Engine::run, py::arg("x"))
         .def("trace", &edge::Engine::trace, py::arg("x"))
+        .def("profile", &edge::Engine::profile, py::arg("x"), py::arg("repeats") = 10)
         .def("time_op", &edge::Engine::time_op, py::arg("index"), py::arg("batch"), py::arg("repeats") = 20)
         .def_property_readonly("backend", &edge::Engine::backend)
         .def_property_readonly("threads", &edge::Engine::threads);

@@ -29,10 +29,12 @@ struct ConvOp {
     int in_h, in_w, in_c, out_h, out_w, out_c;
     int kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
     int groups, group_in, group_out;  // channels per group
-    int depth, depth_padded;          // kernel_h * kernel_w * group_in, rounded up to an even count
+    int taps, group_in_padded;        // kernel_h * kernel_w; group_in rounded up to an even count
+    int depth_padded;                 // taps * group_in_padded: the GEMM depth
+    int wide_h, wide_w, wide_c;       // the widened, zero-bordered input the GEMM reads (see widen_input)
     int block;                        // output channels per packed block: 8 or 16
     int blocks;                       // per group
-    const int16_t* weights;           // [groups][blocks][depth_padded / 2][block][2]
+    const int16_t* weights;           // [groups][blocks][taps][group_in_padded / 2][block][2]
     const int32_t* bias;              // [out_c]
     const float* multiplier;          // [out_c]: float32(s_x * s_w[c]) / s_y
     int input_zero, output_zero, low, high;
@@ -56,12 +58,17 @@ struct Range {
     int pixel_begin, pixel_end, column_begin, column_end;
 };
 
-// Scratch a conv call may use: int16 rows of the im2col tile and its accumulators. Sized by conv_scratch_bytes.
-size_t conv_scratch_bytes(const ConvOp& op);
+// The conv's input as the GEMM reads it: int16 (code - zero point) in NHWC with a zero border of the conv's
+// padding, each group's channels padded to an even count: [batch][wide_h][wide_w][wide_c]. Built once per
+// layer (rows [row_begin, row_end) of batch * wide_h), so every window read is in bounds and no tile repacks.
+inline size_t wide_elements(const ConvOp& op, int batch) {
+    return static_cast<size_t>(batch) * op.wide_h * op.wide_w * op.wide_c;
+}
 
 struct Backend {
     const char* name;
-    void (*conv)(const ConvOp& op, const uint8_t* input, const uint8_t* skip, uint8_t* output, Range range, void* scratch);
+    void (*widen)(const ConvOp& op, const uint8_t* input, int16_t* wide, int row_begin, int row_end);
+    void (*conv)(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, Range range);
     void (*depthwise)(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end);
 };
 

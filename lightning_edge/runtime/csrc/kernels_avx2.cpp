@@ -31,55 +31,67 @@ inline __m256i load8_u8_as_i32(const uint8_t* src) {
 }
 
 template <int Count, int Block>
-inline void multiply_tile(int pairs, int stride, const int16_t* rows, const int16_t* weights, int32_t* acc) {
+inline void multiply_tile(const ConvOp& op, const int16_t* wide, const size_t* bases, const size_t* tap_offsets,
+                          const int16_t* weights, int32_t* acc) {
     constexpr int Vectors = Block / 8;
     __m256i sum[Count][Vectors];
+#pragma GCC unroll 8
     for (int m = 0; m < Count; ++m)
+#pragma GCC unroll 2
         for (int v = 0; v < Vectors; ++v) sum[m][v] = _mm256_setzero_si256();
-    const int32_t* row_pairs[Count];
-    for (int m = 0; m < Count; ++m) row_pairs[m] = reinterpret_cast<const int32_t*>(rows + static_cast<size_t>(m) * stride);
-    for (int p = 0; p < pairs; ++p) {
-        __m256i w[Vectors];
-        for (int v = 0; v < Vectors; ++v)
-            w[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(weights + (static_cast<size_t>(p) * Block + v * 8) * 2));
-        for (int m = 0; m < Count; ++m) {
-            const __m256i a = _mm256_set1_epi32(row_pairs[m][p]);
-            for (int v = 0; v < Vectors; ++v) sum[m][v] = _mm256_add_epi32(sum[m][v], _mm256_madd_epi16(a, w[v]));
+    const int pairs = op.group_in_padded / 2;
+    const int16_t* w = weights;
+    for (int t = 0; t < op.taps; ++t) {
+        const int32_t* x[Count];
+#pragma GCC unroll 8
+        for (int m = 0; m < Count; ++m) x[m] = reinterpret_cast<const int32_t*>(wide + bases[m] + tap_offsets[t]);
+        for (int p = 0; p < pairs; ++p, w += Block * 2) {
+            __m256i wv[Vectors];
+#pragma GCC unroll 2
+            for (int v = 0; v < Vectors; ++v) wv[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + v * 16));
+#pragma GCC unroll 8
+            for (int m = 0; m < Count; ++m) {
+                const __m256i a = _mm256_set1_epi32(x[m][p]);
+#pragma GCC unroll 2
+                for (int v = 0; v < Vectors; ++v) sum[m][v] = _mm256_add_epi32(sum[m][v], _mm256_madd_epi16(a, wv[v]));
+            }
         }
     }
+#pragma GCC unroll 8
     for (int m = 0; m < Count; ++m)
+#pragma GCC unroll 2
         for (int v = 0; v < Vectors; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(acc + m * Block + v * 8), sum[m][v]);
 }
 
 template <int Block>
-inline void multiply_block(int pairs, int stride, const int16_t* rows, int count, const int16_t* weights, int32_t* acc) {
+inline void multiply_block(const ConvOp& op, const int16_t* wide, const size_t* bases, int count, const size_t* taps,
+                           const int16_t* weights, int32_t* acc) {
     switch (count) {
-        case 1: multiply_tile<1, Block>(pairs, stride, rows, weights, acc); break;
-        case 2: multiply_tile<2, Block>(pairs, stride, rows, weights, acc); break;
-        case 3: multiply_tile<3, Block>(pairs, stride, rows, weights, acc); break;
-        case 4: multiply_tile<4, Block>(pairs, stride, rows, weights, acc); break;
-        case 5: multiply_tile<5, Block>(pairs, stride, rows, weights, acc); break;
-        default: multiply_tile<6, Block>(pairs, stride, rows, weights, acc); break;
+        case 1: multiply_tile<1, Block>(op, wide, bases, taps, weights, acc); break;
+        case 2: multiply_tile<2, Block>(op, wide, bases, taps, weights, acc); break;
+        case 3: multiply_tile<3, Block>(op, wide, bases, taps, weights, acc); break;
+        case 4: multiply_tile<4, Block>(op, wide, bases, taps, weights, acc); break;
+        case 5: multiply_tile<5, Block>(op, wide, bases, taps, weights, acc); break;
+        default: multiply_tile<6, Block>(op, wide, bases, taps, weights, acc); break;
     }
 }
 static_assert(kTilePixels == 6, "multiply_block unrolls up to 6 pixels");
 
-struct Avx2Kernels {
-    static void pack_row(const ConvOp& op, const uint8_t* input, int pixel, int group, int16_t* row) {
-        pack_window_row(op, input, pixel, group, row, [](const uint8_t* src, int16_t* dst, int n, int16_t zero) {
-            const __m256i centre = _mm256_set1_epi16(zero);
-            int i = 0;
-            for (; i + 16 <= n; i += 16) {
-                const __m256i wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_sub_epi16(wide, centre));
-            }
-            for (; i < n; ++i) dst[i] = static_cast<int16_t>(src[i] - zero);
-        });
+void avx2_copy_centered(const uint8_t* src, int16_t* dst, int n, int16_t zero) {
+    const __m256i centre = _mm256_set1_epi16(zero);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256i wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_sub_epi16(wide, centre));
     }
+    for (; i < n; ++i) dst[i] = static_cast<int16_t>(src[i] - zero);
+}
 
-    static void multiply(const ConvOp& op, const int16_t* rows, int count, const int16_t* weights, int32_t* acc) {
-        if (op.block == 16) multiply_block<16>(op.depth_padded / 2, op.depth_padded, rows, count, weights, acc);
-        else multiply_block<8>(op.depth_padded / 2, op.depth_padded, rows, count, weights, acc);
+struct Avx2Kernels {
+    static void multiply(const ConvOp& op, const int16_t* wide, const size_t* bases, int count, const size_t* taps,
+                         const int16_t* weights, int32_t* acc) {
+        if (op.block == 16) multiply_block<16>(op, wide, bases, count, taps, weights, acc);
+        else multiply_block<8>(op, wide, bases, count, taps, weights, acc);
     }
 
     static void epilogue(const ConvOp& op, const int32_t* acc, int count, int first, int channel, int width,
@@ -113,12 +125,15 @@ struct Avx2Kernels {
     }
 };
 
-void avx2_conv(const ConvOp& op, const uint8_t* input, const uint8_t* skip, uint8_t* output, Range range, void* scratch) {
-    conv_driver<Avx2Kernels>(op, input, skip, output, range, scratch);
+void avx2_widen(const ConvOp& op, const uint8_t* input, int16_t* wide, int row_begin, int row_end) {
+    widen_rows(op, input, wide, row_begin, row_end, avx2_copy_centered);
+}
+
+void avx2_conv(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, Range range) {
+    conv_driver<Avx2Kernels>(op, wide, skip, output, range);
 }
 
 void avx2_depthwise(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) {
-    constexpr int kMaxTaps = 64;
     size_t offsets[kMaxTaps];
     int taps[kMaxTaps];
     const __m256 low = _mm256_set1_ps(static_cast<float>(op.low - op.output_zero));
@@ -151,7 +166,7 @@ void avx2_depthwise(const DepthwiseOp& op, const uint8_t* input, uint8_t* output
 }  // namespace
 
 const Backend* avx2_backend() {
-    static const Backend backend{"avx2", avx2_conv, avx2_depthwise};
+    static const Backend backend{"avx2", avx2_widen, avx2_conv, avx2_depthwise};
     return &backend;
 }
 

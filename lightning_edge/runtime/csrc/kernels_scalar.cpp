@@ -6,22 +6,19 @@ namespace edge {
 namespace {
 
 struct ScalarKernels {
-    static void pack_row(const ConvOp& op, const uint8_t* input, int pixel, int group, int16_t* row) {
-        pack_window_row(op, input, pixel, group, row, [](const uint8_t* src, int16_t* dst, int n, int16_t zero) {
-            for (int i = 0; i < n; ++i) dst[i] = static_cast<int16_t>(src[i] - zero);
-        });
-    }
-
-    static void multiply(const ConvOp& op, const int16_t* rows, int count, const int16_t* weights, int32_t* acc) {
-        const int pairs = op.depth_padded / 2;
+    static void multiply(const ConvOp& op, const int16_t* wide, const size_t* bases, int count, const size_t* tap_offsets,
+                         const int16_t* weights, int32_t* acc) {
+        const int pairs = op.group_in_padded / 2;
         for (int m = 0; m < count; ++m) {
-            const int16_t* row = rows + static_cast<size_t>(m) * op.depth_padded;
             int32_t* out = acc + m * op.block;
             for (int j = 0; j < op.block; ++j) out[j] = 0;
-            for (int p = 0; p < pairs; ++p) {
-                const int16_t* w = weights + static_cast<size_t>(p) * op.block * 2;
-                const int32_t a0 = row[2 * p], a1 = row[2 * p + 1];
-                for (int j = 0; j < op.block; ++j) out[j] += a0 * w[2 * j] + a1 * w[2 * j + 1];
+            const int16_t* w = weights;
+            for (int t = 0; t < op.taps; ++t) {
+                const int16_t* x = wide + bases[m] + tap_offsets[t];
+                for (int p = 0; p < pairs; ++p, w += op.block * 2) {
+                    const int32_t a0 = x[2 * p], a1 = x[2 * p + 1];
+                    for (int j = 0; j < op.block; ++j) out[j] += a0 * w[2 * j] + a1 * w[2 * j + 1];
+                }
             }
         }
     }
@@ -32,8 +29,14 @@ struct ScalarKernels {
     }
 };
 
-void scalar_conv(const ConvOp& op, const uint8_t* input, const uint8_t* skip, uint8_t* output, Range range, void* scratch) {
-    conv_driver<ScalarKernels>(op, input, skip, output, range, scratch);
+void scalar_widen(const ConvOp& op, const uint8_t* input, int16_t* wide, int row_begin, int row_end) {
+    widen_rows(op, input, wide, row_begin, row_end, [](const uint8_t* src, int16_t* dst, int n, int16_t zero) {
+        for (int i = 0; i < n; ++i) dst[i] = static_cast<int16_t>(src[i] - zero);
+    });
+}
+
+void scalar_conv(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, Range range) {
+    conv_driver<ScalarKernels>(op, wide, skip, output, range);
 }
 
 void scalar_depthwise(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) {
@@ -59,7 +62,7 @@ void scalar_depthwise(const DepthwiseOp& op, const uint8_t* input, uint8_t* outp
 }  // namespace
 
 const Backend& scalar_backend() {
-    static const Backend backend{"scalar", scalar_conv, scalar_depthwise};
+    static const Backend backend{"scalar", scalar_widen, scalar_conv, scalar_depthwise};
     return backend;
 }
 

@@ -60,7 +60,7 @@ class ThreadPool {
         unsigned seen = 0;
         for (;;) {
             unsigned now = generation_.load(std::memory_order_acquire);
-            for (int spin = 0; now == seen && spin < 200000; ++spin) {
+            for (int spin = 0; now == seen && spin < 20000; ++spin) {
                 EDGE_PAUSE();
                 now = generation_.load(std::memory_order_acquire);
             }
