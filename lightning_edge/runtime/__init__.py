@@ -1,6 +1,13 @@
-"""lightning-edge's INT8 runtime: numpy plus compiled kernels, no torch.
+"""lightning-edge's INT8 runtime: numpy plus compiled C++ kernels, no torch.
 
-So far: ``reference``, INT8_SPEC.md in plain numpy, evaluating any standard ONNX QDQ file (the oracle the
-compiled kernels will be tested against), and ``edge_format``, the checked .edge container. The compiler,
-the kernels and ``load``/``Session`` follow (issue 6).
+- ``compile(onnx_path, edge_path)``: a standard ONNX QDQ file (ours or another tool's) into a fused integer
+  plan in a checked .edge file (``compiler``, ``edge_format``); needs the ``onnx`` package.
+- ``load(edge_path, threads=None) -> Session``; ``Session.run(x)``: float32 NCHW in, float32 out, any batch
+  (``session``); needs only numpy and the extension built by ``pip install``.
+- ``reference``: INT8_SPEC.md in plain numpy, the oracle the kernels are tested against bit for bit.
 """
+from lightning_edge.runtime.compiler import CompileError, compile
+from lightning_edge.runtime.edge_format import EdgeFormatError
+from lightning_edge.runtime.session import Session, available_kernels, load
+
+__all__ = ["CompileError", "EdgeFormatError", "Session", "available_kernels", "compile", "load"]

@@ -171,7 +171,9 @@ class _Compiler:
             elif op == "Clip" and node.input[0] in quantized:
                 quantized[node.output[0]] = self._clip_codes(node, quantized[node.input[0]])
             elif op in ("Conv", "Gemm", "Add", "GlobalAveragePool", "MaxPool", "Flatten", "Reshape"):
-                operands = [quantized[dequantized[name]] if name in dequantized else name for name in node.input]
+                operands = [quantized[dequantized[name]] if name in dequantized
+                            else self._codes_of(pending.pop(name), name) if name in pending and pending[name].kind == "alias"
+                            else name for name in node.input]
                 pending[node.output[0]] = getattr(self, f"_{op.lower()}")(node, operands)
             elif op in ("Relu", "Clip"):
                 raise CompileError(node, f"{op} must follow a Conv, Gemm, Add or pooling op before its QuantizeLinear")
@@ -235,19 +237,27 @@ class _Compiler:
             raise CompileError(node, f"quantizes {source!r}, which no supported op produced")
         return self._finish(node, pending.pop(source), grid, shift)
 
-    def _finish(self, node: Any, result: _Pending, grid: tuple[float, int, int, int], shift: int) -> _Tensor:
-        """A pending result meets its QuantizeLinear: emit its op on that grid."""
+    def _codes_of(self, result: _Pending, name: str) -> _Tensor:
+        """A max pool or shape op read by another one before any QuantizeLinear: codes on its input's grid."""
+        source = result.inputs[0]
+        if result.low > -math.inf or result.high < math.inf:
+            raise CompileError(result.node, "an activation after a max pool or shape op needs a QuantizeLinear after it")
+        return self._finish(None, result, (source.scale, source.zero, source.low, source.high), 0, name=name)
+
+    def _finish(self, node: Any, result: _Pending, grid: tuple[float, int, int, int], shift: int,
+                name: str | None = None) -> _Tensor:
+        """A pending result meets its QuantizeLinear ``node`` (or, for chained shape ops, its input's grid)."""
         scale, zero, low, high = grid
         original = (zero - shift, low - shift, high - shift)
         if result.low > -math.inf:
             low = max(low, int(quantize(np.float32(result.low), np.float32(scale), *original)) + shift)
         if result.high < math.inf:
             high = min(high, int(quantize(np.float32(result.high), np.float32(scale), *original)) + shift)
-        name = node.output[0]
-        nodes = [result.node.name, node.name]
+        name = name or node.output[0]
+        nodes = [result.node.name] + ([node.name] if node is not None else [])
         if result.kind == "alias":  # flatten / reshape / max pool onto the same grid
             source = result.inputs[0]
-            if (np.float32(source.scale), source.zero) != (np.float32(scale), zero) or (low, high) != (source.low, source.high):
+            if (np.float32(source.scale), source.zero) != (np.float32(scale), zero) or low > source.low or high < source.high:
                 raise CompileError(result.node, "a shape op or max pool must keep its input's grid (same scale and zero point)")
             if result.fields.get("max_pool"):
                 fields = {k: v for k, v in result.fields.items() if k not in ("max_pool", "out_shape")}
@@ -485,13 +495,17 @@ class _Compiler:
         """Clip on codes (7-bit activations): narrows the producing op's clamp bounds."""
         low, high = self._clip_bounds(node)
         shift = source.zero - int(self._zero_of(node))
-        new_low, new_high = max(source.low, int(low) + shift), min(source.high, int(high) + shift)
+        new_low = source.low if low == -math.inf else max(source.low, math.ceil(low) + shift)
+        new_high = source.high if high == math.inf else min(source.high, math.floor(high) + shift)
+        if (new_low, new_high) == (source.low, source.high):
+            return source  # the codes are inside these bounds already (a shape op after a clipped tensor)
         op = source.producer
         if op is None or self.tensors[source.index]["name"] != node.input[0] or len(self.readers.get(node.input[0], [])) != 1:
             raise CompileError(node, "a Clip on int8 codes must be the only reader of the QuantizeLinear it clips")
         key = "sum_grid" if "sum_grid" in op else "output_grid" if "output_grid" in op else "grid"
         op[key] = {**op[key], "low": new_low, "high": new_high}
         op["nodes"] = op["nodes"] + [node.name]
+        self.tensors[source.index]["name"] = node.output[0]  # the unclipped codes never exist
         return _Tensor(source.index, source.scale, source.zero, new_low, new_high, source.shape, source.producer,
                        source.nchw_order)
 

@@ -149,11 +149,12 @@ class ReferenceModel:
             elif op == "Clip" and node.input[0] in quantized:  # clipping codes (7-bit activations)
                 source = quantized[node.input[0]]
                 low, high = self._clip_bounds(node)
-                lo, hi = max(source.lo, int(low)), min(source.hi, int(high))
+                lo = source.lo if low == -math.inf else max(source.lo, math.ceil(low))
+                hi = source.hi if high == math.inf else min(source.hi, math.floor(high))
                 quantized[node.output[0]] = QTensor(np.clip(source.codes, lo, hi).astype(source.codes.dtype),
                                                     source.scale, source.zero_point, lo, hi)
             elif op in _COMPUTE_OPS:
-                inputs = [self._operand(name, dequantized, quantized) for name in node.input]
+                inputs = [self._operand(name, dequantized, quantized, pending) for name in node.input]
                 pending[node.output[0]] = getattr(self, f"_{op.lower()}")(node, inputs)
             else:
                 raise ReferenceError(f"node {node.name!r}: op {op} is not part of the INT8 spec")
@@ -163,9 +164,14 @@ class ReferenceModel:
             raise ReferenceError(f"outputs {missing} are not dequantized int8 tensors")
         return [floats[name] for name in self.output_names]
 
-    def _operand(self, name: str, dequantized: dict[str, str], quantized: dict[str, QTensor]) -> Any:
+    def _operand(self, name: str, dequantized: dict[str, str], quantized: dict[str, QTensor],
+                 pending: dict[str, _Pending]) -> Any:
         if name in dequantized:
             return quantized[dequantized[name]]
+        if name in pending and pending[name].kind == "codes":  # max pool -> flatten: still on the pool input's grid
+            result = pending.pop(name)
+            source = result.source
+            return QTensor(result.value, source.scale, source.zero_point, source.lo, source.hi)
         return name  # an initializer (through its DequantizeLinear) or a shape: resolved by the op
 
     def _weight(self, name: str) -> tuple[np.ndarray, np.ndarray, int]:

@@ -1,0 +1,241 @@
+"""The INT8 runtime: compiled plans bit-exact to the numpy reference on every kernel path, and its errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from conftest import FASHION_MNIST_DIR, ROOT, calibrated_network, qat_resnet_on_fashion_mnist
+from lightning_edge.export import onnxruntime_session, to_onnx
+from lightning_edge.models import create_model
+from lightning_edge.runtime import CompileError, EdgeFormatError, available_kernels, compile, load
+from lightning_edge.runtime.edge_format import read_edge, write_edge
+from lightning_edge.runtime.reference import ReferenceModel
+
+KERNELS = available_kernels()
+
+
+def assert_bit_exact(onnx_path: str, edge_path: str, x: np.ndarray, shift: int = 0) -> dict[str, np.ndarray]:
+    """Every uint8 tensor the plan stores and the output equal the reference's, on every kernel path here."""
+    reference = ReferenceModel(onnx_path)
+    expected = reference.run(x)[0]
+    for kernels in KERNELS:
+        output, tensors = load(edge_path, kernels=kernels).trace(x)
+        compared = [name for name in tensors if name in reference.tensors]  # a max pool feeding a flatten has no Q node
+        assert len(compared) >= len(tensors) - 1 > 0
+        for name in compared:
+            codes = tensors[name]
+            want = reference.tensors[name].codes.astype(np.int64)
+            got = codes.reshape(want.shape).astype(np.int64) - shift
+            assert np.array_equal(got, want), f"{kernels}: tensor {name!r} differs in {(got != want).sum()} codes"
+        assert np.array_equal(output, expected), kernels
+    return tensors
+
+
+def export_and_compile(network: nn.Module, tmp_path, name: str = "model") -> tuple[str, str, dict]:
+    onnx_path = to_onnx(network, torch.zeros(1, 1, 28, 28), str(tmp_path / f"{name}.onnx"))
+    edge_path = str(tmp_path / f"{name}.edge")
+    return onnx_path, edge_path, compile(onnx_path, edge_path)
+
+
+def primitives(plan: dict) -> set[str]:
+    return {op.get("primitive") or op["kind"] for op in plan["ops"]}
+
+
+def test_kernel_paths_of_this_machine():
+    assert "scalar" in KERNELS
+    if sys.platform == "linux" and "avx2" in open("/proc/cpuinfo").read():
+        assert "avx2" in KERNELS
+
+
+FAMILIES = [
+    ("cifar_resnet20", {}, {"gemm_i16_b16", "average_pool"}),
+    ("cifar_wrn_16_2", {}, {"depthwise"}),  # pre-activation: lone BatchNorms run as depthwise 1x1 convs
+    ("cifar_resnet20", {"derive": {"block": "G4"}}, set()),  # grouped convs: per-group or block-diagonal, timed
+    ("cifar_resnet20", {"derive": {"block": "DW"}}, {"depthwise"}),
+    ("resnet18", {}, {"max_pool"}),
+    ("mobilenetv2_100", {}, {"depthwise"}),  # ReLU6 clamps
+]
+
+
+@pytest.mark.parametrize("name,kwargs,expected", FAMILIES, ids=lambda value: str(value))
+def test_each_family_is_bit_exact_to_the_reference_on_every_kernel_path(name, kwargs, expected, tmp_path):
+    onnx_path, edge_path, plan = export_and_compile(calibrated_network(name, **kwargs), tmp_path)
+    assert expected <= primitives(plan)
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    assert_bit_exact(onnx_path, edge_path, x)
+
+
+def test_residual_adds_fold_into_the_conv_epilogue(tmp_path):
+    onnx_path, edge_path, plan = export_and_compile(calibrated_network(), tmp_path)
+    folded = [op for op in plan["ops"] if op["kind"] == "conv" and "skip" in op]
+    assert len(folded) == 9 and not any(op["kind"] == "add" for op in plan["ops"])
+    assert all(any("Add" in node for node in op["nodes"]) for op in folded)
+    names = {tensor["name"] for tensor in plan["tensors"] if tensor.get("folded")}
+    tensors = assert_bit_exact(onnx_path, edge_path, np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32))
+    assert not names & set(tensors)  # a folded conv's own codes never reach memory
+
+
+class _TwoBranches(nn.Module):
+    """s = relu(a + b) folds b's conv; t = s + a cannot fold (s comes from a folded op, a is read twice): a plain add."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 7 * 7, 10)
+        self.pool, self.relu = nn.MaxPool2d(4), nn.ReLU()
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        t = self.relu(a + b) + a
+        return self.head(torch.flatten(self.pool(t), 1))  # a flatten of a spatial tensor: NCHW -> NHWC columns
+
+
+def test_unfolded_adds_max_pool_and_spatial_flatten(tmp_path):
+    from lightning_edge.quant import calibrate
+
+    torch.manual_seed(0)
+    network = calibrate(_TwoBranches().eval(), [torch.randn(8, 1, 28, 28) for _ in range(2)], num_batches=2)
+    onnx_path, edge_path, plan = export_and_compile(network, tmp_path)
+    assert {"add", "max_pool"} <= primitives(plan)
+    x = np.random.default_rng(2).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    assert_bit_exact(onnx_path, edge_path, x)
+
+
+def test_seven_bit_activations_fold_their_clip(tmp_path):
+    network = calibrated_network(config={"activation_bits": 7})
+    onnx_path, edge_path, plan = export_and_compile(network, tmp_path)
+    grids = [op.get("sum_grid", op.get("output_grid", op.get("grid"))) for op in plan["ops"] if op["kind"] != "dequantize"]
+    assert all(grid["high"] <= 127 for grid in grids)
+    assert_bit_exact(onnx_path, edge_path, np.random.default_rng(3).standard_normal((2, 1, 28, 28)).astype(np.float32))
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
+@pytest.mark.parametrize("activations", ["QUInt8", "QInt8"])
+def test_onnxruntime_quantize_static_files(per_channel, activations, tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=10, in_chans=1).eval()
+    float_path = to_onnx(model, torch.zeros(1, 1, 28, 28), str(tmp_path / "float.onnx"))
+    rng = np.random.default_rng(0)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"input": rng.standard_normal((1, 1, 28, 28)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    onnx_path, edge_path = str(tmp_path / "ort.onnx"), str(tmp_path / "ort.edge")
+    quantize_static(float_path, onnx_path, Batches(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8)
+    compile(onnx_path, edge_path)
+    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    assert_bit_exact(onnx_path, edge_path, x, shift=128 if activations == "QInt8" else 0)
+
+
+def test_any_batch_size_and_thread_count_give_the_same_numbers(tmp_path):
+    _, edge_path, _ = export_and_compile(calibrated_network("mobilenetv2_100"), tmp_path)
+    x = np.random.default_rng(4).standard_normal((13, 1, 28, 28)).astype(np.float32)
+    one_thread = load(edge_path, threads=1).run(x)
+    session = load(edge_path, threads=2)
+    assert np.array_equal(session.run(x), one_thread)
+    assert np.array_equal(np.concatenate([session.run(x[i:i + 1]) for i in range(13)]), one_thread)
+    assert np.array_equal(session.run(x[0]), one_thread[:1])  # a single CHW image is a batch of one
+
+
+def test_session_errors_name_the_problem(tmp_path):
+    _, edge_path, _ = export_and_compile(calibrated_network(), tmp_path)
+    session = load(edge_path)
+    with pytest.raises(ValueError, match=r"takes float32 \(batch, 1, 28, 28\)"):
+        session.run(np.zeros((2, 3, 28, 28), np.float32))
+    with pytest.raises(ValueError, match="choose one of auto, avx2, neon, scalar"):
+        load(edge_path, kernels="sse")
+    with pytest.raises(ValueError, match="positive number of threads"):
+        load(edge_path, threads=0)
+    if "neon" not in KERNELS:
+        with pytest.raises(ValueError, match="kernels='neon' needs"):
+            load(edge_path, kernels="neon")
+
+
+def test_unsupported_ops_fail_at_compile_naming_node_and_op(tmp_path):
+    onnx_path = to_onnx(calibrated_network(), torch.zeros(1, 1, 28, 28), str(tmp_path / "model.onnx"))
+    model = onnx.load(onnx_path)
+    pool = next(node for node in model.graph.node if node.op_type == "GlobalAveragePool")
+    pool.op_type = "GlobalMaxPool"
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(CompileError, match=rf"node '{pool.name}' \(GlobalMaxPool\): op GlobalMaxPool is not supported"):
+        compile(str(tmp_path / "bad.onnx"), str(tmp_path / "bad.edge"))
+    assert not (tmp_path / "bad.edge").exists()
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(CompileError, match="not a readable ONNX file"):
+        compile(str(tmp_path / "junk.onnx"), str(tmp_path / "junk.edge"))
+
+
+def test_a_float_model_is_refused_with_the_fix(tmp_path):
+    torch.manual_seed(0)
+    float_path = to_onnx(create_model("cifar_resnet20", num_classes=10, in_chans=1).eval(), torch.zeros(1, 1, 28, 28),
+                         str(tmp_path / "float.onnx"))
+    with pytest.raises(CompileError, match="dequantized int8 activation|QuantizeLinear"):
+        compile(float_path, str(tmp_path / "float.edge"))
+
+
+@pytest.mark.parametrize("damage", ["tensor size", "array length", "unknown kind", "read before write", "grid"])
+def test_an_inconsistent_plan_is_refused_before_it_runs(damage, tmp_path):
+    _, edge_path, _ = export_and_compile(calibrated_network(), tmp_path)
+    plan, tensors = read_edge(edge_path)
+    conv = next(op for op in plan["ops"] if op["kind"] == "conv")
+    if damage == "tensor size":
+        plan["tensors"][conv["output"]]["size"] += 1
+    elif damage == "array length":
+        tensors[conv["bias"]] = tensors[conv["bias"]][:-1].copy()
+    elif damage == "unknown kind":
+        conv["kind"] = "winograd9"
+    elif damage == "read before write":
+        plan["ops"][1], plan["ops"][2] = plan["ops"][2], plan["ops"][1]
+    else:
+        conv["output_grid"]["high"] = 300
+    write_edge(tmp_path / "damaged.edge", plan, tensors)
+    with pytest.raises(EdgeFormatError, match="plan is inconsistent"):
+        load(tmp_path / "damaged.edge")
+
+
+def test_the_runtime_loads_and_runs_without_torch(tmp_path):
+    _, edge_path, _ = export_and_compile(calibrated_network(), tmp_path)
+    expected = load(edge_path).run(np.ones((2, 1, 28, 28), np.float32))
+    np.save(tmp_path / "expected.npy", expected)
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; import numpy as np; "
+            "from lightning_edge.runtime import load; "
+            f"out = load({edge_path!r}).run(np.ones((2, 1, 28, 28), np.float32)); "
+            f"print(np.array_equal(out, np.load({str(tmp_path / 'expected.npy')!r})))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_runtime_on_the_fashion_mnist_test_set(tmp_path):
+    """A QAT-trained ResNet-20 on all 10,000 test images: bit-exact to the reference on every kernel path, and
+    the same class as ONNX Runtime on at least 99.9% of them."""
+    network, data = qat_resnet_on_fashion_mnist()
+    onnx_path, edge_path, _ = export_and_compile(network, tmp_path, "qat")
+    reference, theirs = ReferenceModel(onnx_path), onnxruntime_session(onnx_path)
+    sessions = [load(edge_path, kernels=kernels) for kernels in KERNELS]
+    agree = correct = total = 0
+    for images, labels in data.test_dataloader():
+        x = images.numpy()
+        expected = reference.run(x)[0]
+        outputs = [session.run(x) for session in sessions]
+        assert all(np.array_equal(output, expected) for output in outputs)
+        ours = outputs[0].argmax(1)
+        agree += int((ours == theirs.run(None, {"input": x})[0].argmax(1)).sum())
+        correct += int((ours == labels.numpy()).sum())
+        total += len(x)
+    assert total == 10_000 and agree / total >= 0.999
+    assert correct / total > 0.6
