@@ -5,6 +5,10 @@
     lightning-edge student MODEL --block G4  the Moonshine student of MODEL: what each layer becomes and costs
     lightning-edge qat-plan MODEL            what prepare_qat makes of MODEL: int8 layers and int8 tensors
     lightning-edge export CKPT -o F.onnx     a train.py checkpoint as ONNX: QDQ after QAT, else FP32
+    lightning-edge compile F.onnx -o F.edge  an ONNX QDQ file as the INT8 runtime's fused plan
+    lightning-edge inspect F.edge            per layer: op, fused ONNX nodes, chosen kernel, MACs, bytes
+    lightning-edge run F.edge --input x.npy  run a .edge file on a .npy batch (float32 NCHW)
+    lightning-edge bench F.edge [--onnx F.onnx]  latency at batch 1 and 32, against ONNX Runtime if given
     lightning-edge train [OVERRIDES...]      the same as `python train.py OVERRIDES...`
 """
 from __future__ import annotations
@@ -103,6 +107,78 @@ def _train(overrides: list[str]) -> int:
     return 0
 
 
+def _compile(args: argparse.Namespace) -> int:
+    from lightning_edge.runtime import compile
+
+    output = args.output or str(Path(args.onnx).with_suffix(".edge"))
+    plan = compile(args.onnx, output, select=not args.no_select, tune_batch=args.tune_batch, threads=args.threads)
+    convs = [op for op in plan["ops"] if "primitive" in op]
+    folded = sum("skip" in op for op in convs)
+    print(f"{output}: {len(plan['ops'])} ops ({len(convs)} conv/linear, {folded} with a folded residual add), "
+          f"{os.path.getsize(output) / 1024:.1f} KiB")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from lightning_edge.runtime.report import layer_rows, layer_table
+    from lightning_edge.runtime.edge_format import read_edge
+
+    plan, tensors = read_edge(args.edge)
+    rows = layer_rows(plan, tensors)
+    print(json.dumps({"plan": {k: v for k, v in plan.items() if k not in ("ops", "tensors")}, "layers": rows}, indent=2)
+          if args.json else layer_table(plan, rows))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lightning_edge.runtime import load
+
+    session = load(args.edge, threads=args.threads, kernels=args.kernels)
+    x = np.load(args.input)
+    output = session.run(x)
+    if args.output:
+        np.save(args.output, output)
+    if output.ndim == 2:
+        print("\n".join(" ".join(map(str, row)) for row in np.argsort(-output, axis=1)[:, : args.top]))
+    print(f"{len(x)} inputs through {session} -> output {output.shape}"
+          + (f", saved to {args.output}" if args.output else ""), file=sys.stderr)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lightning_edge.runtime import load
+    from lightning_edge.runtime.benchmark import alternating, machine, median_ms, ratio
+
+    session = load(args.edge, threads=args.threads, kernels=args.kernels)
+    peer = None
+    if args.onnx:
+        from lightning_edge.runtime.benchmark import onnxruntime_session
+
+        peer = onnxruntime_session(args.onnx, threads=session.threads)
+        input_name = peer.get_inputs()[0].name
+    print(f"{machine()['cpu']}, {session.threads} threads, kernels {session.kernels}")
+    for batch in args.batch:
+        x = np.random.default_rng(0).standard_normal((batch, *session.input_shape)).astype(np.float32)
+        candidates = {"lightning-edge": lambda: session.run(x)}
+        if peer is not None:
+            candidates["onnxruntime"] = lambda: peer.run(None, {input_name: x})
+        times = alternating(candidates, rounds=args.rounds)
+        line = f"batch {batch:3d}: lightning-edge {median_ms(times['lightning-edge']):8.3f} ms"
+        if peer is not None:
+            line += (f"   onnxruntime {median_ms(times['onnxruntime']):8.3f} ms"
+                     f"   speed-up {ratio(times, 'onnxruntime', 'lightning-edge'):.2f}x")
+        print(line)
+        if args.layers:
+            seconds = session.profile(x)
+            for op, took in zip(session.plan["ops"], seconds):
+                print(f"    {op['id']:>6} {op.get('primitive') or op['kind']:24s} {took * 1e6:9.1f} us")
+    return 0
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL and the data it is built for: input channels, image size, classes."""
     parser.add_argument("model")
@@ -138,6 +214,33 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--image-size", type=int, help="input side, when the checkpoint does not record it")
     export.add_argument("--opset", type=int, default=17)
     export.set_defaults(handler=_export)
+    compile_ = commands.add_parser("compile", help="an ONNX QDQ file as the INT8 runtime's .edge plan")
+    compile_.add_argument("onnx")
+    compile_.add_argument("-o", "--output", help="the .edge file to write (default: beside the .onnx)")
+    compile_.add_argument("--no-select", action="store_true", help="skip timing each layer's candidate kernels")
+    compile_.add_argument("--tune-batch", type=int, default=1, help="batch size the kernel timings use")
+    compile_.add_argument("--threads", type=int, help="threads the kernel timings use (default: all cores)")
+    compile_.set_defaults(handler=_compile)
+    inspect = commands.add_parser("inspect", help="a .edge file layer by layer: op, fusion, kernel, MACs, bytes")
+    inspect.add_argument("edge")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=_inspect)
+    for name, handler, text in (("run", _run, "run a .edge file on a .npy batch"),
+                                ("bench", _bench, "latency of a .edge file, against ONNX Runtime with --onnx")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("edge")
+        command.add_argument("--threads", type=int, help="default: all cores")
+        command.add_argument("--kernels", default="auto", choices=["auto", "avx2", "neon", "scalar"])
+        command.set_defaults(handler=handler)
+        if name == "run":
+            command.add_argument("--input", required=True, help=".npy file, float32 (batch, C, H, W)")
+            command.add_argument("--output", help=".npy file for the float32 output")
+            command.add_argument("--top", type=int, default=1, help="classes printed per input, best first")
+        else:
+            command.add_argument("--onnx", help="the QDQ file the .edge came from, to time ONNX Runtime on it")
+            command.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+            command.add_argument("--rounds", type=int, default=8)
+            command.add_argument("--layers", action="store_true", help="also time each op inside whole runs")
     commands.add_parser("train", help="run train.py with Hydra overrides", add_help=False)
     return parser
 
@@ -149,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:  # UnsupportedModelError is a ValueError
+    except (ValueError, FileNotFoundError, ImportError) as error:  # UnsupportedModelError, CompileError, EdgeFormatError too
         print(f"lightning-edge {args.command}: {error}", file=sys.stderr)
         return 2
 

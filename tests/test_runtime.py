@@ -54,7 +54,7 @@ def test_kernel_paths_of_this_machine():
 
 
 FAMILIES = [
-    ("cifar_resnet20", {}, {"gemm_i16_b16", "average_pool"}),
+    ("cifar_resnet20", {}, {"gemm_b16", "average_pool"}),
     ("cifar_wrn_16_2", {}, {"depthwise"}),  # pre-activation: lone BatchNorms run as depthwise 1x1 convs
     ("cifar_resnet20", {"derive": {"block": "G4"}}, set()),  # grouped convs: per-group or block-diagonal, timed
     ("cifar_resnet20", {"derive": {"block": "DW"}}, {"depthwise"}),

@@ -15,12 +15,9 @@ from lightning_edge.quant.calibrate import batch_input
 
 def onnxruntime_session(path: str, threads: int | None = None) -> Any:
     """A CPU ONNX Runtime session for ``path`` with ``threads`` intra-op threads (default: torch's)."""
-    import onnxruntime
+    from lightning_edge.runtime.benchmark import onnxruntime_session as session
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = int(threads or torch.get_num_threads())
-    options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return session(path, threads=int(threads or torch.get_num_threads()))
 
 
 @torch.no_grad()

@@ -98,11 +98,7 @@ def compile(onnx_path: str | os.PathLike, edge_path: str | os.PathLike, *, selec
     else:
         for op in plan["ops"]:
             if "candidates" in op:
-                _apply_candidate(op, arrays, op.pop("candidates")[0])
-    for op in plan["ops"]:
-        if "weights" in op:
-            arrays.pop(f"{op['id']}.codes")
-            arrays[op["weights"]] = arrays[op["weights"]].astype(np.int8)  # widened again when loaded
+                _apply_candidate(op, op.pop("candidates")[0])
     write_edge(edge_path, plan, arrays)
     return plan
 
@@ -345,8 +341,8 @@ class _Compiler:
         unit = (np.float32(x.scale) * f["weight_scale"]).astype(np.float32)
         multiplier = (unit / np.float32(grid[0])).astype(np.float32)
         codes, bias = f["codes"], f["bias"]
-        bound = np.abs(codes.astype(np.int64)).sum(axis=1) * 255 + np.abs(bias)
-        if bound.max() > _INT32_MAX:
+        bound = np.abs(codes.astype(np.int64)).sum(axis=1) * 255
+        if (bound + np.abs(bias)).max() > _INT32_MAX or 4 * bound.max() > _INT32_MAX:  # Winograd computes 4 * acc
             raise CompileError(result.node, "its accumulator could leave int32 (weights too large for the input range)")
         shape = (f["out_c"],) if f.get("flat") else (f["out_c"], f["out_h"], f["out_w"])
         tensor = self._new_tensor(name, grid, shape, None)
@@ -357,7 +353,7 @@ class _Compiler:
                    "multiplier": self._array(op, "multiplier", multiplier)})
         depthwise = f["groups"] == f["in_c"] == f["out_c"] and f["groups"] > 1 and f["kernel_h"] * f["kernel_w"] <= 64
         op["candidates"] = _conv_candidates(f, depthwise)
-        self._array(op, "codes", codes.astype(np.int8))
+        op["weights"] = self._array(op, "weights", codes.astype(np.int8))  # window order; packed when loaded
         tensor.producer = self._emit(op)
         return tensor
 
@@ -543,25 +539,42 @@ def _conv_candidates(fields: dict[str, Any], depthwise: bool) -> list[dict[str, 
         candidates.append({"primitive": "depthwise"})
     blocks = [16, 8] if group_out >= 16 else [8, 16] if group_out > 8 else [8]
     for block in blocks:
-        candidates.append({"primitive": f"gemm_i16_b{block}" + ("_grouped" if groups > 1 else ""), "block": block,
+        candidates.append({"primitive": f"gemm_b{block}" + ("_grouped" if groups > 1 else ""), "block": block,
                            "groups": groups})
     if 1 < groups and not depthwise and fields["in_c"] * fields["kernel_h"] * fields["kernel_w"] <= 4608:
-        candidates.append({"primitive": "gemm_i16_b16_dense", "block": 16, "groups": 1})
+        candidates.append({"primitive": "gemm_b16_dense", "block": 16, "groups": 1})
+    if (fields["kernel_h"], fields["kernel_w"], fields["stride_h"], fields["stride_w"]) == (3, 3, 1, 1) and not depthwise:
+        for block in blocks:
+            candidates.append({"primitive": f"winograd_b{block}" + ("_grouped" if groups > 1 else ""), "block": block,
+                               "groups": groups, "algorithm": "winograd"})
     return candidates
 
 
-def pack_gemm_weights(codes: np.ndarray, groups: int, block: int, taps: int) -> np.ndarray:
-    """Weights as the GEMM kernels read them: [group][block][tap][channel pair][channel in block][2].
+# Winograd F(2x2, 3x3) weight transform, scaled by 2 per side so that it stays in integers: U = 4 G g G^T.
+_WINOGRAD_G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], dtype=np.int64)
 
-    ``codes`` is (out, taps * channels per group) in window order; each tap's channels are padded to an even
-    count with zeros, as the widened input is."""
+
+def winograd_weights(codes: np.ndarray, group_in: int) -> np.ndarray:
+    """(out, 9 * group_in) 3x3 weights in window order -> (out, 16 * group_in) U in (position, channel) order."""
+    g = codes.astype(np.int64).reshape(codes.shape[0], 3, 3, group_in)
+    u = np.einsum("ik,okjc,lj->oilc", _WINOGRAD_G2, g, _WINOGRAD_G2)  # G' g G'^T over the kernel's rows, columns
+    return u.reshape(codes.shape[0], 16 * group_in)
+
+
+def pack_gemm_weights(codes: np.ndarray, groups: int, block: int, taps: int, depth_group: int = 2) -> np.ndarray:
+    """Weights as the GEMM kernels read them: [group][block][tap][channel group][channel in block][depth_group].
+
+    ``codes`` is (out, taps * channels per group) in window order; each tap's channels are padded with
+    zeros to a multiple of ``depth_group`` (2 for the int16 kernels' pairs, 4 for VNNI's quads), as the
+    widened input is."""
     out_c, depth = codes.shape
     group_in, group_out = depth // taps, out_c // groups
-    group_in_padded = group_in + group_in % 2
+    group_in_padded = -(-group_in // depth_group) * depth_group
     blocks = -(-group_out // block)
-    w = np.zeros((groups, blocks * block, taps, group_in_padded), np.int16)
+    dtype = np.int16 if depth_group == 2 else np.int8
+    w = np.zeros((groups, blocks * block, taps, group_in_padded), dtype)
     w[:, :group_out, :, :group_in] = codes.reshape(groups, group_out, taps, group_in)
-    w = w.reshape(groups, blocks, block, taps * group_in_padded // 2, 2)
+    w = w.reshape(groups, blocks, block, taps * group_in_padded // depth_group, depth_group)
     return np.ascontiguousarray(w.transpose(0, 1, 3, 2, 4))
 
 
@@ -576,70 +589,86 @@ def _block_diagonal(codes: np.ndarray, groups: int, kernel_taps: int) -> np.ndar
     return dense.reshape(out_c, -1)
 
 
-def _apply_candidate(op: dict[str, Any], arrays: dict[str, np.ndarray], candidate: dict[str, Any]) -> None:
-    """Set op's kernel to ``candidate``: its kind, parameters and packed weights."""
-    index = op["id"]
-    codes = arrays[f"{index}.codes"]
+def _apply_candidate(op: dict[str, Any], candidate: dict[str, Any]) -> None:
+    """Set op's algorithm to ``candidate``: its kind and parameters (weights are packed when loaded)."""
     op["primitive"] = candidate["primitive"]
-    for key in ("block", "weights"):
+    for key in ("block", "algorithm", "groups_run"):
         op.pop(key, None)
     if candidate["primitive"] == "depthwise":
-        op["kind"] = "depthwise"
-        op["channels"] = op["out_c"]
-        arrays[f"{index}.weights"] = np.ascontiguousarray(codes.astype(np.int32).T)  # [taps][channels]
-    else:
-        op["kind"] = "conv"
-        taps = op["kernel_h"] * op["kernel_w"]
-        if candidate["groups"] != op["groups"]:
-            codes = _block_diagonal(codes, op["groups"], taps)
-        op["groups_source"] = op["groups"]
-        op["block"] = candidate["block"]
-        arrays[f"{index}.weights"] = pack_gemm_weights(codes, candidate["groups"], candidate["block"], taps)
-        op["groups_run"] = candidate["groups"]
-    op["weights"] = f"{index}.weights"
+        op["kind"], op["channels"] = "depthwise", op["out_c"]
+        return
+    op["kind"], op["block"], op["groups_run"] = "conv", candidate["block"], candidate["groups"]
+    if candidate.get("algorithm"):
+        op["algorithm"] = candidate["algorithm"]
 
 
-def runtime_ops(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """The plan's ops as the engine reads them (a grouped conv may run as one dense GEMM)."""
-    ops = []
+def kernel_arrays(plan: dict[str, Any], tensors: dict[str, np.ndarray], kernels: str) -> tuple[list[dict], dict]:
+    """The plan's ops and arrays as the ``kernels`` path reads them, from the file's int8 window-order codes.
+
+    Packing happens here, when a plan is loaded, so one .edge file serves every CPU: int16 pairs for the
+    scalar and AVX2 kernels (int32 taps for depthwise), int8 quads plus the zero-point compensation in the
+    bias for AVX-512 VNNI, the Winograd transform U = G'gG'^T for Winograd layers, and a grouped conv
+    expanded block-diagonally where selection found one dense GEMM faster."""
+    ops, arrays = [], dict(tensors)
     for op in plan["ops"]:
         op = dict(op)
-        if op["kind"] == "conv" and "groups_run" in op:
-            op["groups"] = op["groups_run"]
+        if op["kind"] in ("conv", "depthwise") and "weights" in op:
+            codes = np.asarray(tensors[op["weights"]]).reshape(int(op["out_c"]), -1)
+            taps = int(op["kernel_h"]) * int(op["kernel_w"])
+            name = op["weights"] + f".{kernels}"
+            if op["kind"] == "depthwise":
+                arrays[name] = np.ascontiguousarray(codes.astype(np.int32).T)  # [taps][channels]
+            else:
+                groups = int(op.get("groups_run", op["groups"]))
+                if groups != op["groups"]:
+                    codes = _block_diagonal(codes, int(op["groups"]), taps)
+                if op.get("algorithm") == "winograd":
+                    arrays[name] = pack_gemm_weights(winograd_weights(codes, codes.shape[1] // taps), groups, op["block"], 16)
+                elif kernels == "avx512":
+                    arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps, depth_group=4)
+                    compensated = tensors[op["bias"]].astype(np.int64) - int(op["input_grid"]["zero"]) * codes.astype(np.int64).sum(axis=1)
+                    if np.abs(compensated).max(initial=0) > _INT32_MAX:
+                        raise ValueError(f"{op['id']}: zero-point compensation leaves int32")
+                    arrays[op["bias"] + ".u8"] = compensated.astype(np.int32)
+                    op["bias"], op["layout"] = op["bias"] + ".u8", "quads"
+                else:
+                    arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps)
+                op["groups"] = groups
+            op["weights"] = name
         ops.append(op)
-    return ops
+    return ops, arrays
 
 
 def select_primitives(plan: dict[str, Any], arrays: dict[str, np.ndarray], batch: int = 1,
                       threads: int | None = None, repeats: int = 15) -> None:
-    """Time every candidate kernel of each layer on its real shape; keep the fastest, record all timings."""
+    """Time every candidate algorithm of each layer on its real shape with this machine's kernels; keep the
+    fastest and record every timing in the plan."""
     from lightning_edge.runtime.session import default_threads, engine_module
 
-    engine_module_ = engine_module()
+    module = engine_module()
     threads = threads or default_threads()
-    backend = None
+    kernels = module.resolve_kernels("auto")
     for op in plan["ops"]:
         candidates = op.pop("candidates", None)
         if not candidates:
             continue
         timings = {}
         for candidate in candidates:
-            _apply_candidate(op, arrays, candidate)
+            _apply_candidate(op, candidate)
             single = _single_op_plan(op)
-            engine = engine_module_.Engine(single["ops"], [t["size"] for t in single["tensors"]], arrays, threads, "auto")
-            backend = engine.backend
+            ops, packed = kernel_arrays(single, arrays, kernels)
+            engine = module.Engine(ops, [t["size"] for t in single["tensors"]], packed, threads, kernels)
             timings[candidate["primitive"]] = engine.time_op(1, batch, repeats)
-        best = min(candidates, key=lambda c: timings[c["primitive"]])
-        _apply_candidate(op, arrays, best)
+        _apply_candidate(op, min(candidates, key=lambda c: timings[c["primitive"]]))
         op["timings_us"] = {name: round(seconds * 1e6, 2) for name, seconds in timings.items()}
-    plan["selection"] = {"batch": batch, "threads": threads, "kernels": backend, "machine": platform.machine()}
+    plan["selection"] = {"batch": batch, "threads": threads, "kernels": kernels, "machine": platform.machine()}
 
 
 def _single_op_plan(op: dict[str, Any]) -> dict[str, Any]:
     """A quantize -> op -> dequantize plan around one conv, so the engine can time it alone."""
     dims_in = (op["in_c"], op["in_h"], op["in_w"])
     dims_out = (op["out_c"], op["out_h"], op["out_w"])
-    core = dict(runtime_ops({"ops": [op]})[0], input=0, output=1)
+    core = dict(op, input=0, output=1)
     for key in ("skip", "skip_grid", "sum_grid"):  # the folded add costs every candidate the same
         core.pop(key, None)
     tensors = [{"size": int(np.prod(dims_in))}, {"size": int(np.prod(dims_out))}]

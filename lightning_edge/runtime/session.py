@@ -13,7 +13,7 @@ import numpy as np
 
 from lightning_edge.runtime.edge_format import EdgeFormatError, read_edge
 
-KERNELS = ("auto", "avx2", "neon", "scalar")
+KERNELS = ("auto", "avx512", "avx2", "neon", "scalar")
 
 
 def engine_module() -> Any:
@@ -39,22 +39,12 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def engine_arrays(plan: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The plan's arrays as the kernels read them: weights stored as int8 are widened (int16 GEMM, int32 depthwise)."""
-    arrays = dict(tensors)
-    for op in plan.get("ops", []):
-        name = op.get("weights") if isinstance(op, dict) else None
-        if isinstance(name, str) and name in arrays and arrays[name].dtype == np.int8:
-            arrays[name] = arrays[name].astype(np.int16 if op.get("kind") == "conv" else np.int32)
-    return arrays
-
-
 class Session:
     """A loaded plan bound to a thread pool and a kernel path; run it on float32 NCHW batches of any size."""
 
     def __init__(self, plan: dict[str, Any], tensors: dict[str, np.ndarray], threads: int | None = None,
                  kernels: str = "auto", path: str = "<plan>"):
-        from lightning_edge.runtime.compiler import PLAN_FORMAT, PLAN_VERSION, runtime_ops
+        from lightning_edge.runtime.compiler import PLAN_FORMAT, PLAN_VERSION, kernel_arrays
 
         if kernels not in KERNELS:
             raise ValueError(f"kernels={kernels!r}: choose one of {', '.join(KERNELS)}")
@@ -64,12 +54,13 @@ class Session:
             raise EdgeFormatError(path, "it does not hold a lightning-edge plan")
         if plan.get("version") != PLAN_VERSION:
             raise EdgeFormatError(path, f"plan version {plan.get('version')} is not {PLAN_VERSION}, the one this runtime reads")
-        self.path, self.plan = path, plan
+        self.path, self.plan, self.tensors = path, plan, tensors
         module = engine_module()
         try:
-            ops = runtime_ops(plan)
+            resolved = module.resolve_kernels(kernels)
+            ops, arrays = kernel_arrays(plan, tensors, resolved)
             sizes = [int(tensor["size"]) for tensor in plan["tensors"]]
-            self._engine = module.Engine(ops, sizes, engine_arrays(plan, tensors), threads or default_threads(), kernels)
+            self._engine = module.Engine(ops, sizes, arrays, threads or default_threads(), resolved)
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as error:
             if "needs an" in str(error):  # a kernel path this CPU or build lacks: the file is fine
                 raise ValueError(str(error)) from error
@@ -88,6 +79,10 @@ class Session:
     def run(self, x: np.ndarray) -> np.ndarray:
         """float32 (batch, C, H, W) in, the model's float32 output (batch, classes) or (batch, C, H, W) out."""
         return self._engine.run(self._checked(x))
+
+    def profile(self, x: np.ndarray, repeats: int = 10) -> list[float]:
+        """Median seconds of each plan op inside ``repeats`` whole runs of ``x`` (after a warm-up run)."""
+        return list(self._engine.profile(self._checked(x), repeats))
 
     def trace(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Output plus every uint8 tensor the plan stores, by its ONNX name (the QuantizeLinear output), NCHW.

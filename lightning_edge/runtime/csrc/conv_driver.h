@@ -46,20 +46,55 @@ inline void widen_rows(const ConvOp& op, const uint8_t* input, int16_t* wide, in
     }
 }
 
-template <class Kernels>
-void conv_driver(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, Range range) {
-    alignas(64) int32_t acc[kTilePixels * 16];
+// Rows of the u8 bordered input (the quads layout): codes as they are, the border and padding taps at the
+// input zero point (the real zero), the channel padding 0 (its weights are 0).
+inline void widen_rows_u8(const ConvOp& op, const uint8_t* input, uint8_t* wide, int row_begin, int row_end) {
+    const size_t row_elements = static_cast<size_t>(op.wide_w) * op.wide_c;
+    const int columns = std::max(0, std::min(op.in_w, op.wide_w - op.pad_left));
+    const uint8_t zero = static_cast<uint8_t>(op.input_zero);
+    for (int row = row_begin; row < row_end; ++row) {
+        const int n = row / op.wide_h, y = row % op.wide_h - op.pad_top;
+        uint8_t* dst = wide + static_cast<size_t>(row) * row_elements;
+        if (y < 0 || y >= op.in_h) {
+            std::memset(dst, zero, row_elements);
+            continue;
+        }
+        const uint8_t* src = input + (static_cast<size_t>(n) * op.in_h + y) * op.in_w * op.in_c;
+        const size_t left = static_cast<size_t>(op.pad_left) * op.wide_c;
+        std::memset(dst, zero, left);
+        if (op.group_in == op.group_in_padded) {
+            std::memcpy(dst + left, src, static_cast<size_t>(columns) * op.in_c);
+        } else {
+            for (int x = 0; x < columns; ++x)
+                for (int g = 0; g < op.groups; ++g) {
+                    uint8_t* out = dst + left + static_cast<size_t>(x) * op.wide_c + g * op.group_in_padded;
+                    std::memcpy(out, src + static_cast<size_t>(x) * op.in_c + g * op.group_in, op.group_in);
+                    std::memset(out + op.group_in, 0, op.group_in_padded - op.group_in);
+                }
+        }
+        const size_t used = left + static_cast<size_t>(columns) * op.wide_c;
+        std::memset(dst + used, zero, row_elements - used);
+    }
+}
+
+// Kernels supplies kTile (pixels per micro-kernel call), multiply and epilogue; Element is the widened
+// input's type (int16 centered, or uint8 bordered) and Weight the packed weights'.
+template <class Kernels, class Element = int16_t, class Weight = int16_t>
+void conv_driver(const ConvOp& op, const Element* wide, const Weight* packed, const uint8_t* skip, uint8_t* output,
+                 Range range) {
+    constexpr int kTile = Kernels::kTile;
+    alignas(64) int32_t acc[kTile * 16];
     size_t tap_offsets[kMaxTaps];
     for (int ky = 0; ky < op.kernel_h; ++ky)
         for (int kx = 0; kx < op.kernel_w; ++kx)
             tap_offsets[ky * op.kernel_w + kx] = (static_cast<size_t>(ky) * op.wide_w + kx) * op.wide_c;
-    const size_t block_stride = static_cast<size_t>(op.depth_padded / 2) * op.block * 2;
+    const size_t block_stride = static_cast<size_t>(op.depth_padded) * op.block;
     const int per_image = op.out_h * op.out_w;
     // Position of the next pixel, advanced without divisions: image n, row oh, column ow.
     int n = range.pixel_begin / per_image, oh = range.pixel_begin % per_image / op.out_w, ow = range.pixel_begin % op.out_w;
-    size_t bases[kTilePixels];
-    for (int first = range.pixel_begin; first < range.pixel_end; first += kTilePixels) {
-        const int count = std::min(kTilePixels, range.pixel_end - first);
+    size_t bases[kTile];
+    for (int first = range.pixel_begin; first < range.pixel_end; first += kTile) {
+        const int count = std::min(kTile, range.pixel_end - first);
         for (int m = 0; m < count; ++m) {
             bases[m] = ((static_cast<size_t>(n) * op.wide_h + oh * op.stride_h) * op.wide_w + ow * op.stride_w) * op.wide_c;
             if (++ow == op.out_w) {
@@ -69,7 +104,7 @@ void conv_driver(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uin
         }
         for (int column = range.column_begin; column < range.column_end; ++column) {
             const int group = column / op.blocks, block = column % op.blocks;
-            const int16_t* weights = op.weights + (static_cast<size_t>(group) * op.blocks + block) * block_stride;
+            const Weight* weights = packed + (static_cast<size_t>(group) * op.blocks + block) * block_stride;
             Kernels::multiply(op, wide + static_cast<size_t>(group) * op.group_in_padded, bases, count, tap_offsets, weights, acc);
             const int channel = group * op.group_out + block * op.block;
             const int width = std::min(op.block, op.group_out - block * op.block);

@@ -87,6 +87,7 @@ class Engine {
         plan_slots();
         for (const Op& op : ops_)
             if (op.kind == Kind::Conv) wide_per_sample_ = std::max(wide_per_sample_, wide_elements(op.conv, 1));
+        winograd_buffers_.resize(static_cast<size_t>(pool_.size()) * winograd_scratch_);
     }
 
     std::string backend() const { return backend_->name; }
@@ -174,8 +175,14 @@ class Engine {
     }
 
   private:
+  public:
     static const Backend* choose_backend(const std::string& kernels) {
         if (kernels == "scalar") return &scalar_backend();
+        if (kernels == "avx512") {
+            if (!avx512_supported())
+                throw std::invalid_argument("kernels='avx512' needs an x86-64 CPU with AVX-512 VNNI; use 'auto', 'avx2' or 'scalar'");
+            return avx512_backend();
+        }
         if (kernels == "avx2") {
             if (!avx2_backend() || !__builtin_cpu_supports("avx2"))
                 throw std::invalid_argument("kernels='avx2' needs an x86-64 CPU with AVX2; use 'auto' or 'scalar'");
@@ -185,7 +192,9 @@ class Engine {
             if (!neon_backend()) throw std::invalid_argument("kernels='neon' needs an aarch64 build; use 'auto' or 'scalar'");
             return neon_backend();
         }
-        if (kernels != "auto") throw std::invalid_argument("kernels must be 'auto', 'avx2', 'neon' or 'scalar', not '" + kernels + "'");
+        if (kernels != "auto")
+            throw std::invalid_argument("kernels must be 'auto', 'avx512', 'avx2', 'neon' or 'scalar', not '" + kernels + "'");
+        if (avx512_supported()) return avx512_backend();
 #if defined(__x86_64__) || defined(_M_X64)
         if (avx2_backend() && __builtin_cpu_supports("avx2")) return avx2_backend();
 #endif
@@ -193,6 +202,16 @@ class Engine {
         return &scalar_backend();
     }
 
+    static bool avx512_supported() {
+#if defined(__x86_64__) || defined(_M_X64)
+        return avx512_backend() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+        return false;
+#endif
+    }
+
+  private:
     template <class T>
     const T* array(py::dict arrays, const py::dict& d, const char* key, size_t count) {
         if (!d.contains(key)) throw std::invalid_argument(std::string("plan op is missing array '") + key + "'");
@@ -256,13 +275,29 @@ class Engine {
             if (c.kernel_h * c.kernel_w > kMaxTaps) throw std::invalid_argument("conv: at most 64 kernel taps");
             c.group_in = c.in_c / c.groups, c.group_out = c.out_c / c.groups;
             c.taps = c.kernel_h * c.kernel_w;
-            c.group_in_padded = (c.group_in + 1) / 2 * 2;
+            c.quads = d.contains("layout") && d["layout"].cast<std::string>() == "quads";
+            if (c.quads && !backend_->conv8) throw std::invalid_argument("conv: the quads layout needs kernels='avx512'");
+            const int depth_group = c.quads ? 4 : 2;
+            c.group_in_padded = (c.group_in + depth_group - 1) / depth_group * depth_group;
             c.depth_padded = c.taps * c.group_in_padded;
             c.wide_h = (c.out_h - 1) * c.stride_h + c.kernel_h;
             c.wide_w = (c.out_w - 1) * c.stride_w + c.kernel_w;
             c.wide_c = c.groups * c.group_in_padded;
             c.blocks = (c.group_out + c.block - 1) / c.block;
-            c.weights = array<int16_t>(arrays, d, "weights", static_cast<size_t>(c.groups) * c.blocks * c.depth_padded * c.block);
+            c.winograd = d.contains("algorithm") && d["algorithm"].cast<std::string>() == "winograd";
+            size_t weight_count = static_cast<size_t>(c.groups) * c.blocks * c.depth_padded * c.block;
+            if (c.winograd && c.quads) throw std::invalid_argument("conv: Winograd runs on the int16 layout");
+            if (c.winograd) {
+                if (c.kernel_h != 3 || c.kernel_w != 3 || c.stride_h != 1 || c.stride_w != 1)
+                    throw std::invalid_argument("conv: Winograd needs a 3x3 kernel with stride 1");
+                c.tiles_h = (c.out_h + 1) / 2, c.tiles_w = (c.out_w + 1) / 2;
+                c.wide_h = 2 * c.tiles_h + 2, c.wide_w = 2 * c.tiles_w + 2;
+                c.chunk = std::max(kTilePixels, std::min(96, 3072 / c.wide_c / kTilePixels * kTilePixels));
+                weight_count = static_cast<size_t>(c.groups) * c.blocks * 16 * c.group_in_padded * c.block;
+                winograd_scratch_ = std::max(winograd_scratch_, winograd_scratch_bytes(c));
+            }
+            if (c.quads) c.weights8 = array<int8_t>(arrays, d, "weights", weight_count);
+            else c.weights = array<int16_t>(arrays, d, "weights", weight_count);
             c.bias = array<int32_t>(arrays, d, "bias", c.out_c);
             c.multiplier = array<float>(arrays, d, "multiplier", c.out_c);
             op.in = get_grid(d, "input_grid"), op.out = get_grid(d, "output_grid");
@@ -446,10 +481,29 @@ class Engine {
                 const uint8_t* skip = c.residual ? buffer(arena, op.inputs[1]) : nullptr;
                 uint8_t* out = buffer(arena, op.output);
                 int16_t* wide = arena.wide.data();
-                parallel(batch * c.wide_h, 8, [&](int begin, int end, int) { backend_->widen(c, in, wide, begin, end); });
                 const int pixels = batch * c.out_h * c.out_w;
-                const int tiles = (pixels + kTilePixels - 1) / kTilePixels;
                 const int columns = c.groups * c.blocks;
+                if (c.quads) {
+                    uint8_t* codes = reinterpret_cast<uint8_t*>(wide);
+                    parallel(batch * c.wide_h, 8, [&](int begin, int end, int) { widen_rows_u8(c, in, codes, begin, end); });
+                    const int tiles = (pixels + 11) / 12;
+                    if (tiles >= 2 * pool_.size() || columns < pool_.size()) {
+                        parallel(tiles, 1, [&](int begin, int end, int) {
+                            backend_->conv8(c, codes, skip, out, Range{begin * 12, std::min(end * 12, pixels), 0, columns});
+                        });
+                    } else {
+                        parallel(columns, 1, [&](int begin, int end, int) { backend_->conv8(c, codes, skip, out, Range{0, pixels, begin, end}); });
+                    }
+                    return;
+                }
+                parallel(batch * c.wide_h, 8, [&](int begin, int end, int) { backend_->widen(c, in, wide, begin, end); });
+                if (c.winograd) {
+                    parallel(batch * c.tiles_h * c.tiles_w, 1, [&](int begin, int end, int t) {
+                        backend_->winograd(c, wide, skip, out, begin, end, winograd_scratch_buffer(t));
+                    });
+                    return;
+                }
+                const int tiles = (pixels + kTilePixels - 1) / kTilePixels;
                 if (tiles >= 2 * pool_.size() || columns < pool_.size()) {
                     parallel(tiles, 1, [&](int begin, int end, int) {
                         backend_->conv(c, wide, skip, out, Range{begin * kTilePixels, std::min(end * kTilePixels, pixels), 0, columns});
@@ -529,6 +583,10 @@ class Engine {
     std::vector<size_t> slot_sizes_;
     std::map<int, Arena> arenas_;
     size_t wide_per_sample_ = 0;
+    size_t winograd_scratch_ = 0;
+    std::vector<uint8_t> winograd_buffers_;
+
+    void* winograd_scratch_buffer(int thread) { return winograd_buffers_.data() + static_cast<size_t>(thread) * winograd_scratch_; }
     std::vector<int32_t> pool_sums_;
 };
 
@@ -546,11 +604,14 @@ PYBIND11_MODULE(_engine, m) {
         .def("time_op", &edge::Engine::time_op, py::arg("index"), py::arg("batch"), py::arg("repeats") = 20)
         .def_property_readonly("backend", &edge::Engine::backend)
         .def_property_readonly("threads", &edge::Engine::threads);
+    m.def("resolve_kernels", [](const std::string& kernels) { return std::string(edge::Engine::choose_backend(kernels)->name); },
+          py::arg("kernels") = "auto", "The kernel path `kernels` ('auto' included) picks on this CPU.");
     m.def("available_kernels", [] {
         std::vector<std::string> names{"scalar"};
 #if defined(__x86_64__) || defined(_M_X64)
         if (edge::avx2_backend() && __builtin_cpu_supports("avx2")) names.push_back("avx2");
 #endif
+        if (edge::Engine::avx512_supported()) names.push_back("avx512");
         if (edge::neon_backend()) names.push_back("neon");
         return names;
     });

@@ -34,7 +34,16 @@ struct ConvOp {
     int wide_h, wide_w, wide_c;       // the widened, zero-bordered input the GEMM reads (see widen_input)
     int block;                        // output channels per packed block: 8 or 16
     int blocks;                       // per group
+    // Winograd F(2x2, 3x3) (3x3, stride 1): weights are U = G' g G'^T per position (G' = 2G, so the GEMM
+    // yields 4 * acc exactly); tiles of 2x2 outputs, `chunk` tiles at a time per thread.
+    bool winograd;
+    int tiles_h, tiles_w, chunk;
     const int16_t* weights;           // [groups][blocks][taps][group_in_padded / 2][block][2]
+    // The u8 x s8 layout (AVX-512 VNNI): uint8 codes bordered with the input zero point, channels padded to
+    // a multiple of 4, int8 weights [groups][blocks][taps][group_in_padded / 4][block][4]; the bias then
+    // carries the zero-point compensation -z_x * sum(w[c]) (INT8_SPEC rule 5).
+    bool quads;
+    const int8_t* weights8;
     const int32_t* bias;              // [out_c]
     const float* multiplier;          // [out_c]: float32(s_x * s_w[c]) / s_y
     int input_zero, output_zero, low, high;
@@ -70,11 +79,23 @@ struct Backend {
     void (*widen)(const ConvOp& op, const uint8_t* input, int16_t* wide, int row_begin, int row_end);
     void (*conv)(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, Range range);
     void (*depthwise)(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end);
+    // The u8 x s8 conv on a bordered uint8 input (nullptr where the CPU has no exact u8 x s8 instruction).
+    void (*conv8)(const ConvOp& op, const uint8_t* wide, const uint8_t* skip, uint8_t* output, Range range);
+    // Winograd conv of tiles [tile_begin, tile_end) (tile = image * tiles_h * tiles_w + row * tiles_w + column).
+    void (*winograd)(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, int tile_begin,
+                     int tile_end, void* scratch);
 };
+
+// Per-thread scratch of a Winograd conv: transformed inputs V [16][chunk][wide_c] int16 and GEMM results
+// M [16][chunk][block] int32.
+inline size_t winograd_scratch_bytes(const ConvOp& op) {
+    return 16 * static_cast<size_t>(op.chunk) * (op.wide_c * sizeof(int16_t) + op.block * sizeof(int32_t)) + 128;
+}
 
 const Backend& scalar_backend();
 const Backend* avx2_backend();  // nullptr when not built for this architecture
 const Backend* neon_backend();  // nullptr when not built for this architecture
+const Backend* avx512_backend();  // AVX-512 VNNI; nullptr when not built for this architecture
 
 // Tile of output pixels the conv kernels pack together (rows of the GEMM micro-kernel).
 constexpr int kTilePixels = 6;

@@ -4,7 +4,7 @@
 // weights (int8) are widened to int16 and multiplied with vpmaddwd, whose pair sums cannot overflow int32.
 // The u8 x s8 vpmaddubsw path saturates its int16 pair sums on full-range data (INT8_SPEC.md), so it is
 // not used here. FMA is deliberately not enabled: every float step must round as numpy's does.
-#include "conv_driver.h"
+#include "winograd.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -12,23 +12,10 @@
 #pragma GCC push_options
 #pragma GCC target("avx2")
 
+#include "avx2_common.h"
+
 namespace edge {
 namespace {
-
-inline __m256i round_onto_grid8(__m256 v, __m256 low, __m256 high, __m256i zero) {
-    v = _mm256_max_ps(v, low);  // NaN -> low (the second operand), as the scalar path
-    v = _mm256_min_ps(v, high);
-    return _mm256_add_epi32(_mm256_cvtps_epi32(v), zero);  // MXCSR default: round half to even
-}
-
-inline void store8_u8(uint8_t* out, __m256i v) {
-    const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(words, words));
-}
-
-inline __m256i load8_u8_as_i32(const uint8_t* src) {
-    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src)));
-}
 
 template <int Count, int Block>
 inline void multiply_tile(const ConvOp& op, const int16_t* wide, const size_t* bases, const size_t* tap_offsets,
@@ -88,6 +75,8 @@ void avx2_copy_centered(const uint8_t* src, int16_t* dst, int n, int16_t zero) {
 }
 
 struct Avx2Kernels {
+    static constexpr int kTile = kTilePixels;
+
     static void multiply(const ConvOp& op, const int16_t* wide, const size_t* bases, int count, const size_t* taps,
                          const int16_t* weights, int32_t* acc) {
         if (op.block == 16) multiply_block<16>(op, wide, bases, count, taps, weights, acc);
@@ -96,32 +85,45 @@ struct Avx2Kernels {
 
     static void epilogue(const ConvOp& op, const int32_t* acc, int count, int first, int channel, int width,
                          const uint8_t* skip, uint8_t* output) {
-        const __m256 low = _mm256_set1_ps(static_cast<float>(op.low - op.output_zero));
-        const __m256 high = _mm256_set1_ps(static_cast<float>(op.high - op.output_zero));
-        const __m256i zero = _mm256_set1_epi32(op.output_zero);
-        const __m256 conv_scale = _mm256_set1_ps(op.conv_scale), skip_scale = _mm256_set1_ps(op.skip_scale);
-        const __m256 sum_scale = _mm256_set1_ps(op.sum_scale);
-        const __m256i skip_zero = _mm256_set1_epi32(op.skip_zero), sum_zero = _mm256_set1_epi32(op.sum_zero);
-        const __m256 sum_low = _mm256_set1_ps(static_cast<float>(op.sum_low - op.sum_zero));
-        const __m256 sum_high = _mm256_set1_ps(static_cast<float>(op.sum_high - op.sum_zero));
+        epilogue_tile(op, acc, count, first, channel, width, skip, output);
+    }
+
+    static void winograd_store(const ConvOp& op, const int32_t* m, int first, int count, int channel, int width,
+                               const uint8_t* skip, uint8_t* output) {
+        const Epilogue8 epilogue(op);
         const int vector_width = width / 8 * 8;
-        for (int m = 0; m < count; ++m) {
-            const size_t base = static_cast<size_t>(first + m) * op.out_c + channel;
+        const int per_image = op.tiles_h * op.tiles_w;
+        const size_t position_stride = static_cast<size_t>(op.chunk) * op.block;
+        for (int t = 0; t < count; ++t) {
+            const int tile = first + t, n = tile / per_image, rest = tile % per_image;
+            const int oh = 2 * (rest / op.tiles_w), ow = 2 * (rest % op.tiles_w);
             for (int j = 0; j < vector_width; j += 8) {
-                const __m256i total = _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + m * op.block + j)),
-                                                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.bias + channel + j)));
-                const __m256 scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(total), _mm256_loadu_ps(op.multiplier + channel + j));
-                __m256i q = round_onto_grid8(scaled, low, high, zero);
-                if (op.residual) {
-                    const __m256 conv_real = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, zero)), conv_scale);
-                    const __m256i skip_codes = _mm256_sub_epi32(load8_u8_as_i32(skip + base + j), skip_zero);
-                    const __m256 skip_real = _mm256_mul_ps(_mm256_cvtepi32_ps(skip_codes), skip_scale);
-                    q = round_onto_grid8(_mm256_div_ps(_mm256_add_ps(conv_real, skip_real), sum_scale), sum_low, sum_high, sum_zero);
+                const int32_t* at = m + static_cast<size_t>(t) * op.block + j;
+                __m256i s[2][4];
+                for (int c = 0; c < 4; ++c) {  // A^T m: rows
+                    const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(at + c * position_stride));
+                    const __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(at + (4 + c) * position_stride));
+                    const __m256i e = _mm256_load_si256(reinterpret_cast<const __m256i*>(at + (8 + c) * position_stride));
+                    const __m256i f = _mm256_load_si256(reinterpret_cast<const __m256i*>(at + (12 + c) * position_stride));
+                    s[0][c] = _mm256_add_epi32(_mm256_add_epi32(a, b), e);
+                    s[1][c] = _mm256_sub_epi32(_mm256_sub_epi32(b, e), f);
                 }
-                store8_u8(output + base + j, q);
+                for (int i = 0; i < 2; ++i) {  // (A^T m) A: columns, then / 4
+                    const __m256i y0 = _mm256_add_epi32(_mm256_add_epi32(s[i][0], s[i][1]), s[i][2]);
+                    const __m256i y1 = _mm256_sub_epi32(_mm256_sub_epi32(s[i][1], s[i][2]), s[i][3]);
+                    const int h = oh + i;
+                    if (h >= op.out_h) continue;
+                    for (int k = 0; k < 2; ++k) {
+                        const int w = ow + k;
+                        if (w >= op.out_w) continue;
+                        const size_t index = ((static_cast<size_t>(n) * op.out_h + h) * op.out_w + w) * op.out_c + channel + j;
+                        epilogue.store(op, _mm256_srai_epi32(k == 0 ? y0 : y1, 2), channel + j, skip ? skip + index : nullptr,
+                                       output + index);
+                    }
+                }
             }
         }
-        if (vector_width < width) scalar_epilogue(op, acc, count, first, channel, width, skip, output, vector_width);
+        if (vector_width < width) winograd_store_scalar(op, m, first, count, channel, width, skip, output, vector_width);
     }
 };
 
@@ -130,7 +132,12 @@ void avx2_widen(const ConvOp& op, const uint8_t* input, int16_t* wide, int row_b
 }
 
 void avx2_conv(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, Range range) {
-    conv_driver<Avx2Kernels>(op, wide, skip, output, range);
+    conv_driver<Avx2Kernels>(op, wide, op.weights, skip, output, range);
+}
+
+void avx2_winograd(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, int tile_begin,
+                   int tile_end, void* scratch) {
+    winograd_driver<Avx2Kernels>(op, wide, skip, output, tile_begin, tile_end, scratch);
 }
 
 void avx2_depthwise(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) {
@@ -166,7 +173,7 @@ void avx2_depthwise(const DepthwiseOp& op, const uint8_t* input, uint8_t* output
 }  // namespace
 
 const Backend* avx2_backend() {
-    static const Backend backend{"avx2", avx2_widen, avx2_conv, avx2_depthwise};
+    static const Backend backend{"avx2", avx2_widen, avx2_conv, avx2_depthwise, nullptr, avx2_winograd};
     return &backend;
 }
 

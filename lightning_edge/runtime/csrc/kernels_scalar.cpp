@@ -1,11 +1,13 @@
 // Portable scalar kernels: the definition every SIMD backend must match bit for bit, and the fallback on
 // CPUs without AVX2 or NEON.
-#include "conv_driver.h"
+#include "winograd.h"
 
 namespace edge {
 namespace {
 
 struct ScalarKernels {
+    static constexpr int kTile = kTilePixels;
+
     static void multiply(const ConvOp& op, const int16_t* wide, const size_t* bases, int count, const size_t* tap_offsets,
                          const int16_t* weights, int32_t* acc) {
         const int pairs = op.group_in_padded / 2;
@@ -27,7 +29,17 @@ struct ScalarKernels {
                          const uint8_t* skip, uint8_t* output) {
         scalar_epilogue(op, acc, count, first, channel, width, skip, output);
     }
+
+    static void winograd_store(const ConvOp& op, const int32_t* m, int first, int count, int channel, int width,
+                               const uint8_t* skip, uint8_t* output) {
+        winograd_store_scalar(op, m, first, count, channel, width, skip, output);
+    }
 };
+
+void scalar_winograd(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, int tile_begin,
+                     int tile_end, void* scratch) {
+    winograd_driver<ScalarKernels>(op, wide, skip, output, tile_begin, tile_end, scratch);
+}
 
 void scalar_widen(const ConvOp& op, const uint8_t* input, int16_t* wide, int row_begin, int row_end) {
     widen_rows(op, input, wide, row_begin, row_end, [](const uint8_t* src, int16_t* dst, int n, int16_t zero) {
@@ -36,7 +48,7 @@ void scalar_widen(const ConvOp& op, const uint8_t* input, int16_t* wide, int row
 }
 
 void scalar_conv(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, Range range) {
-    conv_driver<ScalarKernels>(op, wide, skip, output, range);
+    conv_driver<ScalarKernels>(op, wide, op.weights, skip, output, range);
 }
 
 void scalar_depthwise(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) {
@@ -62,7 +74,7 @@ void scalar_depthwise(const DepthwiseOp& op, const uint8_t* input, uint8_t* outp
 }  // namespace
 
 const Backend& scalar_backend() {
-    static const Backend backend{"scalar", scalar_widen, scalar_conv, scalar_depthwise};
+    static const Backend backend{"scalar", scalar_widen, scalar_conv, scalar_depthwise, nullptr, scalar_winograd};
     return backend;
 }
 

@@ -1,0 +1,71 @@
+"""Timing helpers shared by ``lightning-edge bench`` and scripts/bench_runtime.py (no torch).
+
+On a shared 2-core machine only ratios measured in one process mean much, so candidates run alternating
+in blocks: each round runs every candidate ``calls`` times in a row and keeps all but the first
+``discard`` calls of each block. Thread pools (ours, ONNX Runtime's) keep spinning briefly after a call;
+the discarded calls absorb the previous candidate's spinning, so no candidate pays for another's.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def machine() -> dict[str, object]:
+    """CPU model, usable cores and the runtime's kernel paths: what a benchmark table states."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "cpu model")):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    from lightning_edge.runtime.session import available_kernels
+
+    return {"cpu": model, "cores": cores, "arch": platform.machine(), "kernels": available_kernels()}
+
+
+def onnxruntime_session(path: str, threads: int) -> object:
+    """The peer: ONNX Runtime's CPU execution provider on ``path`` with ``threads`` intra-op threads."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def alternating(candidates: dict[str, Callable[[], object]], rounds: int = 8, calls: int = 10,
+                discard: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, alternating in blocks (see the module docstring)."""
+    if calls <= discard:
+        raise ValueError(f"calls ({calls}) must exceed discard ({discard})")
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, call in candidates.items():
+            for index in range(calls):
+                start = time.perf_counter()
+                call()
+                elapsed = time.perf_counter() - start
+                if index >= discard:
+                    times[name].append(elapsed)
+    return times
+
+
+def median_ms(times: list[float]) -> float:
+    return float(np.median(times)) * 1e3
+
+
+def ratio(times: dict[str, list[float]], slower: str, faster: str) -> float:
+    """Median of ``slower`` over median of ``faster``: above 1 when ``faster`` is faster."""
+    return float(np.median(times[slower]) / np.median(times[faster]))

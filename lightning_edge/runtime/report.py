@@ -1,0 +1,49 @@
+"""What a compiled plan does, layer by layer: the table ``lightning-edge inspect`` prints."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _op_types(nodes: list[str]) -> str:
+    """ONNX node names to their op types, e.g. '/layer1/Conv', '/layer1/Add' -> 'Conv+Add'."""
+    kinds = []
+    for node in nodes:
+        kind = node.rsplit("/", 1)[-1].split("_")[0]
+        if kind not in ("QuantizeLinear", "Clip") or not kinds:
+            kinds.append(kind)
+    return "+".join(kinds)
+
+
+def layer_rows(plan: dict[str, Any], tensors: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """One row per op: kind, the ONNX nodes it fuses, the kernel chosen, output shape, MACs, weight bytes."""
+    rows = []
+    for op in plan["ops"]:
+        output = plan["tensors"][op["output"]]["shape"] if "output" in op else plan["output"]["shape"]
+        weight_bytes = sum(int(tensors[op[key]].nbytes) for key in ("weights", "bias", "multiplier")
+                           if isinstance(op.get(key), str) and op[key] in tensors)
+        rows.append({
+            "id": op["id"], "op": op["kind"], "fuses": _op_types(op.get("nodes", [])),
+            "kernel": op.get("primitive", "-"), "output": output, "macs": int(op.get("macs", 0)),
+            "bytes": weight_bytes, "timings_us": op.get("timings_us", {}),
+            "residual": "skip" in op,
+        })
+    return rows
+
+
+def layer_table(plan: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    header = f"{'op':>5}  {'kind':12} {'fuses':28} {'kernel':22} {'output':>14} {'MMACs':>8} {'KiB':>8}  candidates (us)"
+    lines = [f"{plan.get('source', '?')}: {len(rows)} ops", header, "-" * len(header)]
+    for row in rows:
+        shape = "x".join(map(str, row["output"]))
+        timings = ", ".join(f"{name} {us:g}" for name, us in row["timings_us"].items()) if len(row["timings_us"]) > 1 else ""
+        lines.append(f"{row['id']:>5}  {row['op']:12} {row['fuses'][:28]:28} {row['kernel']:22} {shape:>14} "
+                     f"{row['macs'] / 1e6:8.2f} {row['bytes'] / 1024:8.1f}  {timings}")
+    total_macs = sum(row["macs"] for row in rows)
+    total_bytes = sum(row["bytes"] for row in rows)
+    selection = plan.get("selection")
+    lines.append(f"total: {total_macs / 1e6:.1f} MMACs per image, {total_bytes / 1024:.1f} KiB of weights"
+                 + (f"; kernels timed at batch {selection['batch']} with {selection['threads']} threads "
+                    f"({selection['kernels']}, {selection['machine']})" if selection else ""))
+    return "\n".join(lines)
