@@ -541,6 +541,9 @@ def _conv_candidates(fields: dict[str, Any], depthwise: bool) -> list[dict[str, 
     for block in blocks:
         candidates.append({"primitive": f"gemm_b{block}" + ("_grouped" if groups > 1 else ""), "block": block,
                            "groups": groups})
+    if group_out >= 32:  # 2 x 16 channels per step: only the VNNI kernels have the registers for it
+        candidates.append({"primitive": "gemm_b32" + ("_grouped" if groups > 1 else ""), "block": 32, "groups": groups,
+                           "kernels": ["avx512"]})
     if 1 < groups and not depthwise and fields["in_c"] * fields["kernel_h"] * fields["kernel_w"] <= 4608:
         candidates.append({"primitive": "gemm_b16_dense", "block": 16, "groups": 1})
     if (fields["kernel_h"], fields["kernel_w"], fields["stride_h"], fields["stride_w"]) == (3, 3, 1, 1) and not depthwise:
@@ -620,6 +623,8 @@ def kernel_arrays(plan: dict[str, Any], tensors: dict[str, np.ndarray], kernels:
                 arrays[name] = np.ascontiguousarray(codes.astype(np.int32).T)  # [taps][channels]
             else:
                 groups = int(op.get("groups_run", op["groups"]))
+                if op["block"] == 32 and kernels != "avx512":
+                    op["block"] = 16  # the int16 kernels have registers for 16 channels per step
                 if groups != op["groups"]:
                     codes = _block_diagonal(codes, int(op["groups"]), taps)
                 if op.get("algorithm") == "winograd":
@@ -652,6 +657,7 @@ def select_primitives(plan: dict[str, Any], arrays: dict[str, np.ndarray], batch
         candidates = op.pop("candidates", None)
         if not candidates:
             continue
+        candidates = [c for c in candidates if kernels in c.get("kernels", [kernels])]
         timings = {}
         for candidate in candidates:
             _apply_candidate(op, candidate)

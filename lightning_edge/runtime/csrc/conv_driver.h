@@ -83,7 +83,7 @@ template <class Kernels, class Element = int16_t, class Weight = int16_t>
 void conv_driver(const ConvOp& op, const Element* wide, const Weight* packed, const uint8_t* skip, uint8_t* output,
                  Range range) {
     constexpr int kTile = Kernels::kTile;
-    alignas(64) int32_t acc[kTile * 16];
+    alignas(64) int32_t acc[kTile * 32];
     size_t tap_offsets[kMaxTaps];
     for (int ky = 0; ky < op.kernel_h; ++ky)
         for (int kx = 0; kx < op.kernel_w; ++kx)

@@ -69,6 +69,11 @@ Grid get_grid(const py::dict& d, const char* key) {
     return grid;
 }
 
+// sums[c] += codes[c]; restrict lets the compiler vectorize it (uint8 may otherwise alias the sums).
+void add_codes(int32_t* __restrict sums, const uint8_t* __restrict codes, int count) {
+    for (int c = 0; c < count; ++c) sums[c] += codes[c];
+}
+
 double seconds_now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -88,6 +93,10 @@ class Engine {
         for (const Op& op : ops_)
             if (op.kind == Kind::Conv) wide_per_sample_ = std::max(wide_per_sample_, wide_elements(op.conv, 1));
         winograd_buffers_.resize(static_cast<size_t>(pool_.size()) * winograd_scratch_);
+        int pooled_channels = 0;
+        for (const Op& op : ops_)
+            if (op.kind == Kind::AveragePool) pooled_channels = std::max(pooled_channels, op.channels);
+        pool_sums_.resize(static_cast<size_t>(pool_.size()) * pooled_channels);
     }
 
     std::string backend() const { return backend_->name; }
@@ -266,7 +275,8 @@ class Engine {
             c.groups = get_int(d, "groups"), c.block = get_int(d, "block");
             check_positive({c.in_h, c.in_w, c.in_c, c.out_h, c.out_w, c.out_c, c.kernel_h, c.kernel_w, c.stride_h, c.stride_w, c.groups}, "conv");
             if (c.in_c % c.groups || c.out_c % c.groups) throw std::invalid_argument("conv: channels do not divide into groups");
-            if (c.block != 8 && c.block != 16) throw std::invalid_argument("conv: block must be 8 or 16");
+            if (c.block != 8 && c.block != 16 && !(c.block == 32 && d.contains("layout")))
+                throw std::invalid_argument("conv: block must be 8 or 16 (32 in the quads layout)");
             if (c.pad_top < 0 || c.pad_left < 0 || c.pad_top >= c.kernel_h || c.pad_left >= c.kernel_w)
                 throw std::invalid_argument("conv: padding out of range");
             if ((c.out_h - 1) * static_cast<long>(c.stride_h) - c.pad_top + c.kernel_h > c.in_h + c.kernel_h ||
@@ -275,6 +285,8 @@ class Engine {
             if (c.kernel_h * c.kernel_w > kMaxTaps) throw std::invalid_argument("conv: at most 64 kernel taps");
             c.group_in = c.in_c / c.groups, c.group_out = c.out_c / c.groups;
             c.taps = c.kernel_h * c.kernel_w;
+            if (static_cast<long>(c.out_h) * c.out_w * c.out_c > (1L << 30) || static_cast<long>(c.in_h) * c.in_w * c.in_c > (1L << 30))
+                throw std::invalid_argument("conv: tensor too large");
             c.quads = d.contains("layout") && d["layout"].cast<std::string>() == "quads";
             if (c.quads && !backend_->conv8) throw std::invalid_argument("conv: the quads layout needs kernels='avx512'");
             const int depth_group = c.quads ? 4 : 2;
@@ -454,14 +466,16 @@ class Engine {
                 uint8_t* out = buffer(arena, op.output);
                 const int plane = op.height * op.width;
                 if (!x) return;
-                for (int n = 0; n < batch; ++n)
-                    for (int c = 0; c < op.channels; ++c) {
-                        const float* src = x + (static_cast<size_t>(n) * op.channels + c) * plane;
+                parallel(batch * op.channels, 1, [&](int begin, int end, int) {
+                    for (int index = begin; index < end; ++index) {  // one (image, channel) plane, NCHW -> NHWC
+                        const int n = index / op.channels, c = index % op.channels;
+                        const float* src = x + static_cast<size_t>(index) * plane;
                         uint8_t* dst = out + static_cast<size_t>(n) * plane * op.channels + c;
                         for (int i = 0; i < plane; ++i)
                             dst[static_cast<size_t>(i) * op.channels] =
                                 static_cast<uint8_t>(round_onto_grid(src[i] / op.out.scale, op.out.zero, op.out.low, op.out.high));
                     }
+                });
                 return;
             }
             case Kind::Dequantize: {
@@ -537,17 +551,18 @@ class Engine {
                 const uint8_t* in = buffer(arena, op.inputs[0]);
                 uint8_t* out = buffer(arena, op.output);
                 const int plane = op.height * op.width;
-                std::vector<int32_t>& sums = pool_sums_;
-                sums.resize(op.channels);
-                for (int n = 0; n < batch; ++n) {
-                    std::fill(sums.begin(), sums.end(), 0);
-                    const uint8_t* image = in + static_cast<size_t>(n) * plane * op.channels;
-                    for (int i = 0; i < plane; ++i)
-                        for (int c = 0; c < op.channels; ++c) sums[c] += image[static_cast<size_t>(i) * op.channels + c] - op.in.zero;
-                    for (int c = 0; c < op.channels; ++c)
-                        out[static_cast<size_t>(n) * op.channels + c] = static_cast<uint8_t>(
-                            round_onto_grid(static_cast<float>(sums[c]) * op.multiplier, op.out.zero, op.out.low, op.out.high));
-                }
+                parallel(batch, 1, [&](int begin, int end, int t) {
+                    int32_t* sums = pool_sums_.data() + static_cast<size_t>(t) * op.channels;
+                    for (int n = begin; n < end; ++n) {
+                        std::fill(sums, sums + op.channels, 0);
+                        const uint8_t* image = in + static_cast<size_t>(n) * plane * op.channels;
+                        for (int i = 0; i < plane; ++i) add_codes(sums, image + static_cast<size_t>(i) * op.channels, op.channels);
+                        const int32_t offset = op.in.zero * plane;  // sum(q - z) = sum(q) - z * count
+                        for (int c = 0; c < op.channels; ++c)
+                            out[static_cast<size_t>(n) * op.channels + c] = static_cast<uint8_t>(round_onto_grid(
+                                static_cast<float>(sums[c] - offset) * op.multiplier, op.out.zero, op.out.low, op.out.high));
+                    }
+                });
                 return;
             }
             case Kind::MaxPool: {

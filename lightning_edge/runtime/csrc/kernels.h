@@ -17,11 +17,15 @@ namespace edge {
 // Requantization onto an output grid: clamp(round_half_even(v) + z, lo, hi).
 // Clamping v to [lo - z, hi - z] before rounding gives the same integer (the bounds are integers) and keeps
 // the float-to-int conversion in range; a NaN becomes lo, as numpy's clip of its conversion does.
+// Rounding uses the 1.5 * 2^23 trick: exact round-half-to-even for |v| < 2^22 (here |v| <= 255 after the
+// clamp), and no libm call, so the loops that use it vectorize.
 inline int round_onto_grid(float v, int z, int lo, int hi) {
     const float low = static_cast<float>(lo - z), high = static_cast<float>(hi - z);
     v = v > low ? v : low;
     v = v < high ? v : high;
-    return static_cast<int>(std::nearbyint(v)) + z;
+    constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+    const float shifted = v + kMagic;  // rounded to float32 here: no -ffast-math, so it is never folded away
+    return static_cast<int>(shifted - kMagic) + z;
 }
 
 // One convolution (or linear layer: a 1x1 convolution over a 1x1 image), with its epilogue.

@@ -23,7 +23,30 @@ inline void multiply_quads(const ConvOp& op, const uint8_t* wide, const size_t* 
                            const int8_t* weights, int32_t* acc) {
     const int quads = op.group_in_padded / 4;
     const int8_t* w = weights;
-    if constexpr (Block == 16) {
+    if constexpr (Block == 32) {
+        __m512i sum[Count][2];
+#pragma GCC unroll 16
+        for (int m = 0; m < Count; ++m) sum[m][0] = sum[m][1] = _mm512_setzero_si512();
+        for (int t = 0; t < op.taps; ++t) {
+            const int32_t* x[Count];
+#pragma GCC unroll 16
+            for (int m = 0; m < Count; ++m) x[m] = reinterpret_cast<const int32_t*>(wide + bases[m] + tap_offsets[t]);
+            for (int q = 0; q < quads; ++q, w += 128) {
+                const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
+#pragma GCC unroll 16
+                for (int m = 0; m < Count; ++m) {
+                    const __m512i a = _mm512_set1_epi32(x[m][q]);
+                    sum[m][0] = _mm512_dpbusd_epi32(sum[m][0], a, w0);
+                    sum[m][1] = _mm512_dpbusd_epi32(sum[m][1], a, w1);
+                }
+            }
+        }
+#pragma GCC unroll 16
+        for (int m = 0; m < Count; ++m) {
+            _mm512_store_si512(acc + m * 32, sum[m][0]);
+            _mm512_store_si512(acc + m * 32 + 16, sum[m][1]);
+        }
+    } else if constexpr (Block == 16) {
         __m512i sum[Count];
 #pragma GCC unroll 16
         for (int m = 0; m < Count; ++m) sum[m] = _mm512_setzero_si512();
@@ -72,13 +95,51 @@ struct Avx512Kernels {
 
     static void multiply(const ConvOp& op, const uint8_t* wide, const size_t* bases, int count, const size_t* taps,
                          const int8_t* weights, int32_t* acc) {
-        if (op.block == 16) multiply_quads_count<16>(op, wide, bases, count, taps, weights, acc);
+        if (op.block == 32) multiply_quads_count<32>(op, wide, bases, count, taps, weights, acc);
+        else if (op.block == 16) multiply_quads_count<16>(op, wide, bases, count, taps, weights, acc);
         else multiply_quads_count<8>(op, wide, bases, count, taps, weights, acc);
     }
 
+    // 16 channels per step; the 8-wide AVX2 epilogue finishes a remainder.
     static void epilogue(const ConvOp& op, const int32_t* acc, int count, int first, int channel, int width,
                          const uint8_t* skip, uint8_t* output) {
-        epilogue_tile(op, acc, count, first, channel, width, skip, output);
+        const int vector_width = width / 16 * 16;
+        if (vector_width > 0) {
+            const __m512 low = _mm512_set1_ps(static_cast<float>(op.low - op.output_zero));
+            const __m512 high = _mm512_set1_ps(static_cast<float>(op.high - op.output_zero));
+            const __m512i zero = _mm512_set1_epi32(op.output_zero);
+            for (int m = 0; m < count; ++m) {
+                const size_t base = static_cast<size_t>(first + m) * op.out_c + channel;
+                for (int j = 0; j < vector_width; j += 16) {
+                    const __m512i total = _mm512_add_epi32(_mm512_load_si512(acc + m * op.block + j), _mm512_loadu_si512(op.bias + channel + j));
+                    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(total), _mm512_loadu_ps(op.multiplier + channel + j));
+                    v = _mm512_min_ps(_mm512_max_ps(v, low), high);  // NaN -> low, as the scalar path
+                    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), zero);
+                    if (op.residual) {
+                        const __m512 conv_real = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(q, zero)), _mm512_set1_ps(op.conv_scale));
+                        const __m512i skip_codes = _mm512_sub_epi32(
+                            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(skip + base + j))), _mm512_set1_epi32(op.skip_zero));
+                        const __m512 skip_real = _mm512_mul_ps(_mm512_cvtepi32_ps(skip_codes), _mm512_set1_ps(op.skip_scale));
+                        __m512 sum = _mm512_div_ps(_mm512_add_ps(conv_real, skip_real), _mm512_set1_ps(op.sum_scale));
+                        sum = _mm512_min_ps(_mm512_max_ps(sum, _mm512_set1_ps(static_cast<float>(op.sum_low - op.sum_zero))),
+                                            _mm512_set1_ps(static_cast<float>(op.sum_high - op.sum_zero)));
+                        q = _mm512_add_epi32(_mm512_cvtps_epi32(sum), _mm512_set1_epi32(op.sum_zero));
+                    }
+                    _mm_storeu_si128(reinterpret_cast<__m128i*>(output + base + j), _mm512_cvtusepi32_epi8(q));
+                }
+            }
+        }
+        if (vector_width < width) {
+            const Epilogue8 epilogue(op);
+            for (int m = 0; m < count; ++m) {
+                const size_t base = static_cast<size_t>(first + m) * op.out_c + channel;
+                int j = vector_width;
+                for (; j + 8 <= width; j += 8)
+                    epilogue.store(op, _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + m * op.block + j)), channel + j,
+                                   skip ? skip + base + j : nullptr, output + base + j);
+                for (; j < width; ++j) output[base + j] = conv_epilogue(op, acc[m * op.block + j], channel + j, skip, base + j);
+            }
+        }
     }
 };
 
