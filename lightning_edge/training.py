@@ -26,8 +26,7 @@ from lightning_edge.callbacks.post_training_quantization import PostTrainingQuan
 from lightning_edge.callbacks.quantization_aware_training import QuantizationAwareTraining
 from lightning_edge.data.base import ImageClassificationDataModule
 from lightning_edge.distill.teacher import load_teacher
-from lightning_edge.export.evaluate import evaluate_onnx
-from lightning_edge.export.onnx import to_onnx
+from lightning_edge.export.int8 import export_int8
 from lightning_edge.io import atomic_write_bytes, atomic_write_json
 from lightning_edge.models.factory import load_weights
 from lightning_edge.models.profile import profile_model
@@ -134,7 +133,8 @@ def build_quantization(cfg: DictConfig) -> QuantizationAwareTraining | PostTrain
 def export_network(
     module: pl.LightningModule, datamodule: ImageClassificationDataModule, cfg: DictConfig, trainer: pl.Trainer
 ) -> dict[str, Any] | None:
-    """Write OUTPUT_DIR/model.onnx per the ``export`` group and run it in ONNX Runtime on the test set.
+    """Write OUTPUT_DIR/model.onnx (and model.edge for a quantized network) per the ``export`` group, and run
+    them in ONNX Runtime and the INT8 runtime on the test set.
 
     ``export.onnx=auto`` exports only quantized networks (as QDQ); ``true`` exports float ones as FP32 too.
     """
@@ -147,15 +147,11 @@ def export_network(
         log.warning("no ONNX export: the network's quantization never started (quant.start_epoch beyond the epochs run?)")
         return None
     example = batch_input(next(iter(datamodule.test_dataloader())))[:1]
-    path = to_onnx(network, example, os.path.join(cfg.paths.output_dir, "model.onnx"), opset=int(export_cfg.get("opset", 17)))
-    result: dict[str, Any] = {"onnx": path, "bytes": os.path.getsize(path), "format": "qdq" if is_prepared(network) else "fp32"}
-    log.info("exported %s (%d bytes)", path, result["bytes"])
-    if export_cfg.get("evaluate", True):
-        limit = trainer.limit_test_batches
-        max_batches = 1 if trainer.fast_dev_run else (limit if isinstance(limit, int) else None)
-        result["onnxruntime"] = evaluate_onnx(path, datamodule.test_dataloader(), reference=network, max_batches=max_batches)
-        log.info("ONNX Runtime on the test set: %s", result["onnxruntime"])
-    return result
+    limit = trainer.limit_test_batches
+    max_batches = 1 if trainer.fast_dev_run else (limit if isinstance(limit, int) else None)
+    return export_int8(network, example, cfg.paths.output_dir, opset=int(export_cfg.get("opset", 17)),
+                       loader=datamodule.test_dataloader() if export_cfg.get("evaluate", True) else None,
+                       max_batches=max_batches, edge=bool(export_cfg.get("edge", True)))
 
 
 def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from conftest import QUICK, ROOT, UserModule, compose_config, quick_trainer
 from conftest import synthetic_data as data
-from lightning_edge.callbacks import KnowledgeDistillation, QuantizationAwareTraining
+from lightning_edge.callbacks import ExportInt8, KnowledgeDistillation, QuantizationAwareTraining
 from lightning_edge.models import create_model, read_state_dict
 from lightning_edge.quant import QuantConv2d, activation_quantizers
 from lightning_edge.quant.graph import UnsupportedModelError
@@ -120,6 +120,23 @@ def test_resumed_qat_continues_exactly(tmp_path):
         assert torch.equal(expected[key], actual[key]), key
 
 
+def test_export_int8_writes_and_evaluates_both_files_after_fit(tmp_path):
+    """A user's own Trainer: QAT plus ExportInt8, no change to the LightningModule."""
+    export = ExportInt8(dirpath=str(tmp_path / "deploy"))
+    quick_trainer(QuantizationAwareTraining(), export, limit_train_batches=4, limit_test_batches=2).fit(UserModule(), datamodule=data())
+    result = export.result
+    assert result["format"] == "qdq" and os.path.isfile(result["onnx"])
+    assert result["edge"]["path"] == str(tmp_path / "deploy" / "model.edge") and result["edge"]["bytes"] > 0
+    runtime = result["edge"]["runtime"]
+    assert runtime["images"] == 32 and runtime["agreement"] >= 0.9 and runtime["kernels"] in ("avx512", "avx2", "neon", "scalar")
+
+
+def test_export_int8_waits_for_a_quantized_network(tmp_path):
+    export = ExportInt8(dirpath=str(tmp_path))
+    quick_trainer(export, limit_train_batches=2).fit(UserModule(), datamodule=data())
+    assert export.result is None and not any(tmp_path.iterdir())
+
+
 def test_train_py_qat_writes_an_onnx_qdq_export(tmp_path):
     summary = train(compose_config([*SYNTHETIC, "quant=qat", "trainer.max_epochs=1"], tmp_path))
     assert summary["quant"]["method"] == "qat" and summary["quant"]["int8_layers"] == 22
@@ -128,6 +145,10 @@ def test_train_py_qat_writes_an_onnx_qdq_export(tmp_path):
     assert export["format"] == "qdq" and os.path.isfile(export["onnx"]) and export["onnx"].startswith(str(tmp_path))
     assert export["onnxruntime"]["images"] == 256 and export["onnxruntime"]["agreement"] >= 0.95
     assert json.loads((tmp_path / "summary.json").read_text())["export"]["bytes"] == os.path.getsize(export["onnx"])
+    edge = export["edge"]  # the INT8 runtime's plan of the same file, run on the same test images
+    assert os.path.isfile(edge["path"]) and edge["path"] == str(tmp_path / "model.edge")
+    assert edge["runtime"]["images"] == 256 and edge["runtime"]["agreement"] >= 0.95
+    assert abs(edge["runtime"]["acc"] - export["onnxruntime"]["acc"]) <= 0.01
 
 
 def test_train_py_ptq_calibrates_on_validation_images(tmp_path):

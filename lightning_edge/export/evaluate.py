@@ -1,8 +1,10 @@
-"""Run an exported ONNX file in ONNX Runtime over a data loader: accuracy, and agreement with a torch model."""
+"""Run an exported file (ONNX in ONNX Runtime, .edge in our runtime) over a data loader: accuracy, and
+agreement with the torch model it came from."""
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,6 @@ def onnxruntime_session(path: str, threads: int | None = None) -> Any:
     return session(path, threads=int(threads or torch.get_num_threads()))
 
 
-@torch.no_grad()
 def evaluate_onnx(
     path: str, loader: Iterable[Any], reference: nn.Module | None = None, threads: int | None = None,
     max_batches: int | None = None,
@@ -32,18 +33,41 @@ def evaluate_onnx(
     """
     session = onnxruntime_session(path, threads)
     input_name = session.get_inputs()[0].name
+    return evaluate_runner(lambda x: session.run(None, {input_name: x})[0], loader, reference, max_batches,
+                           f"ONNX Runtime {os.path.basename(path)}")
+
+
+def evaluate_edge(
+    path: str, loader: Iterable[Any], reference: nn.Module | None = None, threads: int | None = None,
+    max_batches: int | None = None,
+) -> dict[str, Any]:
+    """``evaluate_onnx`` for a .edge file run by lightning-edge's INT8 runtime (all cores by default)."""
+    from lightning_edge.runtime import load
+
+    session = load(path, threads=threads)
+    result: dict[str, Any] = evaluate_runner(session.run, loader, reference, max_batches, f"runtime {os.path.basename(path)}")
+    result.update(kernels=session.kernels, threads=session.threads)
+    return result
+
+
+@torch.no_grad()
+def evaluate_runner(
+    run: Callable[[np.ndarray], np.ndarray], loader: Iterable[Any], reference: nn.Module | None, max_batches: int | None,
+    description: str,
+) -> dict[str, float]:
+    """Accuracy of ``run`` (float32 NCHW batch -> logits) on ``loader``; argmax agreement with ``reference``."""
     if reference is not None:
         reference = reference.eval()
         device = next((tensor.device for tensor in reference.parameters()), torch.device("cpu"))
     correct = agree = images = 0
     max_difference = 0.0
-    batches = tqdm(loader, desc=f"ONNX Runtime {path.rsplit('/', 1)[-1]}", leave=False, disable=not sys.stderr.isatty())
+    batches = tqdm(loader, desc=description, leave=False, disable=not sys.stderr.isatty())
     for index, batch in enumerate(batches):
         if max_batches is not None and index >= max_batches:
             break
         inputs = batch_input(batch)
         targets = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
-        logits = session.run(None, {input_name: inputs.float().cpu().numpy()})[0]
+        logits = run(np.ascontiguousarray(inputs.float().cpu().numpy()))
         predicted = logits.argmax(axis=1)
         if targets is not None:
             correct += int((predicted == targets.cpu().numpy()).sum())
@@ -53,7 +77,7 @@ def evaluate_onnx(
             max_difference = max(max_difference, float(np.abs(expected - logits).max()))
         images += len(logits)
     if images == 0:
-        raise ValueError("evaluate_onnx got no batches")
+        raise ValueError(f"{description}: the loader gave no batches")
     result = {"images": images, "acc": correct / images}
     if reference is not None:
         result.update(agreement=agree / images, max_abs_logit_difference=max_difference)
