@@ -1,16 +1,29 @@
-"""Mutation-fuzz the .edge loader: every mutated file must load or raise EdgeFormatError, nothing else.
+"""Mutation-fuzz the .edge loader and the engine behind it: every mutated file must load and run, or raise
+EdgeFormatError, nothing else (no other exception, no crash, no hang).
 
     .venv/bin/python scripts/fuzz_edge.py --files 100000
+    # under AddressSanitizer (docs/runtime.md builds the instrumented extension; no torch in that process):
+    .venv/bin/python scripts/fuzz_edge.py --write-seed /tmp/seed.edge
+    LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+        .venv/bin/python scripts/fuzz_edge.py --seed-edge /tmp/seed.edge --files 100000
 
-Mutations: 1 to 8 random bytes overwritten, sometimes truncated; half the files get their checksum
-repaired, so the checks behind it (sizes, records, shapes, offsets, the JSON plan) are what must hold.
-Prints the counts and exits 1 on any other exception. The loader is Python and numpy only; once the
-compiled kernels read these files too, the same loop is to run under AddressSanitizer.
+The seed is a real compiled plan: a small calibrated network with a strided conv, a grouped conv, a
+residual add folded into a conv, global pooling and a linear layer. Three kinds of mutation, in turn:
+  bytes: 1 to 8 random bytes overwritten, sometimes truncated; half get their checksum repaired, so the
+         checks behind it (sizes, records, shapes, offsets, the JSON plan) are what must hold;
+  plan:  one field of one op or tensor record set to a hostile value (negative, zero, huge, off by one, the
+         wrong type, another array's name) or deleted, written as a valid file (checksum and all), so the
+         engine's own checks are what must hold;
+  array: one weight, bias or multiplier array truncated, widened to another dtype or reshaped.
+Every file that loads is run on a batch of 2 on every kernel path of this CPU. Exits 1 on any other
+exception; a crash or sanitizer report ends the process.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
+import json
 import sys
 import tempfile
 import time
@@ -19,49 +32,138 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from lightning_edge.runtime.edge_format import HEADER_BYTES, EdgeFormatError, parse_edge, write_edge  # noqa: E402
+from lightning_edge.runtime import EdgeFormatError, Session, available_kernels  # noqa: E402
+from lightning_edge.runtime.edge_format import HEADER_BYTES, parse_edge, read_edge, write_edge  # noqa: E402
+
+HOSTILE = [-1, 0, 1, 3, 7, 2**31 - 1, 2**31, 2**40, -(2**40), 1.5, "x", None, [1], {"a": 1}]
 
 
-def seed_file() -> bytes:
-    rng = np.random.default_rng(0)
-    tensors = {
-        "conv.weight": rng.integers(-127, 128, (16, 8, 3, 3)).astype(np.int8),
-        "conv.bias": rng.integers(-(2**20), 2**20, 16).astype(np.int32),
-        "conv.multiplier": rng.random(16).astype(np.float32),
-        "fc.weight": rng.integers(-127, 128, (10, 16)).astype(np.int8),
-    }
-    plan = {"ops": [{"op": "conv", "input": "x", "output": "y", "weight": "conv.weight"}], "inputs": [[1, 8, 28, 28]]}
-    with tempfile.TemporaryDirectory() as folder:
-        return Path(write_edge(Path(folder) / "seed.edge", plan, tensors)).read_bytes()
+def seed_file(folder: Path) -> Path:
+    """A small network with every op kind the engine has, compiled."""
+    import torch
+    from torch import nn
+
+    from lightning_edge.export import to_onnx
+    from lightning_edge.quant import calibrate
+    from lightning_edge.runtime import compile
+
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.grouped = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8))
+            self.relu, self.pool, self.fc = nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = self.relu(self.grouped(x) + x)
+            return self.fc(torch.flatten(self.pool(x), 1))
+
+    torch.manual_seed(0)
+    model = calibrate(Small().eval(), [torch.randn(4, 1, 12, 12) for _ in range(2)], num_batches=2)
+    onnx_path = to_onnx(model, torch.zeros(1, 1, 12, 12), str(folder / "seed.onnx"))
+    compile(onnx_path, folder / "seed.edge", select=False)
+    return folder / "seed.edge"
+
+
+def mutate_bytes(original: bytes, rng: np.random.Generator, repair: bool) -> bytes:
+    data = bytearray(original)
+    for _ in range(int(rng.integers(1, 9))):
+        data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+    if rng.random() < 0.2:
+        del data[int(rng.integers(0, len(data))):]
+    if repair and len(data) >= HEADER_BYTES:
+        data[HEADER_BYTES - 32: HEADER_BYTES] = hashlib.sha256(bytes(data[HEADER_BYTES:])).digest()
+    return bytes(data)
+
+
+def mutate_plan(plan: dict, tensors: dict, rng: np.random.Generator) -> tuple[dict, dict]:
+    plan, tensors = copy.deepcopy(plan), dict(tensors)
+    kind = rng.integers(0, 3)
+    if kind == 0:  # one op field
+        op = plan["ops"][int(rng.integers(0, len(plan["ops"])))]
+        key = list(op)[int(rng.integers(0, len(op)))]
+        if isinstance(op[key], dict):  # a grid
+            grid_key = list(op[key])[int(rng.integers(0, len(op[key])))]
+            op[key][grid_key] = HOSTILE[int(rng.integers(0, len(HOSTILE)))]
+        elif rng.random() < 0.15:
+            del op[key]
+        elif rng.random() < 0.3 and isinstance(op[key], int):
+            op[key] += int(rng.choice([-1, 1]))
+        elif rng.random() < 0.2:
+            op[key] = list(tensors)[int(rng.integers(0, len(tensors)))]
+        else:
+            op[key] = HOSTILE[int(rng.integers(0, len(HOSTILE)))]
+    elif kind == 1:  # one tensor record, or the op order
+        if rng.random() < 0.5:
+            record = plan["tensors"][int(rng.integers(0, len(plan["tensors"])))]
+            record["size"] = HOSTILE[int(rng.integers(0, len(HOSTILE)))]
+        else:
+            i, j = rng.integers(0, len(plan["ops"]), 2)
+            plan["ops"][i], plan["ops"][j] = plan["ops"][j], plan["ops"][i]
+    else:  # one array
+        name = list(tensors)[int(rng.integers(0, len(tensors)))]
+        value = tensors[name]
+        choice = rng.integers(0, 3)
+        tensors[name] = (value.reshape(-1)[: max(0, value.size - int(rng.integers(1, 5)))].copy() if choice == 0
+                         else value.astype(rng.choice([np.int8, np.int32, np.float32])) if choice == 1
+                         else value.reshape(-1, 1).copy() if value.size else value)
+    return plan, tensors
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed-edge", help="a compiled .edge file to mutate (default: compile the small network here, "
+                                            "which imports torch; under a sanitizer pass a file made beforehand)")
+    parser.add_argument("--write-seed", help="only compile the small network's .edge file to this path, then exit")
     args = parser.parse_args()
-    original, rng = seed_file(), np.random.default_rng(args.seed)
-    counts = {"loaded": 0, "refused": 0, "other": 0}
+    if args.write_seed:
+        import shutil
+
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.copy(seed_file(Path(folder)), args.write_seed)
+        return 0
+    rng = np.random.default_rng(args.seed)
+    kernels = available_kernels()
+    x = rng.standard_normal((2, 1, 12, 12)).astype(np.float32)
+    counts = {"loaded and ran": 0, "refused": 0, "other": 0}
     started = time.perf_counter()
-    for trial in range(args.files):
-        data = bytearray(original)
-        for _ in range(int(rng.integers(1, 9))):
-            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
-        if rng.random() < 0.2:
-            del data[int(rng.integers(0, len(data))):]
-        if trial % 2 and len(data) >= HEADER_BYTES:
-            data[HEADER_BYTES - 32: HEADER_BYTES] = hashlib.sha256(bytes(data[HEADER_BYTES:])).digest()
-        try:
-            parse_edge(bytes(data))
-            counts["loaded"] += 1
-        except EdgeFormatError:
-            counts["refused"] += 1
-        except Exception:  # noqa: BLE001 - exactly what the fuzzer hunts
-            counts["other"] += 1
-            print(f"file {trial}: {traceback.format_exc()}", file=sys.stderr)
-    print(f"{args.files} mutated files in {time.perf_counter() - started:.1f} s: {counts}")
+    with tempfile.TemporaryDirectory() as folder:
+        seed = Path(args.seed_edge) if args.seed_edge else seed_file(Path(folder))
+        original = seed.read_bytes()
+        plan, tensors = read_edge(seed)
+        mutated_path = Path(folder) / "mutated.edge"
+        for trial in range(args.files):
+            try:
+                if trial % 3 == 0:
+                    loaded_plan, loaded = parse_edge(mutate_bytes(original, rng, repair=bool(trial % 2)))
+                else:
+                    hostile_plan, hostile = mutate_plan(plan, tensors, rng) if trial % 3 == 1 else mutate_plan(plan, tensors, rng)
+                    write_edge(mutated_path, hostile_plan, hostile)
+                    loaded_plan, loaded = read_edge(mutated_path)
+                for path in kernels:
+                    session = Session(loaded_plan, loaded, threads=2, kernels=path, path="mutated.edge")
+                    session.run(x)
+                counts["loaded and ran"] += 1
+            except EdgeFormatError:
+                counts["refused"] += 1
+            except (TypeError, ValueError) as error:
+                if "JSON" in str(error) or "serializable" in str(error):  # write_edge refusing an unwritable plan
+                    counts["refused"] += 1
+                else:
+                    counts["other"] += 1
+                    print(f"file {trial}: {traceback.format_exc()}", file=sys.stderr)
+            except Exception:  # noqa: BLE001 - exactly what the fuzzer hunts
+                counts["other"] += 1
+                print(f"file {trial}: {traceback.format_exc()}", file=sys.stderr)
+            if trial and trial % 10_000 == 0:
+                print(f"{trial} files, {time.perf_counter() - started:.0f} s: {counts}", flush=True)
+    print(f"{args.files} mutated files in {time.perf_counter() - started:.1f} s, kernels {kernels}: {counts}")
     return 1 if counts["other"] else 0
 
 

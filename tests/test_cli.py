@@ -62,3 +62,30 @@ def test_export_writes_a_train_py_checkpoint_as_onnx(tmp_path, capsys):
     assert sum(node.op_type == "QuantizeLinear" for node in onnx.load(tmp_path / "cli.onnx").graph.node) == 34
     assert main(["export", str(tmp_path / "missing.ckpt"), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_compile_inspect_run_and_bench_a_qdq_file(tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from conftest import calibrated_network
+    from lightning_edge.export import to_onnx
+
+    onnx_path = to_onnx(calibrated_network(), torch.zeros(1, 1, 28, 28), str(tmp_path / "model.onnx"))
+    assert main(["compile", onnx_path, "--tune-batch", "2"]) == 0
+    assert "9 with a folded residual add" in capsys.readouterr().out
+    edge = str(tmp_path / "model.edge")
+    assert main(["inspect", edge]) == 0
+    table = capsys.readouterr().out
+    assert "Conv+Add" in table and "gemm_b" in table and "kernels timed at batch 2" in table
+    assert main(["inspect", edge, "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    assert sum(layer["macs"] for layer in layers) > 30e6 and layers[-1]["op"] == "dequantize"
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", edge, "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), "--top", "2"]) == 0
+    assert len(capsys.readouterr().out.split("\n")) == 4 and np.load(tmp_path / "y.npy").shape == (3, 10)
+    assert main(["bench", edge, "--onnx", onnx_path, "--batch", "1", "--rounds", "1", "--threads", "1"]) == 0
+    assert "speed-up" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "x.npy"), "--input", str(tmp_path / "x.npy")]) == 2
+    assert "not a .edge file" in capsys.readouterr().err

@@ -616,8 +616,11 @@ def kernel_arrays(plan: dict[str, Any], tensors: dict[str, np.ndarray], kernels:
     for op in plan["ops"]:
         op = dict(op)
         if op["kind"] in ("conv", "depthwise") and "weights" in op:
+            _check_packing_fields(op)
             codes = np.asarray(tensors[op["weights"]]).reshape(int(op["out_c"]), -1)
             taps = int(op["kernel_h"]) * int(op["kernel_w"])
+            if codes.dtype != np.int8 or codes.shape[1] % taps:
+                raise ValueError(f"{op['id']}: weights must be int8 (out_c, taps * channels)")
             name = op["weights"] + f".{kernels}"
             if op["kind"] == "depthwise":
                 arrays[name] = np.ascontiguousarray(codes.astype(np.int32).T)  # [taps][channels]
@@ -642,6 +645,16 @@ def kernel_arrays(plan: dict[str, Any], tensors: dict[str, np.ndarray], kernels:
             op["weights"] = name
         ops.append(op)
     return ops, arrays
+
+
+def _check_packing_fields(op: dict[str, Any]) -> None:
+    """The fields packing divides by or sizes arrays from: positive integers that divide evenly."""
+    for key in ("out_c", "in_c", "kernel_h", "kernel_w", "groups", "groups_run", "block"):
+        if key in op and (not isinstance(op[key], int) or isinstance(op[key], bool) or not 0 < op[key] <= 1 << 16):
+            raise ValueError(f"{op.get('id')}: {key}={op[key]!r} is not a positive integer in range")
+    for key in ("groups", "groups_run"):
+        if key in op and (op["out_c"] % op[key] or op.get("in_c", op["out_c"]) % op[key]):
+            raise ValueError(f"{op.get('id')}: {key}={op[key]} does not divide the channels")
 
 
 def select_primitives(plan: dict[str, Any], arrays: dict[str, np.ndarray], batch: int = 1,

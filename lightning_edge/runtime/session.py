@@ -61,11 +61,14 @@ class Session:
             ops, arrays = kernel_arrays(plan, tensors, resolved)
             sizes = [int(tensor["size"]) for tensor in plan["tensors"]]
             self._engine = module.Engine(ops, sizes, arrays, threads or default_threads(), resolved)
-        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as error:
+            first = plan["ops"][0]
+            self.input_shape = (int(first["channels"]), int(first["height"]), int(first["width"]))
+            if list(self.input_shape) != list(plan["input"]["shape"]):
+                raise ValueError(f"input shape {plan['input']['shape']} is not the quantize op's {list(self.input_shape)}")
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError, ArithmeticError, AttributeError) as error:
             if "needs an" in str(error):  # a kernel path this CPU or build lacks: the file is fine
                 raise ValueError(str(error)) from error
             raise EdgeFormatError(path, f"its plan is inconsistent ({error})") from error
-        self.input_shape = tuple(plan["input"]["shape"])
 
     @property
     def kernels(self) -> str:

@@ -74,9 +74,12 @@ void add_codes(int32_t* __restrict sums, const uint8_t* __restrict codes, int co
     for (int c = 0; c < count; ++c) sums[c] += codes[c];
 }
 
+}  // namespace
 double seconds_now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+
+namespace {
 
 class Engine {
   public:
@@ -619,6 +622,31 @@ PYBIND11_MODULE(_engine, m) {
         .def("time_op", &edge::Engine::time_op, py::arg("index"), py::arg("batch"), py::arg("repeats") = 20)
         .def_property_readonly("backend", &edge::Engine::backend)
         .def_property_readonly("threads", &edge::Engine::threads);
+    m.def("int8_peak_ops", [](int threads, double seconds) {
+        // Measured int8 peak of this CPU on `threads` threads: 2 x multiply-adds per second.
+        const bool vnni = edge::Engine::avx512_supported();
+#if defined(__x86_64__) || defined(_M_X64)
+        const bool avx2 = edge::avx2_backend() && __builtin_cpu_supports("avx2");
+#else
+        const bool avx2 = false;
+#endif
+        if (!vnni && !avx2) return 0.0;
+        auto peak = vnni ? edge::avx512_peak_macs : edge::avx2_peak_macs;
+        peak(1000000);  // warm up: clocks and the wide units
+        edge::ThreadPool pool(threads);
+        const long iterations = 20000000;
+        std::vector<double> done(pool.size());
+        double elapsed;
+        {
+            py::gil_scoped_release release;
+            const double start = edge::seconds_now();
+            pool.run([&](int t) { done[t] = peak(static_cast<long>(iterations * seconds)); });
+            elapsed = edge::seconds_now() - start;
+        }
+        double total = 0;
+        for (double d : done) total += d;
+        return 2.0 * total / elapsed;
+    }, py::arg("threads"), py::arg("seconds") = 0.1, "Measured int8 peak (operations per second) on `threads` threads.");
     m.def("resolve_kernels", [](const std::string& kernels) { return std::string(edge::Engine::choose_backend(kernels)->name); },
           py::arg("kernels") = "auto", "The kernel path `kernels` ('auto' included) picks on this CPU.");
     m.def("available_kernels", [] {

@@ -101,6 +101,13 @@ const Backend* avx2_backend();  // nullptr when not built for this architecture
 const Backend* neon_backend();  // nullptr when not built for this architecture
 const Backend* avx512_backend();  // AVX-512 VNNI; nullptr when not built for this architecture
 
+// The CPU's int8 multiply-add peak, for benchmarks to compare against: `iterations` rounds of 12
+// independent register-only chains of the widest int8 instruction (vpdpbusd on 512 bits with VNNI, else
+// AVX2's vpmaddubsw + vpmaddwd + vpaddd, the fastest inexact u8 x s8 sequence). Returns the multiply-adds
+// done, or 0 where the file is not built for this CPU.
+double avx512_peak_macs(long iterations);
+double avx2_peak_macs(long iterations);
+
 // Tile of output pixels the conv kernels pack together (rows of the GEMM micro-kernel).
 constexpr int kTilePixels = 6;
 

@@ -172,6 +172,25 @@ void avx2_depthwise(const DepthwiseOp& op, const uint8_t* input, uint8_t* output
 
 }  // namespace
 
+double avx2_peak_macs(long iterations) {
+    __m256i acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
+    __m256i a = _mm256_set1_epi32(0x01020304), b = _mm256_set1_epi32(0x05060708);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (long r = 0; r < iterations; ++r) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
+        __asm__ volatile("" : "+x"(a), "+x"(b));
+    }
+    int32_t sink[8];
+    __m256i total = acc[0];
+    for (int i = 1; i < 12; ++i) total = _mm256_add_epi32(total, acc[i]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sink), total);
+    volatile int32_t keep = sink[0];
+    (void)keep;
+    return 12.0 * 32.0 * static_cast<double>(iterations);
+}
+
 const Backend* avx2_backend() {
     static const Backend backend{"avx2", avx2_widen, avx2_conv, avx2_depthwise, nullptr, avx2_winograd};
     return &backend;
@@ -184,5 +203,6 @@ const Backend* avx2_backend() {
 #else
 namespace edge {
 const Backend* avx2_backend() { return nullptr; }
+double avx2_peak_macs(long) { return 0; }
 }  // namespace edge
 #endif

@@ -149,6 +149,24 @@ void avx512_conv8(const ConvOp& op, const uint8_t* wide, const uint8_t* skip, ui
 
 }  // namespace
 
+double avx512_peak_macs(long iterations) {
+    __m512i acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+    __m512i a = _mm512_set1_epi32(0x01020304), b = _mm512_set1_epi32(0x05060708);
+    for (long r = 0; r < iterations; ++r) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+        __asm__ volatile("" : "+v"(a), "+v"(b));
+    }
+    int32_t sink[16];
+    __m512i total = acc[0];
+    for (int i = 1; i < 12; ++i) total = _mm512_add_epi32(total, acc[i]);
+    _mm512_storeu_si512(sink, total);
+    volatile int32_t keep = sink[0];
+    (void)keep;
+    return 12.0 * 64.0 * static_cast<double>(iterations);
+}
+
 const Backend* avx512_backend() {
     const Backend* avx2 = avx2_backend();
     if (!avx2) return nullptr;
@@ -164,5 +182,6 @@ const Backend* avx512_backend() {
 #else
 namespace edge {
 const Backend* avx512_backend() { return nullptr; }
+double avx512_peak_macs(long) { return 0; }
 }  // namespace edge
 #endif
