@@ -14,6 +14,14 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     fi
 fi
 
+# The NEON kernels are tested cross-compiled under qemu-user (tests/test_native_kernels.py skips without them).
+if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$(uname -m)" = x86_64 ]; then
+        echo "== installing Debian's g++-aarch64-linux-gnu and qemu-user (NEON kernel tests)"
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q g++-aarch64-linux-gnu qemu-user
+    fi
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     echo "== creating .venv"
@@ -26,7 +34,8 @@ case "$(uname -m)" in
     *) TORCH_PAIR="torch==2.14.1 torchvision==0.29.1" ;;
 esac
 STAMP=.venv/.lightning-edge-installed
-WANT="$TORCH_PAIR $(sha256sum pyproject.toml | cut -d' ' -f1)"
+# Reinstall (which rebuilds the runtime's C++ extension) when the package metadata or the kernels change.
+WANT="$TORCH_PAIR $(cat pyproject.toml setup.py lightning_edge/runtime/csrc/* | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "== installing $TORCH_PAIR (about 2 minutes)"
     .venv/bin/python -m pip install -q --upgrade pip

@@ -564,8 +564,10 @@ def winograd_weights(codes: np.ndarray, group_in: int) -> np.ndarray:
     return u.reshape(codes.shape[0], 16 * group_in)
 
 
-def pack_gemm_weights(codes: np.ndarray, groups: int, block: int, taps: int, depth_group: int = 2) -> np.ndarray:
-    """Weights as the GEMM kernels read them: [group][block][tap][channel group][channel in block][depth_group].
+def pack_gemm_weights(codes: np.ndarray, groups: int, block: int, taps: int, depth_group: int = 2,
+                      k_major: bool = False) -> np.ndarray:
+    """Weights as the GEMM kernels read them: [group][block][tap][channel group][channel in block][depth_group]
+    (``k_major``: [...][channel group][depth_group][channel in block], NEON's multiply-by-scalar order).
 
     ``codes`` is (out, taps * channels per group) in window order; each tap's channels are padded with
     zeros to a multiple of ``depth_group`` (2 for the int16 kernels' pairs, 4 for VNNI's quads), as the
@@ -578,7 +580,7 @@ def pack_gemm_weights(codes: np.ndarray, groups: int, block: int, taps: int, dep
     w = np.zeros((groups, blocks * block, taps, group_in_padded), dtype)
     w[:, :group_out, :, :group_in] = codes.reshape(groups, group_out, taps, group_in)
     w = w.reshape(groups, blocks, block, taps * group_in_padded // depth_group, depth_group)
-    return np.ascontiguousarray(w.transpose(0, 1, 3, 2, 4))
+    return np.ascontiguousarray(w.transpose(0, 1, 3, 4, 2) if k_major else w.transpose(0, 1, 3, 2, 4))
 
 
 def _block_diagonal(codes: np.ndarray, groups: int, kernel_taps: int) -> np.ndarray:
@@ -640,7 +642,7 @@ def kernel_arrays(plan: dict[str, Any], tensors: dict[str, np.ndarray], kernels:
                     arrays[op["bias"] + ".u8"] = compensated.astype(np.int32)
                     op["bias"], op["layout"] = op["bias"] + ".u8", "quads"
                 else:
-                    arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps)
+                    arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps, k_major=kernels == "neon")
                 op["groups"] = groups
             op["weights"] = name
         ops.append(op)

@@ -20,9 +20,6 @@ namespace py = pybind11;
 
 namespace edge {
 
-#if !defined(__aarch64__)
-const Backend* neon_backend() { return nullptr; }
-#endif
 
 namespace {
 
@@ -286,31 +283,16 @@ class Engine {
                 (c.out_w - 1) * static_cast<long>(c.stride_w) - c.pad_left + c.kernel_w > c.in_w + c.kernel_w)
                 throw std::invalid_argument("conv: output size does not fit the input");
             if (c.kernel_h * c.kernel_w > kMaxTaps) throw std::invalid_argument("conv: at most 64 kernel taps");
-            c.group_in = c.in_c / c.groups, c.group_out = c.out_c / c.groups;
-            c.taps = c.kernel_h * c.kernel_w;
             if (static_cast<long>(c.out_h) * c.out_w * c.out_c > (1L << 30) || static_cast<long>(c.in_h) * c.in_w * c.in_c > (1L << 30))
                 throw std::invalid_argument("conv: tensor too large");
             c.quads = d.contains("layout") && d["layout"].cast<std::string>() == "quads";
             if (c.quads && !backend_->conv8) throw std::invalid_argument("conv: the quads layout needs kernels='avx512'");
-            const int depth_group = c.quads ? 4 : 2;
-            c.group_in_padded = (c.group_in + depth_group - 1) / depth_group * depth_group;
-            c.depth_padded = c.taps * c.group_in_padded;
-            c.wide_h = (c.out_h - 1) * c.stride_h + c.kernel_h;
-            c.wide_w = (c.out_w - 1) * c.stride_w + c.kernel_w;
-            c.wide_c = c.groups * c.group_in_padded;
-            c.blocks = (c.group_out + c.block - 1) / c.block;
             c.winograd = d.contains("algorithm") && d["algorithm"].cast<std::string>() == "winograd";
-            size_t weight_count = static_cast<size_t>(c.groups) * c.blocks * c.depth_padded * c.block;
             if (c.winograd && c.quads) throw std::invalid_argument("conv: Winograd runs on the int16 layout");
-            if (c.winograd) {
-                if (c.kernel_h != 3 || c.kernel_w != 3 || c.stride_h != 1 || c.stride_w != 1)
-                    throw std::invalid_argument("conv: Winograd needs a 3x3 kernel with stride 1");
-                c.tiles_h = (c.out_h + 1) / 2, c.tiles_w = (c.out_w + 1) / 2;
-                c.wide_h = 2 * c.tiles_h + 2, c.wide_w = 2 * c.tiles_w + 2;
-                c.chunk = std::max(kTilePixels, std::min(96, 3072 / c.wide_c / kTilePixels * kTilePixels));
-                weight_count = static_cast<size_t>(c.groups) * c.blocks * 16 * c.group_in_padded * c.block;
-                winograd_scratch_ = std::max(winograd_scratch_, winograd_scratch_bytes(c));
-            }
+            if (c.winograd && (c.kernel_h != 3 || c.kernel_w != 3 || c.stride_h != 1 || c.stride_w != 1))
+                throw std::invalid_argument("conv: Winograd needs a 3x3 kernel with stride 1");
+            const size_t weight_count = derive_conv_fields(c);
+            if (c.winograd) winograd_scratch_ = std::max(winograd_scratch_, winograd_scratch_bytes(c));
             if (c.quads) c.weights8 = array<int8_t>(arrays, d, "weights", weight_count);
             else c.weights = array<int16_t>(arrays, d, "weights", weight_count);
             c.bias = array<int32_t>(arrays, d, "bias", c.out_c);

@@ -111,6 +111,25 @@ double avx2_peak_macs(long iterations);
 // Tile of output pixels the conv kernels pack together (rows of the GEMM micro-kernel).
 constexpr int kTilePixels = 6;
 
+// Fills a conv's derived fields from its shape, groups, block, `quads` and `winograd` (the engine and the
+// native kernel tests both use it); returns the number of packed weights the layout holds.
+inline size_t derive_conv_fields(ConvOp& c) {
+    c.group_in = c.in_c / c.groups, c.group_out = c.out_c / c.groups;
+    c.taps = c.kernel_h * c.kernel_w;
+    const int depth_group = c.quads ? 4 : 2;
+    c.group_in_padded = (c.group_in + depth_group - 1) / depth_group * depth_group;
+    c.depth_padded = c.taps * c.group_in_padded;
+    c.wide_h = (c.out_h - 1) * c.stride_h + c.kernel_h;
+    c.wide_w = (c.out_w - 1) * c.stride_w + c.kernel_w;
+    c.wide_c = c.groups * c.group_in_padded;
+    c.blocks = (c.group_out + c.block - 1) / c.block;
+    if (!c.winograd) return static_cast<size_t>(c.groups) * c.blocks * c.depth_padded * c.block;
+    c.tiles_h = (c.out_h + 1) / 2, c.tiles_w = (c.out_w + 1) / 2;
+    c.wide_h = 2 * c.tiles_h + 2, c.wide_w = 2 * c.tiles_w + 2;
+    c.chunk = std::max(kTilePixels, std::min(96, 3072 / c.wide_c / kTilePixels * kTilePixels));
+    return static_cast<size_t>(c.groups) * c.blocks * 16 * c.group_in_padded * c.block;
+}
+
 // Epilogue for one accumulator of output channel c at output position `index` (shared by every backend's tails).
 inline uint8_t conv_epilogue(const ConvOp& op, int32_t acc, int c, const uint8_t* skip, size_t index) {
     const float scaled = static_cast<float>(acc + op.bias[c]) * op.multiplier[c];
