@@ -53,11 +53,11 @@ def parse_args() -> argparse.Namespace:
 def build_files(name: str, shape: tuple[int, int, int], folder: Path) -> dict:
     """The float model, its FP32 ONNX file and the two QDQ files; returns paths, MACs and the torch model."""
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from lightning_edge.export import to_onnx
     from lightning_edge.models import create_model, profile_model
     from lightning_edge.quant import calibrate
+    from lightning_edge.runtime.benchmark import quantize_static_qdq
 
     model_name, kwargs = MODELS[name]
     torch.manual_seed(0)
@@ -76,15 +76,7 @@ def build_files(name: str, shape: tuple[int, int, int], folder: Path) -> dict:
 
     paths["ours"] = to_onnx(calibrate(copy.deepcopy(model), calibration, num_batches=4), example, str(folder / "ours.onnx"))
 
-    class Batches(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input": batch.numpy()} for batch in calibration])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(paths["fp32"], str(folder / "ort.onnx"), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static_qdq(paths["fp32"], str(folder / "ort.onnx"), [batch.numpy() for batch in calibration])
     paths["ort"] = str(folder / "ort.onnx")
     return {"paths": paths, "macs": macs, "model": model}
 

@@ -14,6 +14,7 @@ from conftest import FASHION_MNIST_DIR, ROOT, calibrated_network, qat_resnet_on_
 from lightning_edge.export import onnxruntime_session, to_onnx
 from lightning_edge.models import create_model
 from lightning_edge.runtime import CompileError, EdgeFormatError, available_kernels, compile, load
+from lightning_edge.runtime.benchmark import quantize_static_qdq
 from lightning_edge.runtime.edge_format import read_edge, write_edge
 from lightning_edge.runtime.reference import ReferenceModel
 
@@ -122,23 +123,13 @@ def test_seven_bit_activations_fold_their_clip(tmp_path):
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
 @pytest.mark.parametrize("activations", ["QUInt8", "QInt8"])
 def test_onnxruntime_quantize_static_files(per_channel, activations, tmp_path):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     torch.manual_seed(0)
     model = create_model("cifar_resnet20", num_classes=10, in_chans=1).eval()
     float_path = to_onnx(model, torch.zeros(1, 1, 28, 28), str(tmp_path / "float.onnx"))
     rng = np.random.default_rng(0)
-
-    class Batches(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input": rng.standard_normal((1, 1, 28, 28)).astype(np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.items, None)
-
     onnx_path, edge_path = str(tmp_path / "ort.onnx"), str(tmp_path / "ort.edge")
-    quantize_static(float_path, onnx_path, Batches(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8)
+    batches = [rng.standard_normal((1, 1, 28, 28)).astype(np.float32) for _ in range(4)]
+    quantize_static_qdq(float_path, onnx_path, batches, per_channel=per_channel, activations=activations)
     compile(onnx_path, edge_path)
     x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
     assert_bit_exact(onnx_path, edge_path, x, shift=128 if activations == "QInt8" else 0)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import pytest
 import torch
 
-from conftest import FASHION_MNIST_DIR, calibrated_network, qat_resnet_on_fashion_mnist
+from conftest import calibrated_network
 from lightning_edge.export import onnxruntime_session, to_onnx
 from lightning_edge.models import create_model
+from lightning_edge.runtime.benchmark import quantize_static_qdq
 from lightning_edge.runtime.reference import ReferenceModel, quantize, requantize
 
 
@@ -48,22 +48,11 @@ def test_reference_follows_onnxruntime_layer_by_layer(tmp_path):
 
 
 def test_reference_runs_onnxruntime_quantize_static_files(tmp_path):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     model = create_model("cifar_resnet20", num_classes=10, in_chans=1).eval()
     float_path = to_onnx(model, torch.zeros(1, 1, 28, 28), str(tmp_path / "float.onnx"))
     rng = np.random.default_rng(0)
-
-    class Batches(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input": rng.standard_normal((1, 1, 28, 28)).astype(np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantized = str(tmp_path / "ort.onnx")
-    quantize_static(float_path, quantized, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantized = quantize_static_qdq(float_path, str(tmp_path / "ort.onnx"),
+                                    [rng.standard_normal((1, 1, 28, 28)).astype(np.float32) for _ in range(4)])
     x = rng.standard_normal((8, 1, 28, 28)).astype(np.float32)
     ours = ReferenceModel(quantized).run(x)[0]
     theirs = onnxruntime_session(quantized).run(None, {"input": x})[0]

@@ -45,6 +45,27 @@ def onnxruntime_session(path: str, threads: int) -> object:
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def quantize_static_qdq(float_path: str, output_path: str, batches: list[np.ndarray], per_channel: bool = True,
+                        activations: str = "QUInt8") -> str:
+    """ONNX Runtime's own quantizer on an FP32 file: static QDQ with int8 weights, calibrated on ``batches``
+    (float32 NCHW arrays for the graph's input): the other tool's files the runtime must accept."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    input_name = onnx.load(float_path).graph.input[0].name
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{input_name: batch} for batch in batches])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(float_path, output_path, Batches(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8)
+    return output_path
+
+
 def alternating(candidates: dict[str, Callable[[], object]], rounds: int = 8, calls: int = 10,
                 discard: int = 3) -> dict[str, list[float]]:
     """Seconds per call of each candidate, alternating in blocks (see the module docstring)."""

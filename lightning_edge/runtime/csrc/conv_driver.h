@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstring>
+#include <type_traits>
 
 #include "kernels.h"
 
@@ -13,16 +14,26 @@ namespace edge {
 
 constexpr int kMaxTaps = 64;
 
+// Calls f(std::integral_constant<int, N>{}) with N = count (1 <= count <= Max), so a micro-kernel can be
+// unrolled for every tile height it meets.
+template <int Max, class F>
+inline void with_count(int count, F f) {
+    if constexpr (Max > 1) {
+        if (count < Max) return with_count<Max - 1>(count, f);
+    }
+    f(std::integral_constant<int, Max>{});
+}
+
 // Rows [row_begin, row_end) of the widened input (row index = image * wide_h + y). copy(src, dst, count, zero)
 // widens `count` codes to centered int16.
 template <class Copy>
 inline void widen_rows(const ConvOp& op, const uint8_t* input, int16_t* wide, int row_begin, int row_end, Copy copy) {
     const size_t row_elements = static_cast<size_t>(op.wide_w) * op.wide_c;
-    const int columns = std::max(0, std::min(op.in_w, op.wide_w - op.pad_left));
+    const int columns = std::max(0, std::min((op.in_w + op.sample_w - 1) / op.sample_w, op.wide_w - op.pad_left));
     const int16_t zero = static_cast<int16_t>(op.input_zero);
-    const bool dense = op.group_in == op.group_in_padded;
+    const bool dense = op.group_in == op.group_in_padded && op.sample_w == 1;
     for (int row = row_begin; row < row_end; ++row) {
-        const int n = row / op.wide_h, y = row % op.wide_h - op.pad_top;
+        const int n = row / op.wide_h, y = row % op.wide_h * op.sample_h - op.pad_top;
         int16_t* dst = wide + static_cast<size_t>(row) * row_elements;
         if (y < 0 || y >= op.in_h) {
             std::memset(dst, 0, sizeof(int16_t) * row_elements);
@@ -33,12 +44,12 @@ inline void widen_rows(const ConvOp& op, const uint8_t* input, int16_t* wide, in
         std::memset(dst, 0, sizeof(int16_t) * left);
         if (dense) {
             copy(src, dst + left, columns * op.in_c, zero);
-        } else {  // odd channels per group: each group gets a zero channel after its own
+        } else {  // odd channels per group (each group gets zero channels after its own), or a strided 1x1
             for (int x = 0; x < columns; ++x)
                 for (int g = 0; g < op.groups; ++g) {
                     int16_t* out = dst + left + static_cast<size_t>(x) * op.wide_c + g * op.group_in_padded;
-                    copy(src + static_cast<size_t>(x) * op.in_c + g * op.group_in, out, op.group_in, zero);
-                    out[op.group_in] = 0;
+                    copy(src + static_cast<size_t>(x) * op.sample_w * op.in_c + g * op.group_in, out, op.group_in, zero);
+                    for (int c = op.group_in; c < op.group_in_padded; ++c) out[c] = 0;
                 }
         }
         const size_t used = left + static_cast<size_t>(columns) * op.wide_c;
@@ -50,10 +61,10 @@ inline void widen_rows(const ConvOp& op, const uint8_t* input, int16_t* wide, in
 // input zero point (the real zero), the channel padding 0 (its weights are 0).
 inline void widen_rows_u8(const ConvOp& op, const uint8_t* input, uint8_t* wide, int row_begin, int row_end) {
     const size_t row_elements = static_cast<size_t>(op.wide_w) * op.wide_c;
-    const int columns = std::max(0, std::min(op.in_w, op.wide_w - op.pad_left));
+    const int columns = std::max(0, std::min((op.in_w + op.sample_w - 1) / op.sample_w, op.wide_w - op.pad_left));
     const uint8_t zero = static_cast<uint8_t>(op.input_zero);
     for (int row = row_begin; row < row_end; ++row) {
-        const int n = row / op.wide_h, y = row % op.wide_h - op.pad_top;
+        const int n = row / op.wide_h, y = row % op.wide_h * op.sample_h - op.pad_top;
         uint8_t* dst = wide + static_cast<size_t>(row) * row_elements;
         if (y < 0 || y >= op.in_h) {
             std::memset(dst, zero, row_elements);
@@ -62,13 +73,13 @@ inline void widen_rows_u8(const ConvOp& op, const uint8_t* input, uint8_t* wide,
         const uint8_t* src = input + (static_cast<size_t>(n) * op.in_h + y) * op.in_w * op.in_c;
         const size_t left = static_cast<size_t>(op.pad_left) * op.wide_c;
         std::memset(dst, zero, left);
-        if (op.group_in == op.group_in_padded) {
+        if (op.group_in == op.group_in_padded && op.sample_w == 1) {
             std::memcpy(dst + left, src, static_cast<size_t>(columns) * op.in_c);
         } else {
             for (int x = 0; x < columns; ++x)
                 for (int g = 0; g < op.groups; ++g) {
                     uint8_t* out = dst + left + static_cast<size_t>(x) * op.wide_c + g * op.group_in_padded;
-                    std::memcpy(out, src + static_cast<size_t>(x) * op.in_c + g * op.group_in, op.group_in);
+                    std::memcpy(out, src + static_cast<size_t>(x) * op.sample_w * op.in_c + g * op.group_in, op.group_in);
                     std::memset(out + op.group_in, 0, op.group_in_padded - op.group_in);
                 }
         }
@@ -90,25 +101,37 @@ void conv_driver(const ConvOp& op, const Element* wide, const Weight* packed, co
             tap_offsets[ky * op.kernel_w + kx] = (static_cast<size_t>(ky) * op.wide_w + kx) * op.wide_c;
     const size_t block_stride = static_cast<size_t>(op.depth_padded) * op.block;
     const int per_image = op.out_h * op.out_w;
+    const int step_h = op.stride_h / op.sample_h, step_w = op.stride_w / op.sample_w;  // widened rows per output row
+    // Tiles run in panels of kPanel: each block of weights is used by every tile of the panel before the
+    // next block, so it stays in cache (the weights of a wide layer do not fit L1 all at once).
+    constexpr int kPanel = 8;
+    size_t bases[kPanel][kTile];
     // Position of the next pixel, advanced without divisions: image n, row oh, column ow.
     int n = range.pixel_begin / per_image, oh = range.pixel_begin % per_image / op.out_w, ow = range.pixel_begin % op.out_w;
-    size_t bases[kTile];
-    for (int first = range.pixel_begin; first < range.pixel_end; first += kTile) {
-        const int count = std::min(kTile, range.pixel_end - first);
-        for (int m = 0; m < count; ++m) {
-            bases[m] = ((static_cast<size_t>(n) * op.wide_h + oh * op.stride_h) * op.wide_w + ow * op.stride_w) * op.wide_c;
-            if (++ow == op.out_w) {
-                ow = 0;
-                if (++oh == op.out_h) oh = 0, ++n;
+    for (int panel = range.pixel_begin; panel < range.pixel_end; panel += kPanel * kTile) {
+        const int panel_end = std::min(range.pixel_end, panel + kPanel * kTile);
+        const int tiles = (panel_end - panel + kTile - 1) / kTile;
+        for (int tile = 0; tile < tiles; ++tile) {
+            const int count = std::min(kTile, panel_end - panel - tile * kTile);
+            for (int m = 0; m < count; ++m) {
+                bases[tile][m] = ((static_cast<size_t>(n) * op.wide_h + oh * step_h) * op.wide_w + ow * step_w) * op.wide_c;
+                if (++ow == op.out_w) {
+                    ow = 0;
+                    if (++oh == op.out_h) oh = 0, ++n;
+                }
             }
         }
         for (int column = range.column_begin; column < range.column_end; ++column) {
             const int group = column / op.blocks, block = column % op.blocks;
             const Weight* weights = packed + (static_cast<size_t>(group) * op.blocks + block) * block_stride;
-            Kernels::multiply(op, wide + static_cast<size_t>(group) * op.group_in_padded, bases, count, tap_offsets, weights, acc);
             const int channel = group * op.group_out + block * op.block;
             const int width = std::min(op.block, op.group_out - block * op.block);
-            Kernels::epilogue(op, acc, count, first, channel, width, skip, output);
+            for (int tile = 0; tile < tiles; ++tile) {
+                const int first = panel + tile * kTile, count = std::min(kTile, panel_end - first);
+                Kernels::multiply(op, wide + static_cast<size_t>(group) * op.group_in_padded, bases[tile], count, tap_offsets,
+                                  weights, acc);
+                Kernels::epilogue(op, acc, count, first, channel, width, skip, output);
+            }
         }
     }
 }

@@ -72,6 +72,20 @@ void add_codes(int32_t* __restrict sums, const uint8_t* __restrict codes, int co
 }
 
 }  // namespace
+// The window fields of a conv, depthwise conv or max pool (any struct with them), read and checked:
+// positive kernel and stride, each padding smaller than the kernel, at most kMaxTaps taps.
+template <class Target>
+void read_window(const py::dict& d, Target& t, const char* what) {
+    t.kernel_h = get_int(d, "kernel_h"), t.kernel_w = get_int(d, "kernel_w");
+    t.stride_h = get_int(d, "stride_h"), t.stride_w = get_int(d, "stride_w");
+    t.pad_top = get_int(d, "pad_top"), t.pad_left = get_int(d, "pad_left");
+    for (int v : {t.kernel_h, t.kernel_w, t.stride_h, t.stride_w})
+        if (v <= 0 || v > (1 << 16)) throw std::invalid_argument(std::string(what) + ": kernel and stride must be positive");
+    if (static_cast<long>(t.kernel_h) * t.kernel_w > kMaxTaps) throw std::invalid_argument(std::string(what) + ": at most 64 kernel taps");
+    if (t.pad_top < 0 || t.pad_left < 0 || t.pad_top >= t.kernel_h || t.pad_left >= t.kernel_w)
+        throw std::invalid_argument(std::string(what) + ": padding out of range");
+}
+
 double seconds_now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -269,20 +283,15 @@ class Engine {
             ConvOp& c = op.conv;
             c.in_h = get_int(d, "in_h"), c.in_w = get_int(d, "in_w"), c.in_c = get_int(d, "in_c");
             c.out_h = get_int(d, "out_h"), c.out_w = get_int(d, "out_w"), c.out_c = get_int(d, "out_c");
-            c.kernel_h = get_int(d, "kernel_h"), c.kernel_w = get_int(d, "kernel_w");
-            c.stride_h = get_int(d, "stride_h"), c.stride_w = get_int(d, "stride_w");
-            c.pad_top = get_int(d, "pad_top"), c.pad_left = get_int(d, "pad_left");
+            read_window(d, c, "conv");
             c.groups = get_int(d, "groups"), c.block = get_int(d, "block");
-            check_positive({c.in_h, c.in_w, c.in_c, c.out_h, c.out_w, c.out_c, c.kernel_h, c.kernel_w, c.stride_h, c.stride_w, c.groups}, "conv");
+            check_positive({c.in_h, c.in_w, c.in_c, c.out_h, c.out_w, c.out_c, c.groups}, "conv");
             if (c.in_c % c.groups || c.out_c % c.groups) throw std::invalid_argument("conv: channels do not divide into groups");
             if (c.block != 8 && c.block != 16 && !(c.block == 32 && d.contains("layout")))
                 throw std::invalid_argument("conv: block must be 8 or 16 (32 in the quads layout)");
-            if (c.pad_top < 0 || c.pad_left < 0 || c.pad_top >= c.kernel_h || c.pad_left >= c.kernel_w)
-                throw std::invalid_argument("conv: padding out of range");
             if ((c.out_h - 1) * static_cast<long>(c.stride_h) - c.pad_top + c.kernel_h > c.in_h + c.kernel_h ||
                 (c.out_w - 1) * static_cast<long>(c.stride_w) - c.pad_left + c.kernel_w > c.in_w + c.kernel_w)
                 throw std::invalid_argument("conv: output size does not fit the input");
-            if (c.kernel_h * c.kernel_w > kMaxTaps) throw std::invalid_argument("conv: at most 64 kernel taps");
             if (static_cast<long>(c.out_h) * c.out_w * c.out_c > (1L << 30) || static_cast<long>(c.in_h) * c.in_w * c.in_c > (1L << 30))
                 throw std::invalid_argument("conv: tensor too large");
             c.quads = d.contains("layout") && d["layout"].cast<std::string>() == "quads";
@@ -315,13 +324,8 @@ class Engine {
             DepthwiseOp& c = op.depthwise;
             c.in_h = get_int(d, "in_h"), c.in_w = get_int(d, "in_w"), c.channels = get_int(d, "channels");
             c.out_h = get_int(d, "out_h"), c.out_w = get_int(d, "out_w");
-            c.kernel_h = get_int(d, "kernel_h"), c.kernel_w = get_int(d, "kernel_w");
-            c.stride_h = get_int(d, "stride_h"), c.stride_w = get_int(d, "stride_w");
-            c.pad_top = get_int(d, "pad_top"), c.pad_left = get_int(d, "pad_left");
-            check_positive({c.in_h, c.in_w, c.channels, c.out_h, c.out_w, c.kernel_h, c.kernel_w, c.stride_h, c.stride_w}, "depthwise");
-            if (c.kernel_h * c.kernel_w > 64) throw std::invalid_argument("depthwise: at most 64 taps");
-            if (c.pad_top < 0 || c.pad_left < 0 || c.pad_top >= c.kernel_h || c.pad_left >= c.kernel_w)
-                throw std::invalid_argument("depthwise: padding out of range");
+            read_window(d, c, "depthwise");
+            check_positive({c.in_h, c.in_w, c.channels, c.out_h, c.out_w}, "depthwise");
             c.weights = array<int32_t>(arrays, d, "weights", static_cast<size_t>(c.kernel_h) * c.kernel_w * c.channels);
             c.bias = array<int32_t>(arrays, d, "bias", c.channels);
             c.multiplier = array<float>(arrays, d, "multiplier", c.channels);
@@ -348,12 +352,8 @@ class Engine {
             op.kind = Kind::MaxPool;
             op.channels = get_int(d, "channels"), op.height = get_int(d, "height"), op.width = get_int(d, "width");
             op.out_h = get_int(d, "out_h"), op.out_w = get_int(d, "out_w");
-            op.kernel_h = get_int(d, "kernel_h"), op.kernel_w = get_int(d, "kernel_w");
-            op.stride_h = get_int(d, "stride_h"), op.stride_w = get_int(d, "stride_w");
-            op.pad_top = get_int(d, "pad_top"), op.pad_left = get_int(d, "pad_left");
-            check_positive({op.channels, op.height, op.width, op.out_h, op.out_w, op.kernel_h, op.kernel_w, op.stride_h, op.stride_w}, "max_pool");
-            if (op.pad_top < 0 || op.pad_left < 0 || op.pad_top >= op.kernel_h || op.pad_left >= op.kernel_w)
-                throw std::invalid_argument("max_pool: padding out of range");
+            read_window(d, op, "max_pool");
+            check_positive({op.channels, op.height, op.width, op.out_h, op.out_w}, "max_pool");
             op.inputs = {tensor_index(d, "input", static_cast<size_t>(op.channels) * op.height * op.width)};
             op.output = tensor_index(d, "output", static_cast<size_t>(op.channels) * op.out_h * op.out_w);
         } else {

@@ -36,6 +36,7 @@ struct ConvOp {
     int taps, group_in_padded;        // kernel_h * kernel_w; group_in rounded up to an even count
     int depth_padded;                 // taps * group_in_padded: the GEMM depth
     int wide_h, wide_w, wide_c;       // the widened, zero-bordered input the GEMM reads (see widen_input)
+    int sample_h, sample_w;           // input rows/columns per widened one: the stride of a 1x1 conv, else 1
     int block;                        // output channels per packed block: 8 or 16
     int blocks;                       // per group
     // Winograd F(2x2, 3x3) (3x3, stride 1): weights are U = G' g G'^T per position (G' = 2G, so the GEMM
@@ -123,6 +124,11 @@ inline size_t derive_conv_fields(ConvOp& c) {
     c.wide_w = (c.out_w - 1) * c.stride_w + c.kernel_w;
     c.wide_c = c.groups * c.group_in_padded;
     c.blocks = (c.group_out + c.block - 1) / c.block;
+    c.sample_h = c.sample_w = 1;
+    if (c.taps == 1 && c.pad_top == 0 && c.pad_left == 0 && !c.winograd) {  // a strided 1x1 reads only every
+        c.sample_h = c.stride_h, c.sample_w = c.stride_w;                     // stride-th pixel: widen only those
+        c.wide_h = c.out_h, c.wide_w = c.out_w;
+    }
     if (!c.winograd) return static_cast<size_t>(c.groups) * c.blocks * c.depth_padded * c.block;
     c.tiles_h = (c.out_h + 1) / 2, c.tiles_w = (c.out_w + 1) / 2;
     c.wide_h = 2 * c.tiles_h + 2, c.wide_w = 2 * c.tiles_w + 2;

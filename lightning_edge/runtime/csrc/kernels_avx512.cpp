@@ -81,17 +81,14 @@ inline void multiply_quads(const ConvOp& op, const uint8_t* wide, const size_t* 
     }
 }
 
-template <int Block, int Count = 12>
+template <int Block>
 inline void multiply_quads_count(const ConvOp& op, const uint8_t* wide, const size_t* bases, int count, const size_t* taps,
                                  const int8_t* weights, int32_t* acc) {
-    if constexpr (Count > 1) {
-        if (count < Count) return multiply_quads_count<Block, Count - 1>(op, wide, bases, count, taps, weights, acc);
-    }
-    multiply_quads<Count, Block>(op, wide, bases, taps, weights, acc);
+    with_count<12>(count, [&](auto rows) { multiply_quads<rows.value, Block>(op, wide, bases, taps, weights, acc); });
 }
 
 struct Avx512Kernels {
-    static constexpr int kTile = 12;
+    static constexpr int kTile = 12;  // with_count<12> above
 
     static void multiply(const ConvOp& op, const uint8_t* wide, const size_t* bases, int count, const size_t* taps,
                          const int8_t* weights, int32_t* acc) {

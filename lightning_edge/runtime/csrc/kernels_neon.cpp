@@ -43,16 +43,8 @@ inline void multiply_tile(const ConvOp& op, const int16_t* wide, const size_t* b
 template <int Block>
 inline void multiply_block(const ConvOp& op, const int16_t* wide, const size_t* bases, int count, const size_t* taps,
                            const int16_t* weights, int32_t* acc) {
-    switch (count) {
-        case 1: multiply_tile<1, Block>(op, wide, bases, taps, weights, acc); break;
-        case 2: multiply_tile<2, Block>(op, wide, bases, taps, weights, acc); break;
-        case 3: multiply_tile<3, Block>(op, wide, bases, taps, weights, acc); break;
-        case 4: multiply_tile<4, Block>(op, wide, bases, taps, weights, acc); break;
-        case 5: multiply_tile<5, Block>(op, wide, bases, taps, weights, acc); break;
-        default: multiply_tile<6, Block>(op, wide, bases, taps, weights, acc); break;
-    }
+    with_count<kTilePixels>(count, [&](auto rows) { multiply_tile<rows.value, Block>(op, wide, bases, taps, weights, acc); });
 }
-static_assert(kTilePixels == 6, "multiply_block unrolls up to 6 pixels");
 
 struct NeonKernels {
     static constexpr int kTile = kTilePixels;
