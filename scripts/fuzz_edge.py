@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import json
 import sys
 import tempfile
 import time

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from torch import nn
 
 from lightning_edge.io import atomic_write_bytes
