@@ -1,0 +1,116 @@
+"""Pruning: the cubic schedule's values, magnitude masks, and masks that keep pruned weights exactly zero."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_edge.models import create_model
+from lightning_edge.prune import (
+    MASK_NAME,
+    CubicSchedule,
+    apply_masks,
+    attach_masks,
+    magnitude_masks,
+    make_permanent,
+    prunable_layers,
+    sparsity_report,
+)
+
+
+def test_cubic_schedule_values_at_given_steps():
+    schedule = CubicSchedule(initial_sparsity=0.0, final_sparsity=0.8, start_step=100, end_step=500, frequency=100)
+    expected = {0: 0.0, 99: 0.0, 100: 0.0, 150: 0.0, 200: 0.8 - 0.8 * 0.75**3, 299: 0.8 - 0.8 * 0.75**3,
+                300: 0.8 - 0.8 * 0.5**3, 400: 0.8 - 0.8 * 0.25**3, 500: 0.8, 10_000: 0.8}
+    for step, sparsity in expected.items():
+        assert schedule.sparsity(step) == pytest.approx(sparsity, abs=1e-12), step
+    assert [step for step in range(0, 1000) if schedule.is_update(step)] == [100, 200, 300, 400, 500]
+    ragged = CubicSchedule(0.2, 0.9, start_step=0, end_step=250, frequency=100)  # end between two updates
+    assert [step for step in range(1000) if ragged.is_update(step)] == [0, 100, 200, 300]
+    assert ragged.sparsity(0) == pytest.approx(0.2) and ragged.sparsity(300) == pytest.approx(0.9)
+    assert ragged.sparsity(100) == pytest.approx(0.9 - 0.7 * 0.6**3)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"initial_sparsity": 0.5, "final_sparsity": 0.4}, "initial_sparsity"),
+    ({"final_sparsity": 1.0}, "< 1"),
+    ({"start_step": 10, "end_step": 10}, "start_step"),
+    ({"frequency": 0}, "frequency"),
+])
+def test_cubic_schedule_refuses_impossible_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CubicSchedule(**kwargs)
+
+
+def test_magnitude_masks_remove_exactly_the_smallest_with_stable_ties():
+    weight = torch.tensor([[0.5, -0.1, 0.1, 2.0, -0.1], [0.0, 3.0, 0.1, -0.2, 1.0]])
+    mask = magnitude_masks({"w": weight}, 0.5)["w"]
+    # 5 go: the zero, then the four 0.1s in index order ... of which exactly four exist: 0.0, -0.1, 0.1, -0.1, 0.1
+    assert mask.sum() == 5 and mask.tolist() == [[1, 0, 0, 1, 0], [0, 1, 0, 1, 1]]
+    assert magnitude_masks({"w": weight}, 0.0)["w"].all()
+
+
+def test_global_masks_prune_the_smaller_layer_harder():
+    signs = torch.where(torch.arange(100) % 3 == 0, -1.0, 1.0)
+    weights = {"small": torch.linspace(0.001, 0.01, 100) * signs, "large": torch.linspace(1.0, 2.0, 100) * signs}
+    per_layer = magnitude_masks(weights, 0.5)
+    assert per_layer["small"].sum() == per_layer["large"].sum() == 50
+    overall = magnitude_masks(weights, 0.5, scope="global")
+    assert overall["small"].sum() == 0 and overall["large"].sum() == 100
+    with pytest.raises(ValueError, match="scope"):
+        magnitude_masks(weights, 0.5, scope="channel")
+
+
+def test_prunable_layers_keep_the_first_conv_and_the_classifier():
+    model = create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    names = [path for path, _ in prunable_layers(model)]
+    assert "conv1" not in names and "fc" not in names and len(names) == 20
+    assert [path for path, _ in prunable_layers(model, include=["layer3.*"])] == [p for p in names if p.startswith("layer3")]
+    assert not any("shortcut" in p for p, _ in prunable_layers(model, exclude=["*shortcut*"]))
+    assert len(prunable_layers(model, keep_first_and_last=False)) == 22
+    with pytest.raises(ValueError, match="no layer to prune"):
+        prunable_layers(model, include=["nothing.*"])
+
+
+def test_masks_keep_pruned_weights_exactly_zero_through_training_and_travel_with_the_state_dict():
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    layers = prunable_layers(model)
+    attach_masks(layers)
+    masks = magnitude_masks({path: module.weight for path, module in layers}, 0.7)
+    for path, module in layers:
+        getattr(module, MASK_NAME).copy_(masks[path])
+    apply_masks(layers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(3):
+        x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        for path, module in layers:
+            assert (module.weight.grad[masks[path] == 0] == 0).all()
+        optimizer.step()
+        apply_masks(layers)
+    report = sparsity_report(layers)
+    assert all(abs(report[path] - 0.7) < 0.01 for path, _ in layers) and abs(report["total"] - 0.7) < 0.01
+    state = model.state_dict()
+    assert all(f"{path}.{MASK_NAME}" in state for path, _ in layers)
+    fresh = create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    attach_masks(prunable_layers(fresh))
+    fresh.load_state_dict(state)
+    assert all(torch.equal(getattr(module, MASK_NAME), masks[path]) for path, module in prunable_layers(fresh))
+
+
+def test_make_permanent_drops_masks_and_hooks_but_keeps_the_zeros():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4 * 24 * 24, 2))
+    layers = prunable_layers(model)
+    assert [path for path, _ in layers] == ["1"]
+    attach_masks(layers)
+    getattr(model[1], MASK_NAME).copy_(magnitude_masks({"1": model[1].weight}, 0.5)["1"])
+    apply_masks(layers)
+    zeros = model[1].weight == 0
+    make_permanent(layers)
+    assert not hasattr(model[1], MASK_NAME) and (model[1].weight[zeros] == 0).all()
+    model(torch.randn(2, 1, 28, 28)).sum().backward()
+    assert (model[1].weight.grad[zeros] != 0).any()  # no hook left: the zeros are ordinary weights now
