@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import UserModule, quick_trainer
+from conftest import synthetic_data as data
+from lightning_edge.callbacks import GradualMagnitudePruning
 from lightning_edge.models import create_model
 from lightning_edge.prune import (
     MASK_NAME,
@@ -114,3 +118,84 @@ def test_make_permanent_drops_masks_and_hooks_but_keeps_the_zeros():
     assert not hasattr(model[1], MASK_NAME) and (model[1].weight[zeros] == 0).all()
     model(torch.randn(2, 1, 28, 28)).sum().backward()
     assert (model[1].weight.grad[zeros] != 0).any()  # no hook left: the zeros are ordinary weights now
+
+
+# ---------------------------------------------------------------------------- the callback
+class SparsityProbe(pl.Callback):
+    """Records the pruned layers' overall sparsity after every optimizer step."""
+
+    def __init__(self, pruning):
+        self.pruning, self.seen = pruning, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen[trainer.global_step] = sparsity_report(self.pruning.layers)["total"]
+
+
+def test_gradual_magnitude_pruning_follows_its_schedule_and_ends_permanent():
+    torch.manual_seed(0)
+    pruning = GradualMagnitudePruning(final_sparsity=0.6, start_step=2, end_step=8, frequency=2)
+    probe = SparsityProbe(pruning)
+    module = UserModule()
+    quick_trainer(pruning, probe, max_epochs=2).fit(module, datamodule=data())
+    schedule = pruning.schedule
+    for step, seen in probe.seen.items():
+        assert seen == pytest.approx(schedule.sparsity(step), abs=1e-3), step
+    last = max(probe.seen)
+    assert last >= 8 and probe.seen[1] == 0 and probe.seen[last] == pytest.approx(0.6, abs=1e-3)
+    assert pruning.final_report["total"] == pytest.approx(0.6, abs=1e-3)
+    assert not any(MASK_NAME in key for key in module.state_dict())  # permanent: plain zero weights
+    layers = prunable_layers(module.net)
+    assert sparsity_report(layers)["total"] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_gradual_magnitude_pruning_prunes_the_weights_qat_quantizes():
+    from lightning_edge.callbacks import QuantizationAwareTraining
+    from lightning_edge.quant import QuantConv2d
+
+    torch.manual_seed(0)
+    pruning = GradualMagnitudePruning(final_sparsity=0.5, start_step=0, end_step=4, frequency=2)
+    module = UserModule()
+    quick_trainer(pruning, QuantizationAwareTraining(), limit_train_batches=6).fit(module, datamodule=data())
+    assert all(isinstance(layer, QuantConv2d) for path, layer in pruning.layers if "conv" in path)
+    assert sparsity_report(pruning.layers)["total"] == pytest.approx(0.5, abs=1e-3)
+    quantized = [layer.integer_weight_and_bias()["weight"] for _, layer in pruning.layers if hasattr(layer, "integer_weight_and_bias")]
+    zeros = sum(int((weight == 0).sum()) for weight in quantized) / sum(weight.numel() for weight in quantized)
+    assert zeros >= 0.5  # every pruned weight is an int8 zero too
+
+
+def test_gradual_magnitude_pruning_refuses_a_bad_schedule():
+    with pytest.raises(ValueError, match="start_step"):
+        GradualMagnitudePruning(start_step=10, end_step=5)
+    with pytest.raises(ValueError, match="scope"):
+        GradualMagnitudePruning(scope="filter")
+
+
+def test_a_run_resumed_mid_schedule_ends_with_the_uninterrupted_runs_masks(tmp_path):
+    """Through train.py (any callback can be added from the command line): epoch 1 of 2 is mid-schedule."""
+    from conftest import QUICK, compose_config
+    from lightning_edge.models import read_state_dict
+    from train import train
+
+    base = ["data=synthetic", "data.crop_padding=2", "model.name=cifar_resnet20", "logger=csv", *QUICK,
+            "trainer.max_epochs=2", "test=false",
+            "+callbacks.prune._target_=lightning_edge.callbacks.GradualMagnitudePruning",
+            "+callbacks.prune.final_sparsity=0.7", "+callbacks.prune.end_step=20", "+callbacks.prune.frequency=3",
+            "+callbacks.prune.permanent=false"]
+
+    def final(name: str) -> list[str]:
+        return ["+callbacks.final._target_=conftest.SaveFinalWeights", f"+callbacks.final.path={tmp_path / name}.pt"]
+
+    straight = train(compose_config([*base, *final("straight")], tmp_path / "straight"))
+    interrupt = ["+callbacks.interrupt._target_=conftest.StopAfterEpochs", "+callbacks.interrupt.epochs=1"]
+    first = train(compose_config([*base, *interrupt], tmp_path / "first"))
+    assert 0 < first["global_step"] < 20 < straight["global_step"]  # interrupted mid-schedule
+    saved = torch.load(first["last_checkpoint"], weights_only=True)
+    assert saved["callbacks"]["GradualMagnitudePruning"]["last_update"] is not None
+    assert any(key.endswith(MASK_NAME) for key in saved["state_dict"])
+    resumed = train(compose_config([*base, f"ckpt_path={first['last_checkpoint']}", *final("resumed")], tmp_path / "resumed"))
+    assert resumed["global_step"] == straight["global_step"]
+    expected, actual = read_state_dict(tmp_path / "straight.pt"), read_state_dict(tmp_path / "resumed.pt")
+    masks = [key for key in expected if key.endswith(MASK_NAME)]
+    assert len(masks) == 20 and sum(float(expected[key].mean()) for key in masks) / 20 == pytest.approx(0.3, abs=0.01)
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key

@@ -1,9 +1,9 @@
-"""Pruning in pure torch (issue 7, in progress): Zhu and Gupta's cubic sparsity schedule and magnitude masks.
+"""Pruning in pure torch: Zhu and Gupta's cubic sparsity schedule and magnitude masks.
 
-So far: ``CubicSchedule`` (sparsity per optimizer step), ``prunable_layers`` (which weights to prune),
+``CubicSchedule`` (sparsity per optimizer step), ``prunable_layers`` (which weights to prune),
 ``magnitude_masks`` (per layer or global), and masks kept as persistent buffers that are applied to the
-weights and to their gradients (``attach_masks``, ``apply_masks``, ``make_permanent``). The callback,
-channel pruning and the Hydra group follow.
+weights and to their gradients (``attach_masks``, ``apply_masks``, ``make_permanent``). The
+``GradualMagnitudePruning`` callback drives them in a Trainer. Channel pruning and the Hydra group follow.
 """
 from lightning_edge.prune.masks import (
     MASK_NAME,
