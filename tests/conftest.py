@@ -228,3 +228,32 @@ def calibrated_network(name: str = "cifar_resnet20", config: dict | None = None,
     with torch.no_grad():
         model(torch.randn(32, 1, 28, 28))
     return calibrate(model.eval(), [torch.randn(16, 1, 28, 28) for _ in range(2)], num_batches=2, config=config)
+
+
+class MaskProbe(Callback):
+    """Records, per DDP rank, a digest of every pruning mask after each step, and the masks' mean."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.digests: list[str] = []
+        self.kept: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import hashlib
+
+        from lightning_edge.prune import MASK_NAME
+
+        masks = [buffer for name, buffer in pl_module.named_buffers() if name.endswith(MASK_NAME)]
+        digest = hashlib.sha256()
+        for mask in masks:
+            digest.update(mask.detach().cpu().numpy().tobytes())
+        self.digests.append(digest.hexdigest())
+        self.kept.append(float(sum(mask.sum() for mask in masks) / sum(mask.numel() for mask in masks)))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        import json
+
+        record = {"world_size": trainer.world_size, "global_step": trainer.global_step, "digests": self.digests,
+                  "kept": self.kept}
+        with open(f"{self.path}.rank{trainer.global_rank}.json", "w") as handle:
+            json.dump(record, handle)

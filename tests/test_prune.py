@@ -199,3 +199,32 @@ def test_a_run_resumed_mid_schedule_ends_with_the_uninterrupted_runs_masks(tmp_p
     assert len(masks) == 20 and sum(float(expected[key].mean()) for key in masks) / 20 == pytest.approx(0.3, abs=0.01)
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_ranks_hold_identical_masks(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import QUICK, ROOT
+
+    probe = tmp_path / "probe"
+    command = [
+        sys.executable, "train.py", "data=synthetic", "data.crop_padding=2", "model.name=cifar_resnet20", "logger=csv",
+        *QUICK, "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_epochs=1", "data.num_workers=0",
+        "+callbacks.prune._target_=lightning_edge.callbacks.GradualMagnitudePruning", "+callbacks.prune.final_sparsity=0.5",
+        "+callbacks.prune.end_step=2", "+callbacks.prune.frequency=1", "+callbacks.prune.permanent=false",
+        "+callbacks.probe._target_=conftest.MaskProbe", f"+callbacks.probe.path={probe}", f"paths.log_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}", "test=false",
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"probe.rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [record["world_size"] for record in ranks] == [2, 2]
+    assert len(ranks[0]["digests"]) == ranks[0]["global_step"] >= 2
+    assert ranks[0]["digests"] == ranks[1]["digests"]  # the same masks on both ranks after every step
+    assert ranks[0]["kept"][-1] == pytest.approx(0.5, abs=1e-3)
