@@ -26,7 +26,7 @@ from lightning_edge.callbacks.post_training_quantization import PostTrainingQuan
 from lightning_edge.callbacks.quantization_aware_training import QuantizationAwareTraining
 from lightning_edge.data.base import ImageClassificationDataModule
 from lightning_edge.distill.teacher import load_teacher
-from lightning_edge.export.int8 import export_int8
+from lightning_edge.export.int8 import export_int8, test_batch_limit
 from lightning_edge.io import atomic_write_bytes, atomic_write_json
 from lightning_edge.models.factory import load_weights
 from lightning_edge.models.profile import profile_model
@@ -147,11 +147,9 @@ def export_network(
         log.warning("no ONNX export: the network's quantization never started (quant.start_epoch beyond the epochs run?)")
         return None
     example = batch_input(next(iter(datamodule.test_dataloader())))[:1]
-    limit = trainer.limit_test_batches
-    max_batches = 1 if trainer.fast_dev_run else (limit if isinstance(limit, int) else None)
     return export_int8(network, example, cfg.paths.output_dir, opset=int(export_cfg.get("opset", 17)),
                        loader=datamodule.test_dataloader() if export_cfg.get("evaluate", True) else None,
-                       max_batches=max_batches, edge=bool(export_cfg.get("edge", True)))
+                       max_batches=test_batch_limit(trainer), edge=bool(export_cfg.get("edge", True)))
 
 
 def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:

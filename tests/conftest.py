@@ -35,6 +35,16 @@ QUICK = [
     "trainer.enable_model_summary=false",
     "callbacks.progress_bar.refresh_rate=0",
 ]
+# train.py on synthetic 1x28x28 data with a ResNet-20: the quickest real run of the whole application
+SYNTHETIC = ["data=synthetic", "data.crop_padding=2", "model.name=cifar_resnet20", "logger=csv", *QUICK]
+
+
+def write_rank_record(path: str, trainer, record: dict) -> None:
+    """A probe's per-rank record, PATH.rankN.json, for a DDP test to compare ranks."""
+    import json
+
+    with open(f"{path}.rank{trainer.global_rank}.json", "w") as handle:
+        json.dump(record, handle)
 
 
 class StopAfterEpochs(Callback):
@@ -111,8 +121,6 @@ class TeacherProbe(Callback):
         self.distillation.teacher.register_forward_pre_hook(lambda module, args: self.calls.append(float(args[0].sum())))
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        import json
-
         record = {
             "rank": trainer.global_rank,
             "world_size": trainer.world_size,
@@ -122,8 +130,7 @@ class TeacherProbe(Callback):
             "adapters": [float(p.double().sum()) for p in self.distillation.trainable_parameters()],
             "student": float(sum(p.double().sum() for p in pl_module.parameters())),
         }
-        with open(f"{self.path}.rank{trainer.global_rank}.json", "w") as handle:
-            json.dump(record, handle)
+        write_rank_record(self.path, trainer, record)
 
 
 class QuantProbe(Callback):
@@ -146,8 +153,6 @@ class QuantProbe(Callback):
         self.zero_points.append([int(quantizer.zero_point) for quantizer in quantizers])
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        import json
-
         record = {
             "world_size": trainer.world_size,
             "global_step": trainer.global_step,
@@ -155,8 +160,7 @@ class QuantProbe(Callback):
             "zero_points": self.zero_points,
             "batch_sums": self.batch_sums,
         }
-        with open(f"{self.path}.rank{trainer.global_rank}.json", "w") as handle:
-            json.dump(record, handle)
+        write_rank_record(self.path, trainer, record)
 
 
 def qat_resnet_on_fashion_mnist():
@@ -251,9 +255,6 @@ class MaskProbe(Callback):
         self.kept.append(float(sum(mask.sum() for mask in masks) / sum(mask.numel() for mask in masks)))
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        import json
-
         record = {"world_size": trainer.world_size, "global_step": trainer.global_step, "digests": self.digests,
                   "kept": self.kept}
-        with open(f"{self.path}.rank{trainer.global_rank}.json", "w") as handle:
-            json.dump(record, handle)
+        write_rank_record(self.path, trainer, record)

@@ -172,12 +172,11 @@ def test_gradual_magnitude_pruning_refuses_a_bad_schedule():
 
 def test_a_run_resumed_mid_schedule_ends_with_the_uninterrupted_runs_masks(tmp_path):
     """Through train.py (any callback can be added from the command line): epoch 1 of 2 is mid-schedule."""
-    from conftest import QUICK, compose_config
+    from conftest import SYNTHETIC, compose_config
     from lightning_edge.models import read_state_dict
     from train import train
 
-    base = ["data=synthetic", "data.crop_padding=2", "model.name=cifar_resnet20", "logger=csv", *QUICK,
-            "trainer.max_epochs=2", "test=false",
+    base = [*SYNTHETIC, "trainer.max_epochs=2", "test=false",
             "+callbacks.prune._target_=lightning_edge.callbacks.GradualMagnitudePruning",
             "+callbacks.prune.final_sparsity=0.7", "+callbacks.prune.end_step=20", "+callbacks.prune.frequency=3",
             "+callbacks.prune.permanent=false"]
@@ -209,12 +208,11 @@ def test_ddp_ranks_hold_identical_masks(tmp_path):
     import subprocess
     import sys
 
-    from conftest import QUICK, ROOT
+    from conftest import ROOT, SYNTHETIC
 
     probe = tmp_path / "probe"
     command = [
-        sys.executable, "train.py", "data=synthetic", "data.crop_padding=2", "model.name=cifar_resnet20", "logger=csv",
-        *QUICK, "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_epochs=1", "data.num_workers=0",
+        sys.executable, "train.py", *SYNTHETIC, "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_epochs=1", "data.num_workers=0",
         "+callbacks.prune._target_=lightning_edge.callbacks.GradualMagnitudePruning", "+callbacks.prune.final_sparsity=0.5",
         "+callbacks.prune.end_step=2", "+callbacks.prune.frequency=1", "+callbacks.prune.permanent=false",
         "+callbacks.probe._target_=conftest.MaskProbe", f"+callbacks.probe.path={probe}", f"paths.log_dir={tmp_path}",

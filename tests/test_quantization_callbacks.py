@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from conftest import QUICK, ROOT, UserModule, compose_config, quick_trainer
+from conftest import QUICK, ROOT, SYNTHETIC, UserModule, compose_config, quick_trainer
 from conftest import synthetic_data as data
 from lightning_edge.callbacks import ExportInt8, KnowledgeDistillation, QuantizationAwareTraining
 from lightning_edge.models import create_model, read_state_dict
@@ -19,7 +19,6 @@ from lightning_edge.quant import QuantConv2d, activation_quantizers
 from lightning_edge.quant.graph import UnsupportedModelError
 from train import train
 
-SYNTHETIC = ["data=synthetic", "data.crop_padding=2", "model.name=cifar_resnet20", "logger=csv", *QUICK]
 
 
 def trainer(*callbacks, **kwargs) -> pl.Trainer:

@@ -58,14 +58,13 @@ class ExportInt8(Callback):
                              "pass datamodule= to trainer.fit")
         loader = datamodule.test_dataloader()
         example = batch_input(next(iter(loader)))[:1].cpu()
-        limit = trainer.limit_test_batches
-        max_batches = 1 if trainer.fast_dev_run else (limit if isinstance(limit, int) else None)
-        from lightning_edge.export.int8 import export_int8
+        from lightning_edge.export.int8 import export_int8, test_batch_limit
 
         training = network.training
         try:
             self.result = export_int8(network.eval(), example, self.dirpath or trainer.default_root_dir, self.filename,
-                                      opset=self.opset, loader=loader if self.evaluate else None, max_batches=max_batches)
+                                      opset=self.opset, loader=loader if self.evaluate else None,
+                                      max_batches=test_batch_limit(trainer))
         finally:
             network.train(training)
         log.info("ExportInt8 wrote %s and %s", self.result["onnx"], self.result.get("edge", {}).get("path"))

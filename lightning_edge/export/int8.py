@@ -19,6 +19,12 @@ from lightning_edge.export.onnx import to_onnx
 log = logging.getLogger(__name__)
 
 
+def test_batch_limit(trainer: Any) -> int | None:
+    """How many test batches an export is evaluated on: what the Trainer's own test would run (all: None)."""
+    limit = trainer.limit_test_batches
+    return 1 if trainer.fast_dev_run else (limit if isinstance(limit, int) else None)
+
+
 def export_int8(network: nn.Module, example: torch.Tensor, directory: str, name: str = "model", opset: int = 17,
                 loader: Iterable[Any] | None = None, max_batches: int | None = None, edge: bool = True) -> dict[str, Any]:
     """Write DIRECTORY/NAME.onnx and (with ``edge``) DIRECTORY/NAME.edge; with ``loader``, evaluate both.

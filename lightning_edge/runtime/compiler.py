@@ -13,12 +13,12 @@ What it does, per INT8_SPEC.md:
   epilogue (the conv's requantized codes never reach memory);
 - Gemm becomes a 1x1 conv over a 1x1 image; a Flatten of a spatial tensor permutes the Gemm's weight
   columns from NCHW to the runtime's NHWC order;
-- weights are packed for the kernels: int16 in the (kernel row, kernel column, channel) order of an
-  NHWC window, two consecutive depths interleaved per output channel, in blocks of 8 or 16 channels;
+- weights are stored as int8 in the (kernel row, kernel column, channel) order of an NHWC window;
+  ``kernel_arrays`` packs them for the CPU's kernel path when a plan is loaded;
 - int8-activation files are shifted by +128 onto uint8 codes (every difference and order is unchanged);
-- primitive selection: where a layer has more than one algorithm (a grouped conv as per-group GEMMs or
-  one block-diagonal GEMM; 8- or 16-channel blocks) the candidates are timed on the layer's real shape
-  with the kernels of this machine and the fastest is recorded in the plan.
+- primitive selection: where a layer has more than one algorithm (8-, 16- or 32-channel blocks, a grouped
+  conv per group or as one block-diagonal GEMM, Winograd F(2x2, 3x3), depthwise) the candidates are
+  timed on the layer's real shape with this machine's kernels and the fastest is recorded in the plan.
 
 Anything else stops with :class:`CompileError` naming the node and op, before anything runs.
 """
@@ -76,6 +76,7 @@ class _Pending:
     fields: dict[str, Any] = field(default_factory=dict)
     low: float = -math.inf        # fused activation bounds in real units
     high: float = math.inf
+    activations: list[str] = field(default_factory=list)  # the Relu / Clip nodes fused into it
 
 
 def compile(onnx_path: str | os.PathLike, edge_path: str | os.PathLike, *, select: bool = True,
@@ -123,6 +124,8 @@ class _Compiler:
         self.ops: list[dict[str, Any]] = []
         self.arrays: dict[str, np.ndarray] = {}
         self.tensors: list[dict[str, Any]] = []
+        self.op_count = 0
+        self.code_clips: set[str] = set()  # Clip nodes that narrow codes (7-bit activations), not activations
 
     # -------------------------------------------------------------- driver
     def build(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -156,13 +159,14 @@ class _Compiler:
                     raise CompileError(node, f"dequantizes {node.input[0]!r}, which is not a quantized activation")
                 dequantized[node.output[0]] = node.input[0]
                 if node.output[0] in self.outputs:
-                    output_tensor = quantized[node.input[0]]
+                    output_tensor, output_node = quantized[node.input[0]], node.name
             elif op == "QuantizeLinear":
                 quantized[node.output[0]] = self._quantize(node, pending)
             elif op in ("Relu", "Clip") and node.input[0] in pending:
                 result = pending.pop(node.input[0])
                 low, high = (0.0, math.inf) if op == "Relu" else self._clip_bounds(node)
                 result.low, result.high = max(result.low, low), min(result.high, high)
+                result.activations.append(node.name)
                 pending[node.output[0]] = result
             elif op == "Clip" and node.input[0] in quantized:
                 quantized[node.output[0]] = self._clip_codes(node, quantized[node.input[0]])
@@ -179,8 +183,13 @@ class _Compiler:
         if output_tensor is None:
             raise CompileError(None, f"output {next(iter(self.outputs))!r} must be a DequantizeLinear of an int8 tensor")
         channels, height, width = _chw(output_tensor.shape)
-        self._emit(self._op("dequantize", [], input=output_tensor.index, grid=output_tensor.grid(),
+        self._emit(self._op("dequantize", [output_node], input=output_tensor.index, grid=output_tensor.grid(),
                             channels=channels, height=height, width=width))
+        op_types = {node.name: node.op_type for node in self.graph.node}
+        for op in self.ops:  # what each op does, in ONNX terms (lightning-edge inspect shows it)
+            compute = [op_types[name] for name in op["nodes"]
+                       if op_types[name] not in ("QuantizeLinear", "DequantizeLinear") and name not in self.code_clips]
+            op["fuses"] = "+".join(compute or [op_types[name] for name in op["nodes"]])  # quantize / dequantize
         plan = {
             "format": PLAN_FORMAT, "version": PLAN_VERSION, "source": self.source,
             "input": {"shape": list(self.input_shape)}, "output": {"shape": list(output_tensor.shape)},
@@ -206,8 +215,8 @@ class _Compiler:
 
     def _op(self, kind: str, nodes: list[str], **fields: Any) -> dict[str, Any]:
         """A new plan op with a unique id (array names hang off it; ops may move when adds fold)."""
-        self._op_count = getattr(self, "_op_count", 0) + 1
-        return {"id": f"op{self._op_count}", "kind": kind, "nodes": nodes, **fields}
+        self.op_count += 1
+        return {"id": f"op{self.op_count}", "kind": kind, "nodes": nodes, **fields}
 
     def _quantize(self, node: Any, pending: dict[str, _Pending]) -> _Tensor:
         scale = np.float32(self._constant(node, node.input[1]))
@@ -223,11 +232,10 @@ class _Compiler:
         if source == self.input_name:
             if any(op["kind"] == "quantize" for op in self.ops):
                 raise CompileError(node, "the input is quantized twice")
-            op = self._op("quantize", [node.name], channels=self.input_shape[0], height=self.input_shape[1],
-                          width=self.input_shape[2])
-            tensor = self._new_tensor(node.output[0], grid, self.input_shape, op)
-            self._emit({**op, "output": tensor.index, "grid": tensor.grid()})
-            tensor.producer = self.ops[-1]
+            tensor = self._new_tensor(node.output[0], grid, self.input_shape, None)
+            tensor.producer = self._emit(self._op(
+                "quantize", [node.name], channels=self.input_shape[0], height=self.input_shape[1],
+                width=self.input_shape[2], output=tensor.index, grid=tensor.grid()))
             return tensor
         if source not in pending:
             raise CompileError(node, f"quantizes {source!r}, which no supported op produced")
@@ -250,7 +258,7 @@ class _Compiler:
         if result.high < math.inf:
             high = min(high, int(quantize(np.float32(result.high), np.float32(scale), *original)) + shift)
         name = name or node.output[0]
-        nodes = [result.node.name] + ([node.name] if node is not None else [])
+        nodes = [result.node.name, *result.activations] + ([node.name] if node is not None else [])
         if result.kind == "alias":  # flatten / reshape / max pool onto the same grid
             source = result.inputs[0]
             if (np.float32(source.scale), source.zero) != (np.float32(scale), zero) or low > source.low or high < source.high:
@@ -501,6 +509,7 @@ class _Compiler:
         key = "sum_grid" if "sum_grid" in op else "output_grid" if "output_grid" in op else "grid"
         op[key] = {**op[key], "low": new_low, "high": new_high}
         op["nodes"] = op["nodes"] + [node.name]
+        self.code_clips.add(node.name)
         self.tensors[source.index]["name"] = node.output[0]  # the unclipped codes never exist
         return _Tensor(source.index, source.scale, source.zero, new_low, new_high, source.shape, source.producer,
                        source.nchw_order)

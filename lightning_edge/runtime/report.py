@@ -6,16 +6,6 @@ from typing import Any
 import numpy as np
 
 
-def _op_types(nodes: list[str]) -> str:
-    """ONNX node names to their op types, e.g. '/layer1/Conv', '/layer1/Add' -> 'Conv+Add'."""
-    kinds = []
-    for node in nodes:
-        kind = node.rsplit("/", 1)[-1].split("_")[0]
-        if kind not in ("QuantizeLinear", "Clip") or not kinds:
-            kinds.append(kind)
-    return "+".join(kinds)
-
-
 def layer_rows(plan: dict[str, Any], tensors: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """One row per op: kind, the ONNX nodes it fuses, the kernel chosen, output shape, MACs, weight bytes."""
     rows = []
@@ -24,7 +14,7 @@ def layer_rows(plan: dict[str, Any], tensors: dict[str, np.ndarray]) -> list[dic
         weight_bytes = sum(int(tensors[op[key]].nbytes) for key in ("weights", "bias", "multiplier")
                            if isinstance(op.get(key), str) and op[key] in tensors)
         rows.append({
-            "id": op["id"], "op": op["kind"], "fuses": _op_types(op.get("nodes", [])),
+            "id": op["id"], "op": op["kind"], "fuses": op.get("fuses", ""),
             "kernel": op.get("primitive", "-"), "output": output, "macs": int(op.get("macs", 0)),
             "bytes": weight_bytes, "timings_us": op.get("timings_us", {}),
             "residual": "skip" in op,

@@ -71,7 +71,6 @@ void add_codes(int32_t* __restrict sums, const uint8_t* __restrict codes, int co
     for (int c = 0; c < count; ++c) sums[c] += codes[c];
 }
 
-}  // namespace
 // The window fields of a conv, depthwise conv or max pool (any struct with them), read and checked:
 // positive kernel and stride, each padding smaller than the kernel, at most kMaxTaps taps.
 template <class Target>
@@ -89,8 +88,6 @@ void read_window(const py::dict& d, Target& t, const char* what) {
 double seconds_now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-
-namespace {
 
 class Engine {
   public:
@@ -445,6 +442,17 @@ class Engine {
         });
     }
 
+    // A conv's work shared out: whole tiles of `tile` pixels per thread when there are enough of them,
+    // else (a small image, a linear layer) the (group, block) columns.
+    template <class Run>
+    void split_conv(int pixels, int tile, int columns, Run run) {
+        const int tiles = (pixels + tile - 1) / tile;
+        if (tiles >= 2 * pool_.size() || columns < pool_.size())
+            parallel(tiles, 1, [&](int begin, int end, int) { run(Range{begin * tile, std::min(end * tile, pixels), 0, columns}); });
+        else
+            parallel(columns, 1, [&](int begin, int end, int) { run(Range{0, pixels, begin, end}); });
+    }
+
     void execute(const Op& op, Arena& arena, int batch, const float* x, float* result) {
         switch (op.kind) {
             case Kind::Quantize: {
@@ -485,14 +493,7 @@ class Engine {
                 if (c.quads) {
                     uint8_t* codes = reinterpret_cast<uint8_t*>(wide);
                     parallel(batch * c.wide_h, 8, [&](int begin, int end, int) { widen_rows_u8(c, in, codes, begin, end); });
-                    const int tiles = (pixels + 11) / 12;
-                    if (tiles >= 2 * pool_.size() || columns < pool_.size()) {
-                        parallel(tiles, 1, [&](int begin, int end, int) {
-                            backend_->conv8(c, codes, skip, out, Range{begin * 12, std::min(end * 12, pixels), 0, columns});
-                        });
-                    } else {
-                        parallel(columns, 1, [&](int begin, int end, int) { backend_->conv8(c, codes, skip, out, Range{0, pixels, begin, end}); });
-                    }
+                    split_conv(pixels, kQuadTilePixels, columns, [&](Range range) { backend_->conv8(c, codes, skip, out, range); });
                     return;
                 }
                 parallel(batch * c.wide_h, 8, [&](int begin, int end, int) { backend_->widen(c, in, wide, begin, end); });
@@ -502,16 +503,7 @@ class Engine {
                     });
                     return;
                 }
-                const int tiles = (pixels + kTilePixels - 1) / kTilePixels;
-                if (tiles >= 2 * pool_.size() || columns < pool_.size()) {
-                    parallel(tiles, 1, [&](int begin, int end, int) {
-                        backend_->conv(c, wide, skip, out, Range{begin * kTilePixels, std::min(end * kTilePixels, pixels), 0, columns});
-                    });
-                } else {
-                    parallel(columns, 1, [&](int begin, int end, int) {
-                        backend_->conv(c, wide, skip, out, Range{0, pixels, begin, end});
-                    });
-                }
+                split_conv(pixels, kTilePixels, columns, [&](Range range) { backend_->conv(c, wide, skip, out, range); });
                 return;
             }
             case Kind::Depthwise: {

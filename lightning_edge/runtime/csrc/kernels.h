@@ -111,6 +111,7 @@ double avx2_peak_macs(long iterations);
 
 // Tile of output pixels the conv kernels pack together (rows of the GEMM micro-kernel).
 constexpr int kTilePixels = 6;
+constexpr int kQuadTilePixels = 12;  // the VNNI micro-kernel's (32 registers)
 
 // Fills a conv's derived fields from its shape, groups, block, `quads` and `winograd` (the engine and the
 // native kernel tests both use it); returns the number of packed weights the layout holds.

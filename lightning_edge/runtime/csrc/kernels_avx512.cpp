@@ -84,11 +84,11 @@ inline void multiply_quads(const ConvOp& op, const uint8_t* wide, const size_t* 
 template <int Block>
 inline void multiply_quads_count(const ConvOp& op, const uint8_t* wide, const size_t* bases, int count, const size_t* taps,
                                  const int8_t* weights, int32_t* acc) {
-    with_count<12>(count, [&](auto rows) { multiply_quads<rows.value, Block>(op, wide, bases, taps, weights, acc); });
+    with_count<kQuadTilePixels>(count, [&](auto rows) { multiply_quads<rows.value, Block>(op, wide, bases, taps, weights, acc); });
 }
 
 struct Avx512Kernels {
-    static constexpr int kTile = 12;  // with_count<12> above
+    static constexpr int kTile = kQuadTilePixels;
 
     static void multiply(const ConvOp& op, const uint8_t* wide, const size_t* bases, int count, const size_t* taps,
                          const int8_t* weights, int32_t* acc) {
