@@ -5,6 +5,7 @@
     python train.py model.name=cifar_wrn_16_2 data=cifar10 trainer.max_epochs=30
     python train.py distill=kd_at teacher.ckpt=outputs/baseline/runs/.../checkpoints/last.ckpt  # distil
     python train.py quant=qat model.checkpoint_path=FP32.ckpt trainer.max_epochs=1 optimizer.lr=0.01  # QAT, ONNX QDQ
+    python train.py prune=gmp model.checkpoint_path=FP32.ckpt trainer.max_epochs=3 optimizer.lr=0.02  # 80% sparse
     python train.py quant=ptq train=false model.checkpoint_path=FP32.ckpt     # post-training quantization
     python train.py -m optimizer.lr=0.05,0.1 hydra/launcher=submitit_local   # a sweep
     python train.py recipe=baseline ckpt_path=outputs/baseline/runs/.../checkpoints/last.ckpt  # resume
@@ -35,6 +36,7 @@ from lightning_edge.training import (  # noqa: E402
     build_datamodule,
     build_distillation,
     build_module,
+    build_pruning,
     build_quantization,
     build_summary,
     export_network,
@@ -69,6 +71,9 @@ def train(cfg: DictConfig, final_weights: bool = False) -> dict[str, Any]:
     quantization = build_quantization(cfg)
     if quantization is not None:
         callbacks.insert(1 if distillation is not None else 0, quantization)
+    pruning = build_pruning(cfg)
+    if pruning is not None:  # after KD and QAT, as ARCHITECTURE.md orders them
+        callbacks.insert(sum(c is not None for c in (distillation, quantization)), pruning)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -77,8 +82,10 @@ def train(cfg: DictConfig, final_weights: bool = False) -> dict[str, Any]:
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_checkpoint(cfg))
         fit_metrics = dict(trainer.callback_metrics)
-    # A QAT run tests (and exports) its final weights: the best float epoch may predate quantization.
-    tested_checkpoint = None if isinstance(quantization, QuantizationAwareTraining) else best_checkpoint(trainer)
+    # A QAT or pruning run tests (and exports) its final weights: the best epoch may predate quantization
+    # or the final sparsity.
+    final_only = isinstance(quantization, QuantizationAwareTraining) or pruning is not None
+    tested_checkpoint = None if final_only else best_checkpoint(trainer)
     test_metrics: dict[str, Any] = {}
     if cfg.get("test", True):
         test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=tested_checkpoint, weights_only=False)[0]

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -20,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 
+from lightning_edge.callbacks.channel_pruning import ChannelPruning
+from lightning_edge.callbacks.gradual_magnitude_pruning import GradualMagnitudePruning
 from lightning_edge.callbacks.knowledge_distillation import KnowledgeDistillation
 from lightning_edge.callbacks.network import find_network
 from lightning_edge.callbacks.post_training_quantization import PostTrainingQuantization
@@ -29,7 +32,7 @@ from lightning_edge.distill.teacher import load_teacher
 from lightning_edge.export.int8 import export_int8, test_batch_limit
 from lightning_edge.io import atomic_write_bytes, atomic_write_json
 from lightning_edge.models.factory import load_weights
-from lightning_edge.models.profile import profile_model
+from lightning_edge.models.profile import profile_model, weight_bytes
 from lightning_edge.quant.calibrate import batch_input
 from lightning_edge.quant.prepare import inactive_quantizers, is_prepared
 from lightning_edge.module import ClassificationModule
@@ -128,6 +131,16 @@ def build_quantization(cfg: DictConfig) -> QuantizationAwareTraining | PostTrain
     if isinstance(callback, PostTrainingQuantization) and not cfg.get("test", True):
         raise ValueError("quant=ptq calibrates when testing starts, and test=false skips testing; drop test=false")
     return callback
+
+
+def build_pruning(cfg: DictConfig) -> Callback | None:
+    """The ``prune`` group's callback (GradualMagnitudePruning or ChannelPruning), or None with ``prune=none``."""
+    prune_cfg = cfg.get("prune")
+    if not (isinstance(prune_cfg, Mapping) and "_target_" in prune_cfg):
+        return None
+    if not cfg.get("train", True):
+        raise ValueError("prune=... prunes while training, and train=false skips training; drop train=false")
+    return instantiate(prune_cfg)
 
 
 def export_network(
@@ -238,6 +251,7 @@ def build_summary(
         "output_dir": cfg.paths.output_dir,
         "distill": distillation_summary(distillation, cfg, datamodule) if distillation is not None else None,
         "quant": quantization_summary(trainer),
+        "prune": pruning_summary(trainer, net),
         "student": model_spec(cfg, datamodule).get("derive"),
         "command": " ".join(sys.argv),
         "versions": {
@@ -262,6 +276,28 @@ def quantization_summary(trainer: pl.Trainer) -> dict[str, Any] | None:
         summary.update(num_batches=callback.num_batches, split=callback.split)
     if network is not None and is_prepared(network):
         summary.update(int8_layers=len(network.quant_plan.folds), int8_tensors=len(network.quant_plan.points))
+    return summary
+
+
+def pruning_summary(trainer: pl.Trainer, net: nn.Module) -> dict[str, Any] | None:
+    """What the prune group did: GMP's schedule and final sparsity, or the channels and MACs channel pruning
+    removed; with the weight bytes dense and as the INT8 runtime stores them. None without pruning."""
+    callback = next((c for c in trainer.callbacks if isinstance(c, (GradualMagnitudePruning, ChannelPruning))), None)
+    if callback is None:
+        return None
+    if isinstance(callback, GradualMagnitudePruning):
+        summary: dict[str, Any] = {
+            "method": "gmp", "scope": callback.scope,
+            "schedule": dataclasses.asdict(callback.schedule) if callback.schedule else None,
+            "sparsity": callback.final_report,
+        }
+    else:
+        summary = {
+            "method": "channel", "importance": callback.importance, "target_macs": callback.target_macs,
+            "steps": callback.steps, "original_macs": callback.original_macs,
+            "original_parameters": callback.original_parameters, "history": callback.history,
+        }
+    summary["weight_bytes"] = weight_bytes(net)
     return summary
 
 

@@ -13,13 +13,17 @@ from conftest import ROOT
 from lightning_edge.runtime.edge_format import (
     ALIGNMENT,
     HEADER_BYTES,
+    SPARSE_INT8,
     EdgeFormatError,
     parse_edge,
     read_edge,
+    sparse_int8_bytes,
+    stored_bytes,
     write_edge,
 )
 
 RECORD_BYTES = 136
+PRUNED = np.where(np.arange(101) % 5 == 0, np.arange(101) - 50, 0).astype(np.int8).reshape(1, 101)
 
 
 def sample(tmp_path) -> bytes:
@@ -27,6 +31,7 @@ def sample(tmp_path) -> bytes:
         "conv1.weight": np.arange(-60, 60, dtype=np.int8).reshape(4, 3, 10),
         "conv1.bias": np.array([1, -2, 3, 2**30], dtype=np.int32),
         "conv1.multiplier": np.linspace(0.001, 0.002, 4, dtype=np.float32),
+        "pruned.weight": PRUNED,  # 80% zeros: stored compressed
         "empty": np.zeros((0, 3), dtype=np.uint8),
     }
     path = write_edge(tmp_path / "model.edge", {"ops": [{"op": "conv", "name": "conv1"}], "version": 1}, tensors)
@@ -47,8 +52,32 @@ def test_round_trip_keeps_plan_values_and_alignment(tmp_path):
     assert tensors["conv1.bias"].tolist() == [1, -2, 3, 2**30]
     assert tensors["empty"].shape == (0, 3)
     assert all(not array.flags.writeable for array in tensors.values())  # views of the file's bytes
-    offsets = [struct.unpack_from("<Q", data, record_field(index, "offset"))[0] for index in range(5)]
-    assert all(offset % ALIGNMENT == 0 for offset in offsets) and len(set(offsets)) == 5
+    assert np.array_equal(tensors["pruned.weight"], PRUNED)
+    offsets = [struct.unpack_from("<Q", data, record_field(index, "offset"))[0] for index in range(6)]
+    assert all(offset % ALIGNMENT == 0 for offset in offsets) and len(set(offsets)) == 6
+
+
+def test_sparse_int8_tensors_are_stored_compressed_and_dense_ones_are_not(tmp_path):
+    data = sample(tmp_path)
+    dtype_code, nbytes = data[record_field(4, "dtype")], struct.unpack_from("<Q", data, record_field(4, "nbytes"))[0]
+    assert dtype_code == SPARSE_INT8 and nbytes == sparse_int8_bytes(101, 20) == 13 + 20 < PRUNED.nbytes
+    assert stored_bytes(PRUNED) == nbytes
+    assert data[record_field(1, "dtype")] == 1  # conv1.weight has one zero in 120: dense is smaller
+
+
+@pytest.mark.parametrize(
+    "corrupt,message",
+    [
+        (lambda data, mask_at: data.__setitem__(mask_at + 12, data[mask_at + 12] | 0x80), "mask bits past"),
+        (lambda data, mask_at: data.__setitem__(mask_at, data[mask_at] ^ 0x02), "its mask says"),
+    ],
+)
+def test_hostile_sparse_records_are_refused(tmp_path, corrupt, message):
+    data = bytearray(sample(tmp_path))
+    mask_at = struct.unpack_from("<Q", data, record_field(4, "offset"))[0]
+    corrupt(data, mask_at)
+    with pytest.raises(EdgeFormatError, match=message):
+        parse_edge(with_checksum(data))
 
 
 @pytest.mark.parametrize(

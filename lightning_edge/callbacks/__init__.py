@@ -1,4 +1,5 @@
 """Lightning callbacks: thin adapters over lightning_edge's pure-torch algorithms (one callback a file)."""
+from lightning_edge.callbacks.channel_pruning import ChannelPruning
 from lightning_edge.callbacks.exact_resume import ExactResume
 from lightning_edge.callbacks.export_int8 import ExportInt8
 from lightning_edge.callbacks.gradual_magnitude_pruning import GradualMagnitudePruning
@@ -6,4 +7,4 @@ from lightning_edge.callbacks.knowledge_distillation import KnowledgeDistillatio
 from lightning_edge.callbacks.post_training_quantization import PostTrainingQuantization
 from lightning_edge.callbacks.quantization_aware_training import QuantizationAwareTraining
 
-__all__ = ["ExactResume", "ExportInt8", "GradualMagnitudePruning", "KnowledgeDistillation", "PostTrainingQuantization", "QuantizationAwareTraining"]
+__all__ = ["ChannelPruning", "ExactResume", "ExportInt8", "GradualMagnitudePruning", "KnowledgeDistillation", "PostTrainingQuantization", "QuantizationAwareTraining"]

@@ -175,8 +175,16 @@ def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def load_weights(model: nn.Module, checkpoint_path: str | os.PathLike) -> nn.Module:
-    """Load local weights into ``model`` strictly; a mismatch names the keys and shapes that differ."""
+    """Load local weights into ``model`` strictly; a mismatch names the keys and shapes that differ.
+
+    A checkpoint of a channel-pruned network records its widths (``pruned_architecture``); ``model`` is
+    reshaped to them first, so pruned checkpoints load into a freshly built network."""
+    from lightning_edge.prune.surgery import ARCHITECTURE_KEY, apply_architecture  # prune builds on models
+
     state_dict = read_state_dict(checkpoint_path)
+    checkpoint = read_checkpoint(checkpoint_path)
+    if isinstance(checkpoint, Mapping) and checkpoint.get(ARCHITECTURE_KEY):
+        apply_architecture(model, checkpoint[ARCHITECTURE_KEY])
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))

@@ -1,10 +1,18 @@
-"""Pruning in pure torch: Zhu and Gupta's cubic sparsity schedule and magnitude masks.
+"""Pruning in pure torch: gradual magnitude pruning and channel pruning that really removes channels.
 
-``CubicSchedule`` (sparsity per optimizer step), ``prunable_layers`` (which weights to prune),
-``magnitude_masks`` (per layer or global), and masks kept as persistent buffers that are applied to the
-weights and to their gradients (``attach_masks``, ``apply_masks``, ``make_permanent``). The
-``GradualMagnitudePruning`` callback drives them in a Trainer. Channel pruning and the Hydra group follow.
+Unstructured: Zhu and Gupta's cubic sparsity schedule (``CubicSchedule``), ``prunable_layers``,
+``magnitude_masks`` (per layer or global), masks kept as persistent buffers applied to the weights and to
+their gradients (``attach_masks``, ``apply_masks``, ``make_permanent``); ``GradualMagnitudePruning`` drives
+them in a Trainer.
+
+Structured: ``channel_groups`` traces the network and finds the channels that must go together (residual
+adds, grouped and depthwise convs, BatchNorms, the next layer's inputs); ``l1``, ``bn`` and ``taylor``
+importance score them; ``prune_channels`` removes channels to a MAC budget, physically; ``architecture`` /
+``apply_architecture`` let a pruned checkpoint load back. ``ChannelPruning`` drives them in a Trainer.
 """
+from lightning_edge.prune.channels import ChannelPruningResult, choose_channels, prunable_groups, prune_channels
+from lightning_edge.prune.dependency import ChannelGroup, channel_groups
+from lightning_edge.prune.importance import CRITERIA, TaylorImportance, group_importance
 from lightning_edge.prune.masks import (
     MASK_NAME,
     apply_masks,
@@ -15,8 +23,17 @@ from lightning_edge.prune.masks import (
     sparsity_report,
 )
 from lightning_edge.prune.schedule import CubicSchedule
+from lightning_edge.prune.surgery import (
+    ARCHITECTURE_KEY,
+    apply_architecture,
+    architecture,
+    remove_channels,
+    shrink_optimizer_state,
+)
 
 __all__ = [
-    "MASK_NAME", "CubicSchedule", "apply_masks", "attach_masks", "magnitude_masks", "make_permanent",
-    "prunable_layers", "sparsity_report",
+    "ARCHITECTURE_KEY", "CRITERIA", "MASK_NAME", "ChannelGroup", "ChannelPruningResult", "CubicSchedule",
+    "TaylorImportance", "apply_architecture", "apply_masks", "architecture", "attach_masks", "channel_groups",
+    "choose_channels", "group_importance", "magnitude_masks", "make_permanent", "prunable_groups",
+    "prunable_layers", "prune_channels", "remove_channels", "shrink_optimizer_state", "sparsity_report",
 ]

@@ -8,6 +8,11 @@ Layout (little-endian):
              offset, byte length
     blobs    each tensor's bytes at a 64-byte-aligned offset (SIMD loads straight from the mapped file)
 
+A mostly-zero int8 tensor (a pruned layer's weights) is stored compressed when that is smaller (dtype code
+``SPARSE_INT8``): a bitmask of its nonzero elements (one bit each, little-endian bit order) followed by the
+nonzero values in order, ``sparse_int8_bytes(count, nonzeros)`` bytes in all. The reader checks the mask's
+padding bits and that the values fill the record exactly, then expands it to a dense array.
+
 One tensor is the plan itself: ``__plan__``, UTF-8 JSON. The reader trusts nothing: it checks the magic,
 the version, every size against the real file, the checksum, and for each record its name, dtype, rank,
 the 64-bit product of its shape, its byte length, alignment and bounds, before it makes any array, so a
@@ -27,7 +32,7 @@ import numpy as np
 from lightning_edge.io import atomic_write_bytes
 
 MAGIC = b"\x89EDGE\r\n\x1a"  # binary-only: text-mode transfers and truncation show in the first bytes
-VERSION = (1, 0)
+VERSION = (1, 1)  # 1.1: sparse int8 records
 ALIGNMENT = 64
 PLAN_NAME = "__plan__"
 MAX_RANK = 8
@@ -39,6 +44,19 @@ HEADER_BYTES = _HEADER.size + _DIGEST_BYTES
 _RECORD = struct.Struct(f"<{MAX_NAME_BYTES}sBB6x{MAX_RANK}QQQ")  # name, dtype, rank, shape, offset, nbytes
 DTYPES = {1: np.dtype("<i1"), 2: np.dtype("u1"), 3: np.dtype("<i4"), 4: np.dtype("<f4"), 5: np.dtype("<i8")}
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
+SPARSE_INT8 = 6
+
+
+def sparse_int8_bytes(count: int, nonzeros: int) -> int:
+    """Bytes of an int8 tensor of ``count`` elements, ``nonzeros`` of them nonzero, stored compressed."""
+    return (count + 7) // 8 + nonzeros
+
+
+def stored_bytes(array: np.ndarray) -> int:
+    """Bytes ``write_edge`` stores for ``array``: compressed when it is int8 and that is smaller."""
+    if array.dtype == np.int8:
+        return min(array.nbytes, sparse_int8_bytes(array.size, int(np.count_nonzero(array))))
+    return array.nbytes
 
 
 class EdgeFormatError(ValueError):
@@ -73,9 +91,15 @@ def write_edge(path: str | os.PathLike, plan: dict[str, Any], tensors: dict[str,
             raise ValueError(f"tensor {name!r} has dtype {array.dtype}; a .edge file holds int8, uint8, int32, int64, float32")
         if array.ndim > MAX_RANK:
             raise ValueError(f"tensor {name!r} has rank {array.ndim} > {MAX_RANK}")
-        data = array.astype(dtype, copy=False).tobytes()
+        code = _CODES[np.dtype(dtype)]
+        if code == _CODES[np.dtype("<i1")] and stored_bytes(array) < array.nbytes:
+            flat = array.reshape(-1)
+            mask = flat != 0
+            data, code = np.packbits(mask, bitorder="little").tobytes() + flat[mask].tobytes(), SPARSE_INT8
+        else:
+            data = array.astype(dtype, copy=False).tobytes()
         shape = list(array.shape) + [0] * (MAX_RANK - array.ndim)
-        records.append(_RECORD.pack(encoded, _CODES[np.dtype(dtype)], array.ndim, *shape, offset, len(data)))
+        records.append(_RECORD.pack(encoded, code, array.ndim, *shape, offset, len(data)))
         blobs.append((offset, data))
         offset = _aligned(offset + len(data))
     body = bytearray(offset - HEADER_BYTES)
@@ -88,7 +112,8 @@ def write_edge(path: str | os.PathLike, plan: dict[str, Any], tensors: dict[str,
 
 
 def read_edge(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(plan, tensors) of a .edge file, every field checked first; tensors are read-only views of the file."""
+    """(plan, tensors) of a .edge file, every field checked first; tensors are read-only (views of the file, or
+    expanded from sparse records)."""
     path = os.fspath(path)
     with open(path, "rb") as handle:
         data = handle.read()
@@ -125,22 +150,26 @@ def parse_edge(data: bytes, path: str = "<bytes>") -> tuple[dict[str, Any], dict
         name = _decode_name(name_bytes, index, fail)
         if name in tensors:
             raise fail(f"tensor {name!r} is listed twice")
-        if code not in DTYPES:
+        if code not in DTYPES and code != SPARSE_INT8:
             raise fail(f"tensor {name!r} has unknown dtype code {code}")
         if rank > MAX_RANK or any(shape[rank:]):
             raise fail(f"tensor {name!r} has rank {rank} (at most {MAX_RANK}, unused dimensions zero)")
-        dtype = DTYPES[code]
+        dtype = DTYPES.get(code, np.dtype("<i1"))
         elements = 1
+        most = file_bytes * 8 if code == SPARSE_INT8 else file_bytes // dtype.itemsize  # a mask bit per element
         for dimension in shape[:rank]:
             elements *= dimension
-            if elements * dtype.itemsize > file_bytes:
+            if elements > most:
                 raise fail(f"tensor {name!r} claims shape {tuple(shape[:rank])}, larger than the file")
-        if nbytes != elements * dtype.itemsize:
+        if code != SPARSE_INT8 and nbytes != elements * dtype.itemsize:
             raise fail(f"tensor {name!r}: {nbytes} bytes stored for shape {tuple(shape[:rank])} of {dtype}")
         if offset % ALIGNMENT or offset < data_start or offset + nbytes > file_bytes:
             raise fail(f"tensor {name!r} at bytes {offset}..{offset + nbytes} is misaligned or outside the data area")
-        array = np.frombuffer(data, dtype=dtype, count=elements, offset=offset).reshape(tuple(shape[:rank]))
-        tensors[name] = array
+        if code == SPARSE_INT8:
+            flat = _expand_sparse(data, offset, nbytes, elements, name, fail)
+        else:
+            flat = np.frombuffer(data, dtype=dtype, count=elements, offset=offset)
+        tensors[name] = flat.reshape(tuple(shape[:rank]))
     plan_bytes = tensors.pop(PLAN_NAME, None)
     if plan_bytes is None or plan_bytes.dtype != np.uint8 or plan_bytes.ndim != 1:
         raise fail(f"no {PLAN_NAME} record")
@@ -151,6 +180,24 @@ def parse_edge(data: bytes, path: str = "<bytes>") -> tuple[dict[str, Any], dict
     if not isinstance(plan, dict):
         raise fail("the plan is not a JSON object")
     return plan, tensors
+
+
+def _expand_sparse(data: bytes, offset: int, nbytes: int, elements: int, name: str, fail: Any) -> np.ndarray:
+    """The dense int8 array of a compressed record, its mask and values checked against its length first."""
+    mask_bytes = (elements + 7) // 8
+    if nbytes < mask_bytes:
+        raise fail(f"sparse tensor {name!r}: {nbytes} bytes cannot hold the {mask_bytes}-byte mask of {elements} elements")
+    mask = np.unpackbits(np.frombuffer(data, dtype=np.uint8, count=mask_bytes, offset=offset), bitorder="little")
+    if mask[elements:].any():
+        raise fail(f"sparse tensor {name!r} sets mask bits past its {elements} elements")
+    mask = mask[:elements].astype(bool)
+    nonzeros = int(mask.sum())
+    if nbytes != sparse_int8_bytes(elements, nonzeros):
+        raise fail(f"sparse tensor {name!r}: {nbytes} bytes stored, its mask says {sparse_int8_bytes(elements, nonzeros)}")
+    dense = np.zeros(elements, dtype=np.int8)
+    dense[mask] = np.frombuffer(data, dtype=np.int8, count=nonzeros, offset=offset + mask_bytes)
+    dense.flags.writeable = False
+    return dense
 
 
 def _decode_name(raw: bytes, index: int, fail: Any) -> str:

@@ -5,35 +5,45 @@ from typing import Any
 
 import numpy as np
 
+from lightning_edge.runtime.edge_format import stored_bytes
+
 
 def layer_rows(plan: dict[str, Any], tensors: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """One row per op: kind, the ONNX nodes it fuses, the kernel chosen, output shape, MACs, weight bytes."""
+    """One row per op: kind, the ONNX nodes it fuses, the kernel chosen, output shape, MACs, weight bytes dense
+    and as the file stores them (pruned int8 weights compressed), and the weights' sparsity."""
     rows = []
     for op in plan["ops"]:
         output = plan["tensors"][op["output"]]["shape"] if "output" in op else plan["output"]["shape"]
-        weight_bytes = sum(int(tensors[op[key]].nbytes) for key in ("weights", "bias", "multiplier")
-                           if isinstance(op.get(key), str) and op[key] in tensors)
+        arrays = [tensors[op[key]] for key in ("weights", "bias", "multiplier")
+                  if isinstance(op.get(key), str) and op[key] in tensors]
+        weights = tensors.get(op.get("weights")) if isinstance(op.get("weights"), str) else None
         rows.append({
             "id": op["id"], "op": op["kind"], "fuses": op.get("fuses", ""),
             "kernel": op.get("primitive", "-"), "output": output, "macs": int(op.get("macs", 0)),
-            "bytes": weight_bytes, "timings_us": op.get("timings_us", {}),
+            "bytes": sum(int(array.nbytes) for array in arrays),
+            "stored_bytes": sum(stored_bytes(array) for array in arrays),
+            "sparsity": float(np.mean(weights == 0)) if weights is not None and weights.size else 0.0,
+            "timings_us": op.get("timings_us", {}),
             "residual": "skip" in op,
         })
     return rows
 
 
 def layer_table(plan: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    header = f"{'op':>5}  {'kind':12} {'fuses':28} {'kernel':22} {'output':>14} {'MMACs':>8} {'KiB':>8}  candidates (us)"
+    header = f"{'op':>5}  {'kind':12} {'fuses':28} {'kernel':22} {'output':>14} {'MMACs':>8} {'KiB':>8} {'stored':>8} {'zeros':>6}  candidates (us)"
     lines = [f"{plan.get('source', '?')}: {len(rows)} ops", header, "-" * len(header)]
     for row in rows:
         shape = "x".join(map(str, row["output"]))
         timings = ", ".join(f"{name} {us:g}" for name, us in row["timings_us"].items()) if len(row["timings_us"]) > 1 else ""
         lines.append(f"{row['id']:>5}  {row['op']:12} {row['fuses'][:28]:28} {row['kernel']:22} {shape:>14} "
-                     f"{row['macs'] / 1e6:8.2f} {row['bytes'] / 1024:8.1f}  {timings}")
+                     f"{row['macs'] / 1e6:8.2f} {row['bytes'] / 1024:8.1f} {row['stored_bytes'] / 1024:8.1f} "
+                     f"{row['sparsity']:6.1%}  {timings}")
     total_macs = sum(row["macs"] for row in rows)
     total_bytes = sum(row["bytes"] for row in rows)
+    total_stored = sum(row["stored_bytes"] for row in rows)
     selection = plan.get("selection")
-    lines.append(f"total: {total_macs / 1e6:.1f} MMACs per image, {total_bytes / 1024:.1f} KiB of weights"
+    lines.append(f"total: {total_macs / 1e6:.1f} MMACs per image, {total_bytes / 1024:.1f} KiB of weights dense, "
+                 f"{total_stored / 1024:.1f} KiB stored"
                  + (f"; kernels timed at batch {selection['batch']} with {selection['threads']} threads "
                     f"({selection['kernels']}, {selection['machine']})" if selection else ""))
     return "\n".join(lines)
