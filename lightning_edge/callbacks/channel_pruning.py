@@ -14,7 +14,12 @@ from lightning_edge.models.profile import count_macs, count_parameters
 from lightning_edge.prune.channels import prune_channels
 from lightning_edge.prune.dependency import channel_groups
 from lightning_edge.prune.importance import CRITERIA, TaylorImportance
-from lightning_edge.prune.surgery import ARCHITECTURE_KEY, apply_architecture, architecture, shrink_optimizer_state
+from lightning_edge.prune.surgery import (
+    ARCHITECTURE_KEY,
+    architecture,
+    follow_pruned_state_dicts,
+    shrink_optimizer_state,
+)
 
 
 class ChannelPruning(Callback):
@@ -78,12 +83,7 @@ class ChannelPruning(Callback):
         if stage == "fit" and trainer.world_size > 1:
             raise ValueError("ChannelPruning changes parameter shapes during training, which DDP's gradient buckets "
                              "cannot follow; prune on one device, then fine-tune the pruned checkpoint with DDP")
-        checkpoint_path = getattr(trainer, "ckpt_path", None)
-        if checkpoint_path:  # resuming: rebuild the pruned widths before Lightning loads the state dict
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-            spec = checkpoint.get(ARCHITECTURE_KEY) if isinstance(checkpoint, dict) else None
-            if spec:
-                apply_architecture(self.network, spec)
+        follow_pruned_state_dicts(self.network)  # a resumed or tested checkpoint brings its pruned widths
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         if self.importance == "taylor" and self.done < self.steps:

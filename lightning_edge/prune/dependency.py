@@ -258,8 +258,10 @@ def _function_space(spaces: _Spaces, node: fx.Node, incoming: int | None, in_sha
         for other in operands[1:]:
             merged = spaces.union(merged, space_of[other], f"{getattr(target, '__name__', target)} of unequal widths")
         return merged
-    if incoming is None:
-        return None
+    known = (target in _SAME_CHANNELS_FUNCTIONS | _REDUCTIONS | _FLATTENS
+             or is_method and target in _SAME_CHANNELS_METHODS | _REDUCTION_METHODS | _FLATTEN_METHODS)
+    if incoming is None:  # e.g. torch.cat([a, b]): the tensors sit in a list; opaque() pins them all
+        return None if known else opaque(node, f"{getattr(target, '__name__', target)}, unknown to channel pruning")
     if target in _SAME_CHANNELS_FUNCTIONS or (is_method and target in _SAME_CHANNELS_METHODS):
         return incoming
     if target in _REDUCTIONS or (is_method and target in _REDUCTION_METHODS):

@@ -177,6 +177,46 @@ def apply_architecture(model: nn.Module, spec: Mapping[str, Mapping[str, Any]]) 
     return model
 
 
+def architecture_of_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                               prefix: str = "") -> dict[str, dict[str, int]]:
+    """The widths a (possibly pruned) state dict implies for ``model``'s convs, linears and BatchNorms, for the
+    layers where they differ from the model's own: what ``apply_architecture`` needs before loading it."""
+    current = architecture(model)
+    spec: dict[str, dict[str, int]] = {}
+    for path, module in model.named_modules():
+        weight = state_dict.get(f"{prefix}{path}.weight" if path else f"{prefix}weight")
+        if path not in current or not isinstance(weight, torch.Tensor):
+            continue
+        if isinstance(module, nn.Conv2d) and weight.dim() == 4:
+            depthwise = module.groups == module.in_channels == module.out_channels and weight.shape[1] == 1
+            groups = weight.shape[0] if depthwise else module.groups
+            widths = {"in_channels": weight.shape[1] * groups, "out_channels": weight.shape[0], "groups": groups}
+        elif isinstance(module, nn.Linear) and weight.dim() == 2:
+            widths = {"in_features": weight.shape[1], "out_features": weight.shape[0]}
+        elif isinstance(module, _BatchNorm) and weight.dim() == 1:
+            widths = {"num_features": weight.shape[0]}
+        else:
+            continue
+        if widths != current[path]:
+            spec[path] = widths
+    return spec
+
+
+def follow_pruned_state_dicts(model: nn.Module) -> None:
+    """Make ``model`` reshape itself to any pruned state dict loaded into it (a resumed Lightning checkpoint,
+    ``load_state_dict`` of a pruned network), through a load-state-dict pre-hook."""
+    if getattr(model, "_lightning_edge_follows_widths", False):
+        return
+
+    def reshape(module, state_dict, prefix, *args) -> None:
+        spec = architecture_of_state_dict(module, state_dict, prefix)
+        if spec:
+            apply_architecture(module, spec)
+
+    model.register_load_state_dict_pre_hook(reshape)
+    model._lightning_edge_follows_widths = True
+
+
 def _resize(module: nn.Module, name: str, shape: tuple[int, ...]) -> None:
     tensor = getattr(module, name, None)
     if tensor is None or tuple(tensor.shape) == tuple(shape):
