@@ -226,3 +226,44 @@ def test_ddp_ranks_hold_identical_masks(tmp_path):
     assert len(ranks[0]["digests"]) == ranks[0]["global_step"] >= 2
     assert ranks[0]["digests"] == ranks[1]["digests"]  # the same masks on both ranks after every step
     assert ranks[0]["kept"][-1] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_kd_qat_and_gmp_in_one_fit_export_a_sparse_int8_model_the_runtime_runs(tmp_path):
+    """train.py with distill=kd, quant=qat and prune=gmp together; the QDQ export compiles to a .edge file that
+    stores the pruned int8 weights compressed and runs in the INT8 runtime."""
+    from conftest import SYNTHETIC, compose_config
+    from lightning_edge.runtime.edge_format import read_edge
+    from lightning_edge.runtime.report import layer_rows
+    from train import train
+
+    teacher = tmp_path / "teacher.pt"
+    torch.save(create_model("cifar_resnet20", num_classes=10, in_chans=3).state_dict(), teacher)
+    overrides = [*SYNTHETIC, "trainer.max_epochs=2", "distill=kd", "teacher.name=cifar_resnet20", f"teacher.ckpt={teacher}",
+                 "quant=qat", "prune=gmp", "prune.final_sparsity=0.7", "prune.end_step=12", "prune.frequency=3"]
+    summary = train(compose_config(overrides, tmp_path / "run"))
+    assert summary["distill"] is not None and summary["quant"]["method"] == "qat"
+    prune = summary["prune"]
+    assert prune["method"] == "gmp" and prune["sparsity"]["total"] == pytest.approx(0.7, abs=1e-3)
+    assert prune["weight_bytes"]["int8_sparse"] < 0.55 * prune["weight_bytes"]["int8_dense"]
+    edge = summary["export"]["edge"]
+    assert edge["runtime"]["agreement"] >= 0.95  # the runtime and torch agree on the pruned QAT network
+    plan, tensors = read_edge(edge["path"])
+    rows = [row for row in layer_rows(plan, tensors) if row["op"] == "conv"]
+    pruned = [row for row in rows if row["sparsity"] >= 0.69]
+    assert len(pruned) == 20  # the 18 block convs and 2 shortcuts; the stem and classifier stay dense
+    assert sum(row["stored_bytes"] for row in pruned) < 0.55 * sum(row["bytes"] for row in pruned)
+
+
+def test_a_channel_pruned_checkpoint_trains_on_with_qat_and_exports_to_the_runtime(tmp_path):
+    """Pruned widths travel with the checkpoint: model.checkpoint_path rebuilds them, QAT fine-tunes, and the
+    export compiles and runs."""
+    from conftest import SYNTHETIC, compose_config
+    from train import train
+
+    pruned = train(compose_config([*SYNTHETIC, "trainer.max_epochs=1", "test=false", "prune=channel", "prune.steps=1",
+                                   "prune.target_macs=0.5"], tmp_path / "pruned"))
+    assert pruned["macs"] <= 0.5 * pruned["prune"]["original_macs"]
+    summary = train(compose_config([*SYNTHETIC, "trainer.max_epochs=1", "quant=qat",
+                                    f"model.checkpoint_path={pruned['last_checkpoint']}"], tmp_path / "qat"))
+    assert summary["macs"] == pruned["macs"] and summary["parameters"] == pruned["parameters"]
+    assert summary["export"]["edge"]["runtime"]["agreement"] >= 0.95
