@@ -87,6 +87,7 @@ def teacher_stage_config(cfg: DictConfig) -> DictConfig:
     stage.student = None
     stage.distill = None
     stage.quant = None  # the teacher stays a float network
+    stage.prune = None  # and a dense one
     stage.teacher = {"name": None, "ckpt": None, "train": False}
     stage.ckpt_path = None
     if teacher.get("max_epochs"):

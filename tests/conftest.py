@@ -258,3 +258,22 @@ class MaskProbe(Callback):
         record = {"world_size": trainer.world_size, "global_step": trainer.global_step, "digests": self.digests,
                   "kept": self.kept}
         write_rank_record(self.path, trainer, record)
+
+
+class WeightsProbe(Callback):
+    """Records, per DDP rank, a digest of the network's state dict and its MACs at the end of fit."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        import hashlib
+
+        from lightning_edge.models.profile import count_macs
+
+        digest = hashlib.sha256()
+        for key, tensor in sorted(pl_module.net.state_dict().items()):
+            digest.update(key.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+        record = {"world_size": trainer.world_size, "global_step": trainer.global_step, "digest": digest.hexdigest(),
+                  "macs": count_macs(pl_module.net, trainer.datamodule.input_shape)}
+        write_rank_record(self.path, trainer, record)

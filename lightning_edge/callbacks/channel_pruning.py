@@ -22,6 +22,19 @@ from lightning_edge.prune.surgery import (
 )
 
 
+def _rewrap_ddp(trainer: pl.Trainer) -> None:
+    """Wrap the pruned module in a new DistributedDataParallel: DDP's gradient buckets are sized for the old
+    parameters. Every rank prunes the same channels at the same step (identical weights and all-reduced
+    gradients give identical scores), so all of them get here together, as the wrapper's collectives need."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    strategy = trainer.strategy
+    if isinstance(strategy.model, DistributedDataParallel) and hasattr(strategy, "_setup_model"):
+        strategy.model = strategy._setup_model(strategy.lightning_module)  # Lightning's own DDP wrapping
+        if hasattr(strategy, "_register_ddp_hooks"):
+            strategy._register_ddp_hooks()
+
+
 class ChannelPruning(Callback):
     """Remove ``target_macs`` of the network's MACs in ``steps`` equal steps between ``start_step`` and
     ``end_step`` (optimizer steps), fine-tuning in between and after.
@@ -31,6 +44,7 @@ class ChannelPruning(Callback):
     network ends smaller and faster. The optimizer is pointed at the new parameters, its momentum sliced with
     them, so the learning-rate schedule and optimizer carry on. Checkpoints record the pruned widths
     (``pruned_architecture``): resuming, testing, ``load_weights`` and export rebuild the pruned network.
+    Under DDP every rank removes the same channels and the model is wrapped again.
 
     Args:
         target_macs: fraction of the original MACs to remove, in (0, 1).
@@ -80,9 +94,6 @@ class ChannelPruning(Callback):
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         _, self.network = find_network(pl_module, self.network_spec)
-        if stage == "fit" and trainer.world_size > 1:
-            raise ValueError("ChannelPruning changes parameter shapes during training, which DDP's gradient buckets "
-                             "cannot follow; prune on one device, then fine-tune the pruned checkpoint with DDP")
         follow_pruned_state_dicts(self.network)  # a resumed or tested checkpoint brings its pruned widths
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
@@ -129,6 +140,7 @@ class ChannelPruning(Callback):
                                 max_group_fraction=self.max_group_fraction)
         for optimizer in trainer.optimizers:
             shrink_optimizer_state(optimizer, result.record)
+        _rewrap_ddp(trainer)
         self.taylor = None
         removed = 1.0 - result.macs_after / self.original_macs
         self.history.append({"step": trainer.global_step, "macs": result.macs_after, "parameters": result.parameters_after,

@@ -174,17 +174,31 @@ def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return state_dict
 
 
+def _fold_pruning_masks(state_dict: dict[str, torch.Tensor], own_keys: set[str]) -> dict[str, torch.Tensor]:
+    """Multiply each ``*.weight_mask`` the model does not hold into its weight and drop it."""
+    from lightning_edge.prune.masks import MASK_NAME
+
+    folded = dict(state_dict)
+    for key in [key for key in state_dict if key.endswith(f".{MASK_NAME}") and key not in own_keys]:
+        weight_key = key[: -len(MASK_NAME)] + "weight"
+        if weight_key in folded:
+            folded[weight_key] = folded[weight_key] * folded.pop(key).to(folded[weight_key].dtype)
+    return folded
+
+
 def load_weights(model: nn.Module, checkpoint_path: str | os.PathLike) -> nn.Module:
     """Load local weights into ``model`` strictly; a mismatch names the keys and shapes that differ.
 
     A checkpoint of a channel-pruned network records its widths (``pruned_architecture``); ``model`` is
-    reshaped to them first, so pruned checkpoints load into a freshly built network."""
+    reshaped to them first, so pruned checkpoints load into a freshly built network. A checkpoint written while
+    GradualMagnitudePruning ran carries masks beside the weights; they are applied, so the network loads sparse."""
     from lightning_edge.prune.surgery import ARCHITECTURE_KEY, apply_architecture  # prune builds on models
 
     state_dict = read_state_dict(checkpoint_path)
     checkpoint = read_checkpoint(checkpoint_path)
     if isinstance(checkpoint, Mapping) and checkpoint.get(ARCHITECTURE_KEY):
         apply_architecture(model, checkpoint[ARCHITECTURE_KEY])
+    state_dict = _fold_pruning_masks(state_dict, set(model.state_dict()))
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
