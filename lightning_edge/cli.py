@@ -4,6 +4,8 @@
     lightning-edge profile MODEL [...]       parameters, MACs and bytes of a model for an input size
     lightning-edge student MODEL --block G4  the Moonshine student of MODEL: what each layer becomes and costs
     lightning-edge qat-plan MODEL            what prepare_qat makes of MODEL: int8 layers and int8 tensors
+    lightning-edge prune-plan MODEL --macs 0.4  channel groups of MODEL (what goes together) and the widths
+                                             removing 40% of its MACs leaves
     lightning-edge export CKPT -o F.onnx     a train.py checkpoint as ONNX: QDQ after QAT, else FP32
     lightning-edge compile F.onnx -o F.edge  an ONNX QDQ file as the INT8 runtime's fused plan
     lightning-edge inspect F.edge            per layer: op, fused ONNX nodes, chosen kernel, MACs, bytes
@@ -179,6 +181,37 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune_plan(args: argparse.Namespace) -> int:
+    import torch
+
+    from lightning_edge.models import create_model
+    from lightning_edge.prune import channel_groups, prune_channels
+
+    model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, image_size=args.image_size)
+    example = torch.zeros(1, args.in_chans, args.image_size, args.image_size)
+    groups = channel_groups(model, example)
+    widths = {}
+    if args.macs:
+        result = prune_channels(model, example, args.macs, importance="l1", exclude=args.exclude, groups=groups)
+        widths = result.widths
+    rows = [{"group": group.name, "channels": group.channels, "kept": widths.get(group.name, (0, group.channels))[1],
+             "blocks": group.blocks, "layers": group.paths(), "pinned": group.pinned} for group in groups]
+    if args.json:
+        print(json.dumps({"groups": rows, **({"macs_before": result.macs_before, "macs_after": result.macs_after}
+                                             if args.macs else {})}, indent=2))
+        return 0
+    print(f"{args.model}: {len(groups)} channel groups, {sum(group.prunable for group in groups)} prunable")
+    for row in rows:
+        status = f"pinned: {row['pinned']}" if row["pinned"] else ("-" if row["kept"] == row["channels"] else "")
+        width = f"{row['channels']:>5} -> {row['kept']:<5}" if args.macs else f"{row['channels']:>5}"
+        blocks = f" ({row['blocks']} blocks)" if row["blocks"] > 1 else ""
+        print(f"  {row['group']:<28} {width}{blocks} {len(row['layers']):>3} layers  {status}")
+    if args.macs:
+        print(f"MACs {result.macs_before:,} -> {result.macs_after:,} ({result.macs_removed:.1%} removed), "
+              f"parameters {result.parameters_before:,} -> {result.parameters_after:,}")
+    return 0
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL and the data it is built for: input channels, image size, classes."""
     parser.add_argument("model")
@@ -208,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(qat_plan)
     qat_plan.add_argument("--json", action="store_true")
     qat_plan.set_defaults(handler=_qat_plan)
+    prune_plan = commands.add_parser("prune-plan", help="channel groups of a model and the widths a MAC target leaves")
+    _add_model_arguments(prune_plan)
+    prune_plan.add_argument("--macs", type=float, help="fraction of MACs to remove (filter L1 norms of fresh weights)")
+    prune_plan.add_argument("--exclude", nargs="*", help="glob patterns of layers whose groups stay whole")
+    prune_plan.add_argument("--json", action="store_true")
+    prune_plan.set_defaults(handler=_prune_plan)
     export = commands.add_parser("export", help="a train.py checkpoint as ONNX (QDQ after QAT, else FP32)")
     export.add_argument("checkpoint")
     export.add_argument("-o", "--output", required=True, help="the .onnx file to write")

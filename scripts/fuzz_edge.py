@@ -7,8 +7,9 @@ EdgeFormatError, nothing else (no other exception, no crash, no hang).
     LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
         .venv/bin/python scripts/fuzz_edge.py --seed-edge /tmp/seed.edge --files 100000
 
-The seed is a real compiled plan: a small calibrated network with a strided conv, a grouped conv, a
-residual add folded into a conv, global pooling and a linear layer. Three kinds of mutation, in turn:
+The seed is a real compiled plan: a small calibrated network with a strided conv, a grouped conv (80% of
+its weights pruned, so the file stores them as a sparse record), a residual add folded into a conv, global
+pooling and a linear layer. Three kinds of mutation, in turn:
   bytes: 1 to 8 random bytes overwritten, sometimes truncated; half get their checksum repaired, so the
          checks behind it (sizes, records, shapes, offsets, the JSON plan) are what must hold;
   plan:  one field of one op or tensor record set to a hostile value (negative, zero, huge, off by one, the
@@ -62,7 +63,11 @@ def seed_file(folder: Path) -> Path:
             return self.fc(torch.flatten(self.pool(x), 1))
 
     torch.manual_seed(0)
-    model = calibrate(Small().eval(), [torch.randn(4, 1, 12, 12) for _ in range(2)], num_batches=2)
+    model = Small().eval()
+    with torch.no_grad():  # a magnitude-pruned layer: its int8 weights are stored as a sparse record
+        weight = model.grouped[0].weight
+        weight[weight.abs() < weight.abs().flatten().quantile(0.8)] = 0
+    model = calibrate(model, [torch.randn(4, 1, 12, 12) for _ in range(2)], num_batches=2)
     onnx_path = to_onnx(model, torch.zeros(1, 1, 12, 12), str(folder / "seed.onnx"))
     compile(onnx_path, folder / "seed.edge", select=False)
     return folder / "seed.edge"

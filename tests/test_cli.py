@@ -89,3 +89,14 @@ def test_compile_inspect_run_and_bench_a_qdq_file(tmp_path, capsys):
     assert "speed-up" in capsys.readouterr().out
     assert main(["run", str(tmp_path / "x.npy"), "--input", str(tmp_path / "x.npy")]) == 2
     assert "not a .edge file" in capsys.readouterr().err
+
+
+def test_prune_plan_shows_coupled_groups_and_the_widths_a_mac_target_leaves(capsys):
+    assert main(["prune-plan", "cifar_resnet20", "--in-chans", "1", "--image-size", "28", "--macs", "0.4", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    groups = {group["group"]: group for group in plan["groups"]}
+    assert groups["conv1"]["channels"] == 16 and "layer1.2.conv2" in groups["conv1"]["layers"]  # the residual stream
+    assert groups["fc"]["pinned"] == "the network's output" and groups["fc"]["kept"] == 10
+    assert plan["macs_after"] <= 0.6 * plan["macs_before"] == 0.6 * 31_021_952
+    assert main(["prune-plan", "cifar_resnet20", "--in-chans", "1", "--image-size", "28"]) == 0
+    assert "12 prunable" in capsys.readouterr().out

@@ -207,6 +207,8 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
     for group in groups:  # members in module order: a group is named by its first producer
         for members in (group.producers, group.depthwise, group.norms, group.consumers):
             members.sort(key=lambda member: order[member[0]])
+    # In the order the network produces them: the input first, then by each group's first producer.
+    groups.sort(key=lambda group: (bool(group.producers), order[group.paths()[0]] if group.paths() else -1))
     return groups
 
 
