@@ -24,7 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from lightning_edge.data.synthetic import SyntheticDataModule  # noqa: E402
-from lightning_edge.models import create_model  # noqa: E402
+from lightning_edge.models import create_model, derive_student  # noqa: E402
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 RECIPES = sorted(path.stem for path in (ROOT / "recipes" / "recipe").glob("*.yaml"))
@@ -277,3 +277,26 @@ class WeightsProbe(Callback):
         record = {"world_size": trainer.world_size, "global_step": trainer.global_step, "digest": digest.hexdigest(),
                   "macs": count_macs(pl_module.net, trainer.datamodule.input_shape)}
         write_rank_record(self.path, trainer, record)
+
+
+# Every family pruning supports: our ResNet and WRN, a Moonshine student, a timm ResNet, MobileNetV2.
+FAMILIES = ["cifar_resnet20", "cifar_wrn_16_2", "moonshine_g4", "resnet18", "mobilenetv2_100"]
+
+
+def family(name: str) -> nn.Module:
+    """A supported family on 1x32x32 inputs, with BatchNorm statistics and affine parameters not at their
+    defaults (so a wrong slice shows in the outputs)."""
+    torch.manual_seed(0)
+    if name == "moonshine_g4":
+        model = derive_student(create_model("cifar_resnet20", num_classes=10, in_chans=1), block="G(4)")
+        model = model[0] if isinstance(model, tuple) else model
+    else:
+        model = create_model(name, num_classes=10, in_chans=1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model.eval()

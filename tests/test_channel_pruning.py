@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import UserModule, quick_trainer
+from conftest import FAMILIES, UserModule, family, quick_trainer
 from conftest import synthetic_data as data
 from lightning_edge.callbacks import ChannelPruning
-from lightning_edge.models import create_model, derive_student, load_weights
+from lightning_edge.models import create_model, load_weights
 from lightning_edge.models.profile import count_macs, count_parameters
 from lightning_edge.prune import (
     ARCHITECTURE_KEY,
@@ -22,27 +22,7 @@ from lightning_edge.prune import (
     shrink_optimizer_state,
 )
 
-FAMILIES = ["cifar_resnet20", "cifar_wrn_16_2", "moonshine_g4", "resnet18", "mobilenetv2_100"]
 EXAMPLE = torch.zeros(1, 1, 32, 32)
-
-
-def family(name: str) -> nn.Module:
-    """A supported family on 1x32x32 inputs, with BatchNorm statistics and affine parameters not at their
-    defaults (so a wrong slice shows in the outputs)."""
-    torch.manual_seed(0)
-    if name == "moonshine_g4":
-        model = derive_student(create_model("cifar_resnet20", num_classes=10, in_chans=1), block="G(4)")
-        model = model[0] if isinstance(model, tuple) else model
-    else:
-        model = create_model(name, num_classes=10, in_chans=1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    return model.eval()
 
 
 def silence(group, drop: list[int]) -> None:
@@ -266,3 +246,13 @@ def test_ddp_ranks_remove_the_same_channels_and_train_on(tmp_path, importance):
     assert [record["world_size"] for record in ranks] == [2, 2] and ranks[0]["global_step"] > 3
     assert ranks[0]["digest"] == ranks[1]["digest"]  # same widths, same weights after training on pruned
     assert ranks[0]["macs"] == ranks[1]["macs"] <= 0.6 * 40_813_184  # cifar_resnet20 on 3x32x32
+
+
+def test_callbacks_sized_to_the_unpruned_widths_are_refused_before_training():
+    from lightning_edge.callbacks import KnowledgeDistillation, QuantizationAwareTraining
+
+    with pytest.raises(ValueError, match="prune channels first, then.*quant=qat"):
+        quick_trainer(ChannelPruning(), QuantizationAwareTraining()).fit(UserModule(), datamodule=data())
+    teacher = create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    with pytest.raises(ValueError, match="hint"):
+        quick_trainer(ChannelPruning(), KnowledgeDistillation(teacher=teacher, losses=["hint"])).fit(UserModule(), datamodule=data())

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import UserModule, quick_trainer
+from conftest import FAMILIES, UserModule, family, quick_trainer
 from conftest import synthetic_data as data
 from lightning_edge.callbacks import GradualMagnitudePruning
 from lightning_edge.models import create_model
@@ -267,3 +267,17 @@ def test_a_channel_pruned_checkpoint_trains_on_with_qat_and_exports_to_the_runti
                                     f"model.checkpoint_path={pruned['last_checkpoint']}"], tmp_path / "qat"))
     assert summary["macs"] == pruned["macs"] and summary["parameters"] == pruned["parameters"]
     assert summary["export"]["edge"]["runtime"]["agreement"] >= 0.95
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_takes_magnitude_masks_and_still_runs(name):
+    model = family(name).train()
+    layers = prunable_layers(model)
+    attach_masks(layers)
+    masks = magnitude_masks({path: module.weight for path, module in layers}, 0.8)
+    for path, module in layers:
+        getattr(module, MASK_NAME).copy_(masks[path])
+    apply_masks(layers)
+    model(torch.randn(2, 1, 32, 32)).sum().backward()
+    assert all(torch.all(module.weight.grad[getattr(module, MASK_NAME) == 0] == 0) for _, module in layers)
+    assert sparsity_report(layers)["total"] == pytest.approx(0.8, abs=1e-3)

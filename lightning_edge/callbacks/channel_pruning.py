@@ -94,6 +94,7 @@ class ChannelPruning(Callback):
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         _, self.network = find_network(pl_module, self.network_spec)
+        self._refuse_incompatible(trainer)
         follow_pruned_state_dicts(self.network)  # a resumed or tested checkpoint brings its pruned widths
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
@@ -114,6 +115,20 @@ class ChannelPruning(Callback):
             checkpoint[ARCHITECTURE_KEY] = architecture(self.network)
 
     # ------------------------------------------------------------------ the work
+    @staticmethod
+    def _refuse_incompatible(trainer: pl.Trainer) -> None:
+        """Callbacks whose modules are sized to the unpruned widths: say so before training, with the fix."""
+        from lightning_edge.callbacks.knowledge_distillation import KnowledgeDistillation
+        from lightning_edge.callbacks.quantization_aware_training import QuantizationAwareTraining
+
+        for callback in trainer.callbacks:
+            if isinstance(callback, QuantizationAwareTraining):
+                raise ValueError("ChannelPruning and QuantizationAwareTraining in one fit: prune channels first, then "
+                                 "fine-tune the pruned checkpoint with QAT (model.checkpoint_path=PRUNED.ckpt quant=qat)")
+            if isinstance(callback, KnowledgeDistillation) and "hint" in callback.losses:
+                raise ValueError("ChannelPruning with a distillation loss that has adapters sized to the student's "
+                                 "channels (hint): use kd or at, which follow any width")
+
     def _example_input(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
         parameter = next(self.network.parameters())
         shape = self.input_shape or getattr(trainer.datamodule, "input_shape", None)
