@@ -260,6 +260,26 @@ class MaskProbe(Callback):
         write_rank_record(self.path, trainer, record)
 
 
+def ddp_train_records(tmp_path: Path, overrides: list[str], probe: str) -> list[dict]:
+    """Run train.py on synthetic data with DDP on two CPU processes (gloo) and the probe callback ``probe``
+    (a class here, given ``path``); return the record each rank's probe wrote."""
+    import json
+    import subprocess
+
+    record = tmp_path / "probe"
+    command = [
+        sys.executable, "train.py", *SYNTHETIC, "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_epochs=1",
+        "data.num_workers=0", *overrides, f"+callbacks.probe._target_=conftest.{probe}", f"+callbacks.probe.path={record}",
+        f"paths.log_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", "test=false",
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"probe.rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [rank["world_size"] for rank in ranks] == [2, 2]
+    return ranks
+
+
 class WeightsProbe(Callback):
     """Records, per DDP rank, a digest of the network's state dict and its MACs at the end of fit."""
 

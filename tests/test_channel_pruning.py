@@ -225,25 +225,11 @@ def test_a_channel_pruned_run_resumed_mid_schedule_ends_where_the_uninterrupted_
 @pytest.mark.ddp
 @pytest.mark.parametrize("importance", ["l1", "taylor"])
 def test_ddp_ranks_remove_the_same_channels_and_train_on(tmp_path, importance):
-    import json
-    import os
-    import subprocess
-    import sys
+    from conftest import ddp_train_records
 
-    from conftest import ROOT, SYNTHETIC
-
-    probe = tmp_path / "probe"
-    command = [
-        sys.executable, "train.py", *SYNTHETIC, "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_epochs=1",
-        "prune=channel", "prune.steps=2", "prune.end_step=3", f"prune.importance={importance}",
-        "+callbacks.probe._target_=conftest.WeightsProbe", f"+callbacks.probe.path={probe}", f"paths.log_dir={tmp_path}",
-        f"hydra.run.dir={tmp_path / 'run'}", "test=false",
-    ]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}"}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"probe.rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert [record["world_size"] for record in ranks] == [2, 2] and ranks[0]["global_step"] > 3
+    overrides = ["prune=channel", "prune.steps=2", "prune.end_step=3", f"prune.importance={importance}"]
+    ranks = ddp_train_records(tmp_path, overrides, "WeightsProbe")
+    assert ranks[0]["global_step"] > 3
     assert ranks[0]["digest"] == ranks[1]["digest"]  # same widths, same weights after training on pruned
     assert ranks[0]["macs"] == ranks[1]["macs"] <= 0.6 * 40_813_184  # cifar_resnet20 on 3x32x32
 

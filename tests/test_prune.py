@@ -77,15 +77,22 @@ def test_prunable_layers_keep_the_first_conv_and_the_classifier():
         prunable_layers(model, include=["nothing.*"])
 
 
-def test_masks_keep_pruned_weights_exactly_zero_through_training_and_travel_with_the_state_dict():
-    torch.manual_seed(0)
-    model = create_model("cifar_resnet20", num_classes=10, in_chans=1)
+def masked(model: nn.Module, sparsity: float) -> list[tuple[str, nn.Module]]:
+    """``model``'s prunable layers with magnitude masks at ``sparsity`` attached and applied."""
     layers = prunable_layers(model)
     attach_masks(layers)
-    masks = magnitude_masks({path: module.weight for path, module in layers}, 0.7)
+    masks = magnitude_masks({path: module.weight for path, module in layers}, sparsity)
     for path, module in layers:
         getattr(module, MASK_NAME).copy_(masks[path])
     apply_masks(layers)
+    return layers
+
+
+def test_masks_keep_pruned_weights_exactly_zero_through_training_and_travel_with_the_state_dict():
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    layers = masked(model, 0.7)
+    masks = {path: getattr(module, MASK_NAME).clone() for path, module in layers}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     for _ in range(3):
         x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
@@ -203,26 +210,12 @@ def test_a_run_resumed_mid_schedule_ends_with_the_uninterrupted_runs_masks(tmp_p
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_ranks_hold_identical_masks(tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
+    from conftest import ddp_train_records
 
-    from conftest import ROOT, SYNTHETIC
-
-    probe = tmp_path / "probe"
-    command = [
-        sys.executable, "train.py", *SYNTHETIC, "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_epochs=1", "data.num_workers=0",
-        "+callbacks.prune._target_=lightning_edge.callbacks.GradualMagnitudePruning", "+callbacks.prune.final_sparsity=0.5",
-        "+callbacks.prune.end_step=2", "+callbacks.prune.frequency=1", "+callbacks.prune.permanent=false",
-        "+callbacks.probe._target_=conftest.MaskProbe", f"+callbacks.probe.path={probe}", f"paths.log_dir={tmp_path}",
-        f"hydra.run.dir={tmp_path / 'run'}", "test=false",
-    ]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}"}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"probe.rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert [record["world_size"] for record in ranks] == [2, 2]
+    overrides = ["+callbacks.prune._target_=lightning_edge.callbacks.GradualMagnitudePruning",
+                 "+callbacks.prune.final_sparsity=0.5", "+callbacks.prune.end_step=2", "+callbacks.prune.frequency=1",
+                 "+callbacks.prune.permanent=false"]
+    ranks = ddp_train_records(tmp_path, overrides, "MaskProbe")
     assert len(ranks[0]["digests"]) == ranks[0]["global_step"] >= 2
     assert ranks[0]["digests"] == ranks[1]["digests"]  # the same masks on both ranks after every step
     assert ranks[0]["kept"][-1] == pytest.approx(0.5, abs=1e-3)
@@ -272,12 +265,7 @@ def test_a_channel_pruned_checkpoint_trains_on_with_qat_and_exports_to_the_runti
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_family_takes_magnitude_masks_and_still_runs(name):
     model = family(name).train()
-    layers = prunable_layers(model)
-    attach_masks(layers)
-    masks = magnitude_masks({path: module.weight for path, module in layers}, 0.8)
-    for path, module in layers:
-        getattr(module, MASK_NAME).copy_(masks[path])
-    apply_masks(layers)
+    layers = masked(model, 0.8)
     model(torch.randn(2, 1, 32, 32)).sum().backward()
     assert all(torch.all(module.weight.grad[getattr(module, MASK_NAME) == 0] == 0) for _, module in layers)
     assert sparsity_report(layers)["total"] == pytest.approx(0.8, abs=1e-3)
