@@ -141,17 +141,15 @@ class ChannelPruning(Callback):
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         example = self._example_input(trainer, pl_module)
-        groups = self.taylor.groups if self.taylor is not None else None
-        if self.original_macs is None:
-            self.original_macs = count_macs(self.network, tuple(example.shape[1:]))
-            self.original_parameters = count_parameters(self.network)
         current = count_macs(self.network, tuple(example.shape[1:]))
+        if self.original_macs is None:
+            self.original_macs, self.original_parameters = current, count_parameters(self.network)
         goal = self.original_macs * (1.0 - self.target_macs * (self.done + 1) / self.steps)
         self.done += 1
         if current <= goal:
             return
         result = prune_channels(self.network, example, 1.0 - goal / current, self.importance, self.taylor,
-                                self.exclude, groups=None if groups is None else list(groups),
+                                self.exclude, groups=self.taylor.groups if self.taylor is not None else None,
                                 max_group_fraction=self.max_group_fraction)
         for optimizer in trainer.optimizers:
             shrink_optimizer_state(optimizer, result.record)

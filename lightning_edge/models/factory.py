@@ -143,12 +143,21 @@ def recorded_model_spec(checkpoint_path: str | os.PathLike) -> dict[str, Any] | 
     return dict(spec) if isinstance(spec, Mapping) and spec.get("name") else None
 
 
-def read_state_dict(checkpoint_path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The network weights in a state dict, timm checkpoint or Lightning checkpoint, wrapper prefixes removed."""
+def _existing(checkpoint_path: str | os.PathLike) -> str:
     path = os.fspath(checkpoint_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist; check model.checkpoint_path")
-    checkpoint = read_checkpoint(path)
+    return path
+
+
+def read_state_dict(checkpoint_path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The network weights in a state dict, timm checkpoint or Lightning checkpoint, wrapper prefixes removed."""
+    path = _existing(checkpoint_path)
+    return _state_dict_of(read_checkpoint(path), path)
+
+
+def _state_dict_of(checkpoint: Any, path: str) -> dict[str, torch.Tensor]:
+    """The network weights inside a loaded checkpoint object (``read_state_dict`` after the read)."""
     if isinstance(checkpoint, Mapping):
         for key in ("state_dict", "model", "state_dict_ema"):
             if isinstance(checkpoint.get(key), Mapping):
@@ -194,12 +203,12 @@ def load_weights(model: nn.Module, checkpoint_path: str | os.PathLike) -> nn.Mod
     GradualMagnitudePruning ran carries masks beside the weights; they are applied, so the network loads sparse."""
     from lightning_edge.prune.surgery import ARCHITECTURE_KEY, apply_architecture  # prune builds on models
 
-    state_dict = read_state_dict(checkpoint_path)
-    checkpoint = read_checkpoint(checkpoint_path)
+    path = _existing(checkpoint_path)
+    checkpoint = read_checkpoint(path)  # read once: the widths and the weights both come from it
     if isinstance(checkpoint, Mapping) and checkpoint.get(ARCHITECTURE_KEY):
         apply_architecture(model, checkpoint[ARCHITECTURE_KEY])
-    state_dict = _fold_pruning_masks(state_dict, set(model.state_dict()))
     own = model.state_dict()
+    state_dict = _fold_pruning_masks(_state_dict_of(checkpoint, path), set(own))
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)

@@ -92,6 +92,8 @@ _REDUCTION_METHODS = {"mean", "sum", "amax"}
 _FLATTENS = {torch.flatten}
 _FLATTEN_METHODS = {"flatten", "view", "reshape"}
 _SHAPE_METHODS = {"size", "dim"}
+_KNOWN_FUNCTIONS = _SAME_CHANNELS_FUNCTIONS | _REDUCTIONS | _FLATTENS  # ops whose channels this tracer follows
+_KNOWN_METHODS = _SAME_CHANNELS_METHODS | _REDUCTION_METHODS | _FLATTEN_METHODS
 
 
 class _Spaces:
@@ -260,8 +262,7 @@ def _function_space(spaces: _Spaces, node: fx.Node, incoming: int | None, in_sha
         for other in operands[1:]:
             merged = spaces.union(merged, space_of[other], f"{getattr(target, '__name__', target)} of unequal widths")
         return merged
-    known = (target in _SAME_CHANNELS_FUNCTIONS | _REDUCTIONS | _FLATTENS
-             or is_method and target in _SAME_CHANNELS_METHODS | _REDUCTION_METHODS | _FLATTEN_METHODS)
+    known = target in _KNOWN_METHODS if is_method else target in _KNOWN_FUNCTIONS
     if incoming is None:  # e.g. torch.cat([a, b]): the tensors sit in a list; opaque() pins them all
         return None if known else opaque(node, f"{getattr(target, '__name__', target)}, unknown to channel pruning")
     if target in _SAME_CHANNELS_FUNCTIONS or (is_method and target in _SAME_CHANNELS_METHODS):
