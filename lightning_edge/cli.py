@@ -111,12 +111,13 @@ def _train(overrides: list[str]) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     from lightning_edge.runtime import compile
+    from lightning_edge.runtime.plan import ConvOp
 
     output = args.output or str(Path(args.onnx).with_suffix(".edge"))
     plan = compile(args.onnx, output, select=not args.no_select, tune_batch=args.tune_batch, threads=args.threads)
-    convs = [op for op in plan["ops"] if "primitive" in op]
-    folded = sum("skip" in op for op in convs)
-    print(f"{output}: {len(plan['ops'])} ops ({len(convs)} conv/linear, {folded} with a folded residual add), "
+    convs = [op for op in plan.ops if isinstance(op, ConvOp)]
+    folded = sum(op.skip is not None for op in convs)
+    print(f"{output}: {len(plan.ops)} ops ({len(convs)} conv/linear, {folded} with a folded residual add), "
           f"{os.path.getsize(output) / 1024:.1f} KiB")
     return 0
 
@@ -124,10 +125,12 @@ def _compile(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from lightning_edge.runtime.report import layer_rows, layer_table
     from lightning_edge.runtime.edge_format import read_edge
+    from lightning_edge.runtime.plan import Plan
 
-    plan, tensors = read_edge(args.edge)
+    data, tensors = read_edge(args.edge)
+    plan = Plan.from_dict(data)
     rows = layer_rows(plan, tensors)
-    print(json.dumps({"plan": {k: v for k, v in plan.items() if k not in ("ops", "tensors")}, "layers": rows}, indent=2)
+    print(json.dumps({"plan": {k: v for k, v in data.items() if k not in ("ops", "tensors")}, "layers": rows}, indent=2)
           if args.json else layer_table(plan, rows))
     return 0
 
@@ -176,8 +179,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(line)
         if args.layers:
             seconds = session.profile(x)
-            for op, took in zip(session.plan["ops"], seconds):
-                print(f"    {op['id']:>6} {op.get('primitive') or op['kind']:24s} {took * 1e6:9.1f} us")
+            for op, took in zip(session.plan.ops, seconds):
+                print(f"    {op.id:>6} {getattr(op, 'primitive', None) or op.kind:24s} {took * 1e6:9.1f} us")
     return 0
 
 
@@ -221,6 +224,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lightning_edge.runtime.native import KERNELS
+
     parser = argparse.ArgumentParser(prog="lightning-edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     models = commands.add_parser("models", help="list model names")
@@ -269,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text)
         command.add_argument("edge")
         command.add_argument("--threads", type=int, help="default: all cores")
-        command.add_argument("--kernels", default="auto", choices=["auto", "avx2", "neon", "scalar"])
+        command.add_argument("--kernels", default="auto", choices=KERNELS)
         command.set_defaults(handler=handler)
         if name == "run":
             command.add_argument("--input", required=True, help=".npy file, float32 (batch, C, H, W)")

@@ -122,7 +122,7 @@ def measure(name: str, built: dict, source: str, batch: int, args: argparse.Name
         "peak_fraction": {key: ops / (medians[key] / 1e3) / peak for key in ("lightning-edge int8", "onnxruntime int8")}
         if peak else None,
         "kernels": session.kernels,
-        "primitives": sorted({op.get("primitive") for op in plan["ops"] if op.get("primitive")}),
+        "primitives": sorted({op.primitive for op in plan.ops if getattr(op, "primitive", None)}),
     }
 
 
@@ -151,7 +151,7 @@ def table(results: list[dict], machine: dict, peak: float) -> str:
 def main() -> None:
     args = parse_args()
     from lightning_edge.runtime.benchmark import machine
-    from lightning_edge.runtime.session import engine_module
+    from lightning_edge.runtime.native import engine_module
 
     args.peak = engine_module().int8_peak_ops(args.threads, 0.3) or None
 

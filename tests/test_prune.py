@@ -226,6 +226,7 @@ def test_kd_qat_and_gmp_in_one_fit_export_a_sparse_int8_model_the_runtime_runs(t
     stores the pruned int8 weights compressed and runs in the INT8 runtime."""
     from conftest import SYNTHETIC, compose_config
     from lightning_edge.runtime.edge_format import read_edge
+    from lightning_edge.runtime.plan import Plan
     from lightning_edge.runtime.report import layer_rows
     from train import train
 
@@ -241,7 +242,7 @@ def test_kd_qat_and_gmp_in_one_fit_export_a_sparse_int8_model_the_runtime_runs(t
     edge = summary["export"]["edge"]
     assert edge["runtime"]["agreement"] >= 0.95  # the runtime and torch agree on the pruned QAT network
     plan, tensors = read_edge(edge["path"])
-    rows = [row for row in layer_rows(plan, tensors) if row["op"] == "conv"]
+    rows = [row for row in layer_rows(Plan.from_dict(plan), tensors) if row["op"] == "conv"]
     pruned = [row for row in rows if row["sparsity"] >= 0.69]
     assert len(pruned) == 20  # the 18 block convs and 2 shortcuts; the stem and classifier stay dense
     assert sum(row["stored_bytes"] for row in pruned) < 0.55 * sum(row["bytes"] for row in pruned)

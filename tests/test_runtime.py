@@ -16,6 +16,7 @@ from lightning_edge.models import create_model
 from lightning_edge.runtime import CompileError, EdgeFormatError, available_kernels, compile, load
 from lightning_edge.runtime.benchmark import quantize_static_qdq
 from lightning_edge.runtime.edge_format import read_edge, write_edge
+from lightning_edge.runtime.plan import Plan
 from lightning_edge.runtime.reference import ReferenceModel
 
 KERNELS = available_kernels()
@@ -44,8 +45,8 @@ def export_and_compile(network: nn.Module, tmp_path, name: str = "model") -> tup
     return onnx_path, edge_path, compile(onnx_path, edge_path)
 
 
-def primitives(plan: dict) -> set[str]:
-    return {op.get("primitive") or op["kind"] for op in plan["ops"]}
+def primitives(plan: Plan) -> set[str]:
+    return {getattr(op, "primitive", None) or op.kind for op in plan.ops}
 
 
 def test_kernel_paths_of_this_machine():
@@ -78,10 +79,10 @@ def test_each_family_is_bit_exact_to_the_reference_on_every_kernel_path(name, kw
 
 def test_residual_adds_fold_into_the_conv_epilogue(tmp_path):
     onnx_path, edge_path, plan = export_and_compile(calibrated_network(), tmp_path)
-    folded = [op for op in plan["ops"] if op["kind"] == "conv" and "skip" in op]
-    assert len(folded) == 9 and not any(op["kind"] == "add" for op in plan["ops"])
-    assert all(any("Add" in node for node in op["nodes"]) for op in folded)
-    names = {tensor["name"] for tensor in plan["tensors"] if tensor.get("folded")}
+    folded = [op for op in plan.ops if op.kind == "conv" and op.skip is not None]
+    assert len(folded) == 9 and not any(op.kind == "add" for op in plan.ops)
+    assert all(any("Add" in node for node in op.nodes) for op in folded)
+    names = {tensor.name for tensor in plan.tensors if tensor.folded}
     tensors = assert_bit_exact(onnx_path, edge_path, np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32))
     assert not names & set(tensors)  # a folded conv's own codes never reach memory
 
@@ -115,8 +116,9 @@ def test_unfolded_adds_max_pool_and_spatial_flatten(tmp_path):
 def test_seven_bit_activations_fold_their_clip(tmp_path):
     network = calibrated_network(config={"activation_bits": 7})
     onnx_path, edge_path, plan = export_and_compile(network, tmp_path)
-    grids = [op.get("sum_grid", op.get("output_grid", op.get("grid"))) for op in plan["ops"] if op["kind"] != "dequantize"]
-    assert all(grid["high"] <= 127 for grid in grids)
+    grids = [getattr(op, "sum_grid", None) or getattr(op, "output_grid", None) or op.grid
+             for op in plan.ops if op.kind != "dequantize"]
+    assert all(grid.high <= 127 for grid in grids)
     assert_bit_exact(onnx_path, edge_path, np.random.default_rng(3).standard_normal((2, 1, 28, 28)).astype(np.float32))
 
 

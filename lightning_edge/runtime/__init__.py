@@ -8,6 +8,7 @@
 """
 from lightning_edge.runtime.compiler import CompileError, compile
 from lightning_edge.runtime.edge_format import EdgeFormatError
-from lightning_edge.runtime.session import Session, available_kernels, load
+from lightning_edge.runtime.native import available_kernels
+from lightning_edge.runtime.session import Session, load
 
 __all__ = ["CompileError", "EdgeFormatError", "Session", "available_kernels", "compile", "load"]

@@ -7,7 +7,6 @@ the discarded calls absorb the previous candidate's spinning, so no candidate pa
 """
 from __future__ import annotations
 
-import os
 import platform
 import time
 from typing import Callable
@@ -26,13 +25,10 @@ def machine() -> dict[str, object]:
                     break
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    from lightning_edge.runtime.session import available_kernels
+    from lightning_edge.runtime.native import available_kernels, cpu_flags, default_threads
 
-    return {"cpu": model, "cores": cores, "arch": platform.machine(), "kernels": available_kernels()}
+    return {"cpu": model, "cores": default_threads(), "arch": platform.machine(), "kernels": available_kernels(),
+            "flags": list(cpu_flags())}
 
 
 def onnxruntime_session(path: str, threads: int) -> object:

@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import math
 import os
-import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from lightning_edge.runtime.edge_format import write_edge
+from lightning_edge.runtime.packing import INT32_MAX
+from lightning_edge.runtime.plan import (AddOp, AveragePoolOp, ConvOp, DequantizeOp, Grid, MaxPoolOp, Op, Plan,
+                                         QuantizeOp, TensorRecord)
 from lightning_edge.runtime.reference import _attributes, quantize
-
-PLAN_FORMAT = "lightning-edge int8 plan"
-PLAN_VERSION = 1
-_INT32_MAX = 2**31 - 1
+from lightning_edge.runtime.selection import conv_candidates, first_candidates, select_primitives
 
 
 class CompileError(ValueError):
@@ -58,12 +57,11 @@ class _Tensor:
     low: int
     high: int
     shape: tuple[int, ...]                   # (C, H, W) or (F,)
-    producer: dict | None = None             # the plan op that writes it
+    producer: Op | None = None               # the plan op that writes it
     nchw_order: tuple[int, int, int] | None = None  # a flattened (C, H, W) tensor, stored in NHWC order
 
-    def grid(self, low: int | None = None, high: int | None = None) -> dict[str, Any]:
-        return {"scale": float(self.scale), "zero": self.zero,
-                "low": self.low if low is None else low, "high": self.high if high is None else high}
+    def grid(self) -> Grid:
+        return Grid(float(self.scale), self.zero, self.low, self.high)
 
 
 @dataclass
@@ -80,7 +78,7 @@ class _Pending:
 
 
 def compile(onnx_path: str | os.PathLike, edge_path: str | os.PathLike, *, select: bool = True,
-            tune_batch: int = 1, threads: int | None = None) -> dict[str, Any]:
+            tune_batch: int = 1, threads: int | None = None) -> Plan:
     """Compile ``onnx_path`` into ``edge_path`` (written atomically); returns the plan.
 
     ``select`` times each layer's candidate kernels on its real shape at batch ``tune_batch`` with
@@ -97,10 +95,8 @@ def compile(onnx_path: str | os.PathLike, edge_path: str | os.PathLike, *, selec
     if select:
         select_primitives(plan, arrays, batch=tune_batch, threads=threads)
     else:
-        for op in plan["ops"]:
-            if "candidates" in op:
-                _apply_candidate(op, op.pop("candidates")[0])
-    write_edge(edge_path, plan, arrays)
+        first_candidates(plan)
+    write_edge(edge_path, plan.to_dict(), arrays)
     return plan
 
 
@@ -121,14 +117,14 @@ class _Compiler:
             for name in node.input:
                 self.readers.setdefault(name, []).append(node)
         self.outputs = {output.name for output in self.graph.output}
-        self.ops: list[dict[str, Any]] = []
+        self.ops: list[Op] = []
         self.arrays: dict[str, np.ndarray] = {}
-        self.tensors: list[dict[str, Any]] = []
+        self.tensors: list[TensorRecord] = []
         self.op_count = 0
         self.code_clips: set[str] = set()  # Clip nodes that narrow codes (7-bit activations), not activations
 
     # -------------------------------------------------------------- driver
-    def build(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def build(self) -> tuple[Plan, dict[str, np.ndarray]]:
         if len(self.graph.input) != 1 or len(self.graph.output) != 1:
             raise CompileError(None, "the runtime runs graphs with one input and one output")
         input_info = self.graph.input[0]
@@ -183,40 +179,40 @@ class _Compiler:
         if output_tensor is None:
             raise CompileError(None, f"output {next(iter(self.outputs))!r} must be a DequantizeLinear of an int8 tensor")
         channels, height, width = _chw(output_tensor.shape)
-        self._emit(self._op("dequantize", [output_node], input=output_tensor.index, grid=output_tensor.grid(),
+        self._emit(self._op(DequantizeOp, [output_node], input=output_tensor.index, grid=output_tensor.grid(),
                             channels=channels, height=height, width=width))
         op_types = {node.name: node.op_type for node in self.graph.node}
         for op in self.ops:  # what each op does, in ONNX terms (lightning-edge inspect shows it)
-            compute = [op_types[name] for name in op["nodes"]
+            compute = [op_types[name] for name in op.nodes
                        if op_types[name] not in ("QuantizeLinear", "DequantizeLinear") and name not in self.code_clips]
-            op["fuses"] = "+".join(compute or [op_types[name] for name in op["nodes"]])  # quantize / dequantize
-        plan = {
-            "format": PLAN_FORMAT, "version": PLAN_VERSION, "source": self.source,
-            "input": {"shape": list(self.input_shape)}, "output": {"shape": list(output_tensor.shape)},
-            "tensors": self.tensors, "ops": self.ops,
-        }
+            op.fuses = "+".join(compute or [op_types[name] for name in op.nodes])  # quantize / dequantize
+        plan = Plan(source=self.source, input_shape=list(self.input_shape), output_shape=list(output_tensor.shape),
+                    tensors=self.tensors, ops=self.ops)
         return plan, self.arrays
 
     # -------------------------------------------------------------- tensors and ops
     def _new_tensor(self, name: str, grid: tuple[float, int, int, int], shape: tuple[int, ...],
-                    producer: dict | None) -> _Tensor:
+                    producer: Op | None) -> _Tensor:
         tensor = _Tensor(len(self.tensors), *grid, shape=shape, producer=producer)
-        self.tensors.append({"name": name, "size": int(np.prod(shape)), "shape": list(shape)})
+        self.tensors.append(TensorRecord(name, int(np.prod(shape)), list(shape)))
         return tensor
 
-    def _emit(self, op: dict[str, Any]) -> dict[str, Any]:
+    def _emit(self, op: Op) -> Op:
         self.ops.append(op)
         return op
 
-    def _array(self, op: dict[str, Any], key: str, value: np.ndarray) -> str:
-        name = f"{op['id']}.{key}"
+    def _array(self, op_id: str, key: str, value: np.ndarray) -> str:
+        name = f"{op_id}.{key}"
         self.arrays[name] = np.ascontiguousarray(value)
         return name
 
-    def _op(self, kind: str, nodes: list[str], **fields: Any) -> dict[str, Any]:
-        """A new plan op with a unique id (array names hang off it; ops may move when adds fold)."""
+    def _new_id(self) -> str:
+        """A unique op id (array names hang off it; ops may move when adds fold)."""
         self.op_count += 1
-        return {"id": f"op{self.op_count}", "kind": kind, "nodes": nodes, **fields}
+        return f"op{self.op_count}"
+
+    def _op(self, kind: type[Op], nodes: list[str], **fields: Any) -> Op:
+        return kind(id=self._new_id(), nodes=nodes, **fields)
 
     def _quantize(self, node: Any, pending: dict[str, _Pending]) -> _Tensor:
         scale = np.float32(self._constant(node, node.input[1]))
@@ -230,11 +226,11 @@ class _Compiler:
         grid = (float(scale), int(zero_array) + shift, int(info.min) + shift, int(info.max) + shift)
         source = node.input[0]
         if source == self.input_name:
-            if any(op["kind"] == "quantize" for op in self.ops):
+            if any(isinstance(op, QuantizeOp) for op in self.ops):
                 raise CompileError(node, "the input is quantized twice")
             tensor = self._new_tensor(node.output[0], grid, self.input_shape, None)
             tensor.producer = self._emit(self._op(
-                "quantize", [node.name], channels=self.input_shape[0], height=self.input_shape[1],
+                QuantizeOp, [node.name], channels=self.input_shape[0], height=self.input_shape[1],
                 width=self.input_shape[2], output=tensor.index, grid=tensor.grid()))
             return tensor
         if source not in pending:
@@ -266,7 +262,7 @@ class _Compiler:
             if result.fields.get("max_pool"):
                 fields = {k: v for k, v in result.fields.items() if k not in ("max_pool", "out_shape")}
                 tensor = self._new_tensor(name, grid[:2] + (low, high), result.fields["out_shape"], None)
-                tensor.producer = self._emit(self._op("max_pool", nodes, input=source.index, output=tensor.index, **fields))
+                tensor.producer = self._emit(self._op(MaxPoolOp, nodes, input=source.index, output=tensor.index, **fields))
                 return tensor
             tensor = _Tensor(source.index, source.scale, source.zero, source.low, source.high,
                              shape=result.fields["shape"], producer=source.producer,
@@ -280,7 +276,7 @@ class _Compiler:
             multiplier = np.float32(source.scale) / (np.float32(scale) * np.float32(count))
             tensor = self._new_tensor(name, (scale, zero, low, high), (source.shape[0], 1, 1), None)
             tensor.producer = self._emit(self._op(
-                "average_pool", nodes, input=source.index, output=tensor.index, channels=source.shape[0],
+                AveragePoolOp, nodes, input=source.index, output=tensor.index, channels=source.shape[0],
                 height=source.shape[1], width=source.shape[2], multiplier=float(multiplier),
                 input_grid=source.grid(), output_grid=tensor.grid()))
             return tensor
@@ -350,18 +346,19 @@ class _Compiler:
         multiplier = (unit / np.float32(grid[0])).astype(np.float32)
         codes, bias = f["codes"], f["bias"]
         bound = np.abs(codes.astype(np.int64)).sum(axis=1) * 255
-        if (bound + np.abs(bias)).max() > _INT32_MAX or 4 * bound.max() > _INT32_MAX:  # Winograd computes 4 * acc
+        if (bound + np.abs(bias)).max() > INT32_MAX or 4 * bound.max() > INT32_MAX:  # Winograd computes 4 * acc
             raise CompileError(result.node, "its accumulator could leave int32 (weights too large for the input range)")
         shape = (f["out_c"],) if f.get("flat") else (f["out_c"], f["out_h"], f["out_w"])
         tensor = self._new_tensor(name, grid, shape, None)
-        op = self._op("conv", nodes, **{k: v for k, v in f.items() if k not in ("codes", "weight_scale", "bias", "flat")})
-        op.update({"input": x.index, "output": tensor.index, "input_grid": x.grid(), "output_grid": tensor.grid(),
-                   "macs": int(codes.size) * f["out_h"] * f["out_w"],
-                   "bias": self._array(op, "bias", bias.astype(np.int32)),
-                   "multiplier": self._array(op, "multiplier", multiplier)})
+        op_id = self._new_id()
         depthwise = f["groups"] == f["in_c"] == f["out_c"] and f["groups"] > 1 and f["kernel_h"] * f["kernel_w"] <= 64
-        op["candidates"] = _conv_candidates(f, depthwise)
-        op["weights"] = self._array(op, "weights", codes.astype(np.int8))  # window order; packed when loaded
+        op = ConvOp(id=op_id, nodes=nodes, **{k: v for k, v in f.items() if k not in ("codes", "weight_scale", "bias", "flat")},
+                    input=x.index, output=tensor.index, input_grid=x.grid(), output_grid=tensor.grid(),
+                    macs=int(codes.size) * f["out_h"] * f["out_w"],
+                    bias=self._array(op_id, "bias", bias.astype(np.int32)),
+                    multiplier=self._array(op_id, "multiplier", multiplier),
+                    weights=self._array(op_id, "weights", codes.astype(np.int8)),  # window order; packed when loaded
+                    candidates=conv_candidates(f, depthwise))
         tensor.producer = self._emit(op)
         return tensor
 
@@ -380,7 +377,7 @@ class _Compiler:
             real = bias.astype(np.float32) * np.broadcast_to(bias_scale, bias.shape).astype(np.float32)
             bias = np.rint(real / unit)
         bias = np.asarray(bias, dtype=np.float64)
-        if np.abs(bias).max(initial=0) > _INT32_MAX:
+        if np.abs(bias).max(initial=0) > INT32_MAX:
             raise CompileError(node, "its bias does not fit int32 on the accumulator's grid")
         return bias.astype(np.int64)
 
@@ -423,17 +420,17 @@ class _Compiler:
         a, b = result.inputs
         for conv, skip in ((a, b), (b, a)):
             op = conv.producer
-            if op is not None and op["kind"] == "conv" and "skip" not in op and self._read_once(op["output"], result.node):
+            if isinstance(op, ConvOp) and op.skip is None and self._read_once(op.output, result.node):
                 return self._fold_add(op, conv, skip, name, nodes, grid)
         tensor = self._new_tensor(name, grid, a.shape, None)
         tensor.producer = self._emit(self._op(
-            "add", nodes, input=a.index, skip=b.index, output=tensor.index, size=int(np.prod(a.shape)),
+            AddOp, nodes, input=a.index, skip=b.index, output=tensor.index, size=int(np.prod(a.shape)),
             input_grid=a.grid(), skip_grid=b.grid(), output_grid=tensor.grid()))
         return tensor
 
     def _read_once(self, tensor_index: int, add_node: Any) -> bool:
         """Whether the conv output's only reader is this Add (through one DequantizeLinear)."""
-        name = self.tensors[tensor_index]["name"]
+        name = self.tensors[tensor_index].name
         if name in self.outputs:
             return False
         readers = self.readers.get(name, [])
@@ -441,14 +438,14 @@ class _Compiler:
             return False
         return [reader is add_node for reader in self.readers.get(readers[0].output[0], [])] == [True]
 
-    def _fold_add(self, op: dict[str, Any], conv: _Tensor, skip: _Tensor, name: str, nodes: list[str],
+    def _fold_add(self, op: ConvOp, conv: _Tensor, skip: _Tensor, name: str, nodes: list[str],
                   grid: tuple[float, int, int, int]) -> _Tensor:
         """The conv's epilogue does the add: move the conv to this position with the skip operand."""
         self.ops.remove(op)
         tensor = self._new_tensor(name, grid, conv.shape, None)
-        op.update({"skip": skip.index, "skip_grid": skip.grid(), "sum_grid": tensor.grid(), "output": tensor.index,
-                   "nodes": op["nodes"] + nodes})
-        self.tensors[conv.index]["folded"] = True
+        op.skip, op.skip_grid, op.sum_grid, op.output = skip.index, skip.grid(), tensor.grid(), tensor.index
+        op.nodes = op.nodes + nodes
+        self.tensors[conv.index].folded = True
         tensor.producer = self._emit(op)
         return tensor
 
@@ -504,13 +501,13 @@ class _Compiler:
         if (new_low, new_high) == (source.low, source.high):
             return source  # the codes are inside these bounds already (a shape op after a clipped tensor)
         op = source.producer
-        if op is None or self.tensors[source.index]["name"] != node.input[0] or len(self.readers.get(node.input[0], [])) != 1:
+        if op is None or self.tensors[source.index].name != node.input[0] or len(self.readers.get(node.input[0], [])) != 1:
             raise CompileError(node, "a Clip on int8 codes must be the only reader of the QuantizeLinear it clips")
-        key = "sum_grid" if "sum_grid" in op else "output_grid" if "output_grid" in op else "grid"
-        op[key] = {**op[key], "low": new_low, "high": new_high}
-        op["nodes"] = op["nodes"] + [node.name]
+        key = "sum_grid" if getattr(op, "sum_grid", None) else "output_grid" if hasattr(op, "output_grid") else "grid"
+        setattr(op, key, replace(getattr(op, key), low=new_low, high=new_high))
+        op.nodes = op.nodes + [node.name]
         self.code_clips.add(node.name)
-        self.tensors[source.index]["name"] = node.output[0]  # the unclipped codes never exist
+        self.tensors[source.index].name = node.output[0]  # the unclipped codes never exist
         return _Tensor(source.index, source.scale, source.zero, new_low, new_high, source.shape, source.producer,
                        source.nchw_order)
 
@@ -537,173 +534,3 @@ class _Compiler:
 
 def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return (shape[0], 1, 1) if len(shape) == 1 else tuple(shape)
-
-
-# ---------------------------------------------------------------------------------------------- packing
-def _conv_candidates(fields: dict[str, Any], depthwise: bool) -> list[dict[str, Any]]:
-    """The algorithms a conv layer may run with: each a name and its kernel's parameters."""
-    groups, group_out = fields["groups"], fields["out_c"] // fields["groups"]
-    candidates = []
-    if depthwise:
-        candidates.append({"primitive": "depthwise"})
-    blocks = [16, 8] if group_out >= 16 else [8, 16] if group_out > 8 else [8]
-    for block in blocks:
-        candidates.append({"primitive": f"gemm_b{block}" + ("_grouped" if groups > 1 else ""), "block": block,
-                           "groups": groups})
-    if group_out >= 32:  # 2 x 16 channels per step: only the VNNI kernels have the registers for it
-        candidates.append({"primitive": "gemm_b32" + ("_grouped" if groups > 1 else ""), "block": 32, "groups": groups,
-                           "kernels": ["avx512"]})
-    if 1 < groups and not depthwise and fields["in_c"] * fields["kernel_h"] * fields["kernel_w"] <= 4608:
-        candidates.append({"primitive": "gemm_b16_dense", "block": 16, "groups": 1})
-    if (fields["kernel_h"], fields["kernel_w"], fields["stride_h"], fields["stride_w"]) == (3, 3, 1, 1) and not depthwise:
-        for block in blocks:
-            candidates.append({"primitive": f"winograd_b{block}" + ("_grouped" if groups > 1 else ""), "block": block,
-                               "groups": groups, "algorithm": "winograd"})
-    return candidates
-
-
-# Winograd F(2x2, 3x3) weight transform, scaled by 2 per side so that it stays in integers: U = 4 G g G^T.
-_WINOGRAD_G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], dtype=np.int64)
-
-
-def winograd_weights(codes: np.ndarray, group_in: int) -> np.ndarray:
-    """(out, 9 * group_in) 3x3 weights in window order -> (out, 16 * group_in) U in (position, channel) order."""
-    g = codes.astype(np.int64).reshape(codes.shape[0], 3, 3, group_in)
-    u = np.einsum("ik,okjc,lj->oilc", _WINOGRAD_G2, g, _WINOGRAD_G2)  # G' g G'^T over the kernel's rows, columns
-    return u.reshape(codes.shape[0], 16 * group_in)
-
-
-def pack_gemm_weights(codes: np.ndarray, groups: int, block: int, taps: int, depth_group: int = 2,
-                      k_major: bool = False) -> np.ndarray:
-    """Weights as the GEMM kernels read them: [group][block][tap][channel group][channel in block][depth_group]
-    (``k_major``: [...][channel group][depth_group][channel in block], NEON's multiply-by-scalar order).
-
-    ``codes`` is (out, taps * channels per group) in window order; each tap's channels are padded with
-    zeros to a multiple of ``depth_group`` (2 for the int16 kernels' pairs, 4 for VNNI's quads), as the
-    widened input is."""
-    out_c, depth = codes.shape
-    group_in, group_out = depth // taps, out_c // groups
-    group_in_padded = -(-group_in // depth_group) * depth_group
-    blocks = -(-group_out // block)
-    dtype = np.int16 if depth_group == 2 else np.int8
-    w = np.zeros((groups, blocks * block, taps, group_in_padded), dtype)
-    w[:, :group_out, :, :group_in] = codes.reshape(groups, group_out, taps, group_in)
-    w = w.reshape(groups, blocks, block, taps * group_in_padded // depth_group, depth_group)
-    return np.ascontiguousarray(w.transpose(0, 1, 3, 4, 2) if k_major else w.transpose(0, 1, 3, 2, 4))
-
-
-def _block_diagonal(codes: np.ndarray, groups: int, kernel_taps: int) -> np.ndarray:
-    """A grouped conv's weights as one dense conv's: zeros outside each group's block of input channels."""
-    out_c, depth = codes.shape
-    group_in, group_out = depth // kernel_taps, out_c // groups
-    dense = np.zeros((out_c, kernel_taps, group_in * groups), codes.dtype)
-    for g in range(groups):
-        dense[g * group_out:(g + 1) * group_out, :, g * group_in:(g + 1) * group_in] = \
-            codes[g * group_out:(g + 1) * group_out].reshape(group_out, kernel_taps, group_in)
-    return dense.reshape(out_c, -1)
-
-
-def _apply_candidate(op: dict[str, Any], candidate: dict[str, Any]) -> None:
-    """Set op's algorithm to ``candidate``: its kind and parameters (weights are packed when loaded)."""
-    op["primitive"] = candidate["primitive"]
-    for key in ("block", "algorithm", "groups_run"):
-        op.pop(key, None)
-    if candidate["primitive"] == "depthwise":
-        op["kind"], op["channels"] = "depthwise", op["out_c"]
-        return
-    op["kind"], op["block"], op["groups_run"] = "conv", candidate["block"], candidate["groups"]
-    if candidate.get("algorithm"):
-        op["algorithm"] = candidate["algorithm"]
-
-
-def kernel_arrays(plan: dict[str, Any], tensors: dict[str, np.ndarray], kernels: str) -> tuple[list[dict], dict]:
-    """The plan's ops and arrays as the ``kernels`` path reads them, from the file's int8 window-order codes.
-
-    Packing happens here, when a plan is loaded, so one .edge file serves every CPU: int16 pairs for the
-    scalar and AVX2 kernels (int32 taps for depthwise), int8 quads plus the zero-point compensation in the
-    bias for AVX-512 VNNI, the Winograd transform U = G'gG'^T for Winograd layers, and a grouped conv
-    expanded block-diagonally where selection found one dense GEMM faster."""
-    ops, arrays = [], dict(tensors)
-    for op in plan["ops"]:
-        op = dict(op)
-        if op["kind"] in ("conv", "depthwise") and "weights" in op:
-            _check_packing_fields(op)
-            codes = np.asarray(tensors[op["weights"]]).reshape(int(op["out_c"]), -1)
-            taps = int(op["kernel_h"]) * int(op["kernel_w"])
-            if codes.dtype != np.int8 or codes.shape[1] % taps:
-                raise ValueError(f"{op['id']}: weights must be int8 (out_c, taps * channels)")
-            name = op["weights"] + f".{kernels}"
-            if op["kind"] == "depthwise":
-                arrays[name] = np.ascontiguousarray(codes.astype(np.int32).T)  # [taps][channels]
-            else:
-                groups = int(op.get("groups_run", op["groups"]))
-                if op["block"] == 32 and kernels != "avx512":
-                    op["block"] = 16  # the int16 kernels have registers for 16 channels per step
-                if groups != op["groups"]:
-                    codes = _block_diagonal(codes, int(op["groups"]), taps)
-                if op.get("algorithm") == "winograd":
-                    arrays[name] = pack_gemm_weights(winograd_weights(codes, codes.shape[1] // taps), groups, op["block"], 16)
-                elif kernels == "avx512":
-                    arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps, depth_group=4)
-                    compensated = tensors[op["bias"]].astype(np.int64) - int(op["input_grid"]["zero"]) * codes.astype(np.int64).sum(axis=1)
-                    if np.abs(compensated).max(initial=0) > _INT32_MAX:
-                        raise ValueError(f"{op['id']}: zero-point compensation leaves int32")
-                    arrays[op["bias"] + ".u8"] = compensated.astype(np.int32)
-                    op["bias"], op["layout"] = op["bias"] + ".u8", "quads"
-                else:
-                    arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps, k_major=kernels == "neon")
-                op["groups"] = groups
-            op["weights"] = name
-        ops.append(op)
-    return ops, arrays
-
-
-def _check_packing_fields(op: dict[str, Any]) -> None:
-    """The fields packing divides by or sizes arrays from: positive integers that divide evenly."""
-    for key in ("out_c", "in_c", "kernel_h", "kernel_w", "groups", "groups_run", "block"):
-        if key in op and (not isinstance(op[key], int) or isinstance(op[key], bool) or not 0 < op[key] <= 1 << 16):
-            raise ValueError(f"{op.get('id')}: {key}={op[key]!r} is not a positive integer in range")
-    for key in ("groups", "groups_run"):
-        if key in op and (op["out_c"] % op[key] or op.get("in_c", op["out_c"]) % op[key]):
-            raise ValueError(f"{op.get('id')}: {key}={op[key]} does not divide the channels")
-
-
-def select_primitives(plan: dict[str, Any], arrays: dict[str, np.ndarray], batch: int = 1,
-                      threads: int | None = None, repeats: int = 15) -> None:
-    """Time every candidate algorithm of each layer on its real shape with this machine's kernels; keep the
-    fastest and record every timing in the plan."""
-    from lightning_edge.runtime.session import default_threads, engine_module
-
-    module = engine_module()
-    threads = threads or default_threads()
-    kernels = module.resolve_kernels("auto")
-    for op in plan["ops"]:
-        candidates = op.pop("candidates", None)
-        if not candidates:
-            continue
-        candidates = [c for c in candidates if kernels in c.get("kernels", [kernels])]
-        timings = {}
-        for candidate in candidates:
-            _apply_candidate(op, candidate)
-            single = _single_op_plan(op)
-            ops, packed = kernel_arrays(single, arrays, kernels)
-            engine = module.Engine(ops, [t["size"] for t in single["tensors"]], packed, threads, kernels)
-            timings[candidate["primitive"]] = engine.time_op(1, batch, repeats)
-        _apply_candidate(op, min(candidates, key=lambda c: timings[c["primitive"]]))
-        op["timings_us"] = {name: round(seconds * 1e6, 2) for name, seconds in timings.items()}
-    plan["selection"] = {"batch": batch, "threads": threads, "kernels": kernels, "machine": platform.machine()}
-
-
-def _single_op_plan(op: dict[str, Any]) -> dict[str, Any]:
-    """A quantize -> op -> dequantize plan around one conv, so the engine can time it alone."""
-    dims_in = (op["in_c"], op["in_h"], op["in_w"])
-    dims_out = (op["out_c"], op["out_h"], op["out_w"])
-    core = dict(op, input=0, output=1)
-    for key in ("skip", "skip_grid", "sum_grid"):  # the folded add costs every candidate the same
-        core.pop(key, None)
-    tensors = [{"size": int(np.prod(dims_in))}, {"size": int(np.prod(dims_out))}]
-    grid = {"scale": 1.0, "zero": 0, "low": 0, "high": 255}
-    ops = [{"kind": "quantize", "output": 0, "grid": grid, "channels": dims_in[0], "height": dims_in[1], "width": dims_in[2]},
-           core, {"kind": "dequantize", "input": 1, "grid": grid, "channels": dims_out[0], "height": dims_out[1],
-                   "width": dims_out[2]}]
-    return {"ops": ops, "tensors": tensors}

@@ -1,8 +1,9 @@
 """Load a .edge file and run it: ``load(path, threads=None) -> Session``; ``Session.run(x) -> np.ndarray``.
 
 numpy and the compiled kernels only (no torch, no onnx). The .edge container is checked by
-``edge_format.read_edge``; the plan inside it is then checked op by op by the engine (every tensor index,
-size, array dtype and length) before anything runs, so a bad file is a Python exception, never a crash.
+``edge_format.read_edge``; the plan inside it is then checked field by field (``plan.Plan.from_dict``) and
+again op by op by the engine (every tensor index, size, array dtype and length) before anything runs, so a
+bad file is a Python exception, never a crash.
 """
 from __future__ import annotations
 
@@ -12,59 +13,35 @@ from typing import Any
 import numpy as np
 
 from lightning_edge.runtime.edge_format import EdgeFormatError, read_edge
-
-KERNELS = ("auto", "avx512", "avx2", "neon", "scalar")
-
-
-def engine_module() -> Any:
-    """The compiled extension, or an ImportError that says how to build it."""
-    try:
-        from lightning_edge.runtime import _engine
-    except ImportError as error:
-        raise ImportError("lightning_edge.runtime's kernels are not built: run `pip install -e .` in the repository "
-                          f"(it compiles lightning_edge/runtime/csrc with g++) ({error})") from error
-    return _engine
-
-
-def available_kernels() -> list[str]:
-    """Kernel paths this build and CPU can run, e.g. ['scalar', 'avx2']."""
-    return list(engine_module().available_kernels())
-
-
-def default_threads() -> int:
-    """All cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+from lightning_edge.runtime.native import KERNELS, default_threads, engine_module, resolve_kernels
+from lightning_edge.runtime.packing import kernel_arrays
+from lightning_edge.runtime.plan import Plan, PlanError
 
 
 class Session:
     """A loaded plan bound to a thread pool and a kernel path; run it on float32 NCHW batches of any size."""
 
-    def __init__(self, plan: dict[str, Any], tensors: dict[str, np.ndarray], threads: int | None = None,
+    def __init__(self, plan: Plan | dict[str, Any], tensors: dict[str, np.ndarray], threads: int | None = None,
                  kernels: str = "auto", path: str = "<plan>"):
-        from lightning_edge.runtime.compiler import PLAN_FORMAT, PLAN_VERSION, kernel_arrays
-
         if kernels not in KERNELS:
             raise ValueError(f"kernels={kernels!r}: choose one of {', '.join(KERNELS)}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads={threads!r}: give a positive number of threads, or None for all cores")
-        if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
-            raise EdgeFormatError(path, "it does not hold a lightning-edge plan")
-        if plan.get("version") != PLAN_VERSION:
-            raise EdgeFormatError(path, f"plan version {plan.get('version')} is not {PLAN_VERSION}, the one this runtime reads")
+        try:
+            plan = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
+        except PlanError as error:
+            raise EdgeFormatError(path, f"its plan is inconsistent ({error})") from None
         self.path, self.plan, self.tensors = path, plan, tensors
         module = engine_module()
-        resolved = module.resolve_kernels(kernels)  # a path this CPU or build lacks is a ValueError: the file is fine
+        resolved = resolve_kernels(kernels)  # a path this CPU or build lacks is a ValueError: the file is fine
         try:
             ops, arrays = kernel_arrays(plan, tensors, resolved)
-            sizes = [int(tensor["size"]) for tensor in plan["tensors"]]
+            sizes = [tensor.size for tensor in plan.tensors]
             self._engine = module.Engine(ops, sizes, arrays, threads or default_threads(), resolved)
-            first = plan["ops"][0]
-            self.input_shape = (int(first["channels"]), int(first["height"]), int(first["width"]))
-            if list(self.input_shape) != list(plan["input"]["shape"]):
-                raise ValueError(f"input shape {plan['input']['shape']} is not the quantize op's {list(self.input_shape)}")
+            first = plan.ops[0]
+            self.input_shape = (first.channels, first.height, first.width)
+            if list(self.input_shape) != list(plan.input_shape):
+                raise ValueError(f"input shape {plan.input_shape} is not the quantize op's {list(self.input_shape)}")
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError, ArithmeticError, AttributeError) as error:
             raise EdgeFormatError(path, f"its plan is inconsistent ({error})") from error
 
@@ -92,14 +69,14 @@ class Session:
         x = self._checked(x)
         output, codes = self._engine.trace(x)
         tensors = {}
-        for info, flat in zip(self.plan["tensors"], codes):
+        for info, flat in zip(self.plan.tensors, codes):
             if flat is None:
                 continue
-            shape = info["shape"]
+            shape = info.shape
             if len(shape) == 3:
-                tensors[info["name"]] = flat.reshape(len(x), shape[1], shape[2], shape[0]).transpose(0, 3, 1, 2)
+                tensors[info.name] = flat.reshape(len(x), shape[1], shape[2], shape[0]).transpose(0, 3, 1, 2)
             else:
-                tensors[info["name"]] = flat.reshape(len(x), -1)
+                tensors[info.name] = flat.reshape(len(x), -1)
         return output, tensors
 
     def _checked(self, x: Any) -> np.ndarray:

@@ -1,0 +1,110 @@
+"""Weights as each kernel path reads them, packed when a plan is loaded (so one .edge file serves every CPU).
+
+A .edge file stores int8 weights in the (kernel row, kernel column, channel) order of an NHWC window;
+``kernel_arrays`` turns a :class:`~lightning_edge.runtime.plan.Plan` into the engine's op records and
+arrays for one kernel path: int16 pairs for the scalar and AVX2 kernels (int32 taps for depthwise), int8
+quads plus the zero-point compensation in the bias for AVX-512 VNNI, the Winograd transform U = G'gG'^T
+for Winograd layers, and a grouped conv expanded block-diagonally where selection found one dense GEMM
+faster. numpy only.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lightning_edge.runtime.plan import Plan
+
+INT32_MAX = 2**31 - 1
+
+
+# Winograd F(2x2, 3x3) weight transform, scaled by 2 per side so that it stays in integers: U = 4 G g G^T.
+_WINOGRAD_G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], dtype=np.int64)
+
+
+def winograd_weights(codes: np.ndarray, group_in: int) -> np.ndarray:
+    """(out, 9 * group_in) 3x3 weights in window order -> (out, 16 * group_in) U in (position, channel) order."""
+    g = codes.astype(np.int64).reshape(codes.shape[0], 3, 3, group_in)
+    u = np.einsum("ik,okjc,lj->oilc", _WINOGRAD_G2, g, _WINOGRAD_G2)  # G' g G'^T over the kernel's rows, columns
+    return u.reshape(codes.shape[0], 16 * group_in)
+
+
+def pack_gemm_weights(codes: np.ndarray, groups: int, block: int, taps: int, depth_group: int = 2,
+                      k_major: bool = False) -> np.ndarray:
+    """Weights as the GEMM kernels read them: [group][block][tap][channel group][channel in block][depth_group]
+    (``k_major``: [...][channel group][depth_group][channel in block], NEON's multiply-by-scalar order).
+
+    ``codes`` is (out, taps * channels per group) in window order; each tap's channels are padded with
+    zeros to a multiple of ``depth_group`` (2 for the int16 kernels' pairs, 4 for VNNI's quads), as the
+    widened input is."""
+    out_c, depth = codes.shape
+    group_in, group_out = depth // taps, out_c // groups
+    group_in_padded = -(-group_in // depth_group) * depth_group
+    blocks = -(-group_out // block)
+    dtype = np.int16 if depth_group == 2 else np.int8
+    w = np.zeros((groups, blocks * block, taps, group_in_padded), dtype)
+    w[:, :group_out, :, :group_in] = codes.reshape(groups, group_out, taps, group_in)
+    w = w.reshape(groups, blocks, block, taps * group_in_padded // depth_group, depth_group)
+    return np.ascontiguousarray(w.transpose(0, 1, 3, 4, 2) if k_major else w.transpose(0, 1, 3, 2, 4))
+
+
+def _block_diagonal(codes: np.ndarray, groups: int, kernel_taps: int) -> np.ndarray:
+    """A grouped conv's weights as one dense conv's: zeros outside each group's block of input channels."""
+    out_c, depth = codes.shape
+    group_in, group_out = depth // kernel_taps, out_c // groups
+    dense = np.zeros((out_c, kernel_taps, group_in * groups), codes.dtype)
+    for g in range(groups):
+        dense[g * group_out:(g + 1) * group_out, :, g * group_in:(g + 1) * group_in] = \
+            codes[g * group_out:(g + 1) * group_out].reshape(group_out, kernel_taps, group_in)
+    return dense.reshape(out_c, -1)
+
+
+def kernel_arrays(plan: Plan, tensors: dict[str, np.ndarray], kernels: str) -> tuple[list[dict], dict]:
+    """The plan's ops as the engine's records and its arrays as the ``kernels`` path reads them."""
+    ops, arrays = [], dict(tensors)
+    for op in plan.ops:
+        op = op.to_dict()
+        for key in ("candidates", "timings_us", "nodes", "fuses", "macs", "primitive"):  # not the engine's
+            op.pop(key, None)
+        if op["kind"] in ("conv", "depthwise") and "weights" in op:
+            _check_packing_fields(op)
+            codes = np.asarray(tensors[op["weights"]]).reshape(int(op["out_c"]), -1)
+            taps = int(op["kernel_h"]) * int(op["kernel_w"])
+            if codes.dtype != np.int8 or codes.shape[1] % taps:
+                raise ValueError(f"{op['id']}: weights must be int8 (out_c, taps * channels)")
+            name = op["weights"] + f".{kernels}"
+            if op["kind"] == "depthwise":
+                arrays[name] = np.ascontiguousarray(codes.astype(np.int32).T)  # [taps][channels]
+            else:
+                groups = int(op.get("groups_run", op["groups"]))
+                if op["block"] == 32 and kernels != "avx512":
+                    op["block"] = 16  # the int16 kernels have registers for 16 channels per step
+                if groups != op["groups"]:
+                    codes = _block_diagonal(codes, int(op["groups"]), taps)
+                if op.get("algorithm") == "winograd":
+                    arrays[name] = pack_gemm_weights(winograd_weights(codes, codes.shape[1] // taps), groups, op["block"], 16)
+                elif kernels == "avx512":
+                    arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps, depth_group=4)
+                    compensated = tensors[op["bias"]].astype(np.int64) - int(op["input_grid"]["zero"]) * codes.astype(np.int64).sum(axis=1)
+                    if np.abs(compensated).max(initial=0) > INT32_MAX:
+                        raise ValueError(f"{op['id']}: zero-point compensation leaves int32")
+                    arrays[op["bias"] + ".u8"] = compensated.astype(np.int32)
+                    op["bias"], op["layout"] = op["bias"] + ".u8", "quads"
+                else:
+                    arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps, k_major=kernels == "neon")
+                op["groups"] = groups
+            op["weights"] = name
+        ops.append(op)
+    return ops, arrays
+
+
+def _check_packing_fields(op: dict[str, Any]) -> None:
+    """The fields packing divides by or sizes arrays from: positive integers that divide evenly."""
+    for key in ("out_c", "in_c", "kernel_h", "kernel_w", "groups", "groups_run", "block"):
+        if key in op and (not isinstance(op[key], int) or isinstance(op[key], bool) or not 0 < op[key] <= 1 << 16):
+            raise ValueError(f"{op.get('id')}: {key}={op[key]!r} is not a positive integer in range")
+    for key in ("groups", "groups_run"):
+        if key in op and (op["out_c"] % op[key] or op.get("in_c", op["out_c"]) % op[key]):
+            raise ValueError(f"{op.get('id')}: {key}={op[key]} does not divide the channels")
+
+

@@ -1,0 +1,411 @@
+"""The runtime's plan: what a .edge file asks the engine to run, one typed record per op kind.
+
+The compiler builds a :class:`Plan`; a .edge file stores it as JSON (:meth:`Plan.to_dict`); the loader
+rebuilds and checks it (:meth:`Plan.from_dict`) before the engine sees it; ``lightning-edge inspect`` and
+the reports read its attributes. Each op kind is one dataclass registered in :data:`OP_KINDS` under the
+``kind`` string the engine's registry knows it by, with its fields, their types and what they must satisfy.
+Adding an op kind means adding its dataclass here (and its compiler rule, reference, kernel and test).
+
+The checks here are the first line: a damaged or hostile plan stops as a :class:`PlanError` naming the op
+and field. The engine checks again, in C++, everything it indexes with.
+"""
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+PLAN_FORMAT = "lightning-edge int8 plan"
+PLAN_VERSION = 1
+MAX_DIMENSION = 1 << 24
+
+
+class PlanError(ValueError):
+    """A plan (from a file or a compiler) that is not well formed; names the op and field."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A uint8 tensor's quantization grid: ``real = scale * (code - zero)``, codes clamped to [low, high]."""
+
+    scale: float
+    zero: int
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise PlanError(f"grid scale {self.scale!r} is not positive and finite")
+        if not (0 <= self.low <= self.high <= 255 and 0 <= self.zero <= 255):
+            raise PlanError(f"grid zero {self.zero}, low {self.low}, high {self.high} are outside uint8")
+
+
+@dataclass
+class TensorRecord:
+    """One tensor of the plan: its ONNX name, elements per sample and (C, H, W) or (F,) shape."""
+
+    name: str
+    size: int
+    shape: list[int]
+    folded: bool = False  # a conv output never written: its add was folded into the conv's epilogue
+
+
+OP_KINDS: dict[str, type[Op]] = {}
+
+
+def op_kind(cls: type[Op]) -> type[Op]:
+    """Register an op dataclass under its ``KIND``."""
+    OP_KINDS[cls.KIND] = cls
+    return cls
+
+
+@dataclass(kw_only=True)
+class Op:
+    """Fields every op has: a unique id, the ONNX nodes it computes and what they are, in ONNX op types."""
+
+    KIND: ClassVar[str] = ""
+    INPUTS: ClassVar[tuple[str, ...]] = ("input",)   # fields holding the tensor indices the op reads
+    OUTPUT: ClassVar[str | None] = "output"          # the field holding the tensor index it writes
+    ARRAYS: ClassVar[tuple[str, ...]] = ()           # fields naming arrays of the file
+    POSITIVE: ClassVar[tuple[str, ...]] = ()         # integer fields that must be positive dimensions
+
+    id: str
+    nodes: list[str] = field(default_factory=list)
+    fuses: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.KIND
+
+    def reads(self) -> list[int]:
+        return [getattr(self, name) for name in self.INPUTS if getattr(self, name) is not None]
+
+    def writes(self) -> int | None:
+        return getattr(self, self.OUTPUT) if self.OUTPUT else None
+
+    def arrays(self) -> dict[str, str]:
+        """The file arrays the op reads, by field."""
+        return {name: getattr(self, name) for name in self.ARRAYS if getattr(self, name) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The op as the plan's JSON and the engine read it: its fields, ``kind``, and no unset optional ones."""
+        data = {"kind": self.KIND}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is not None:
+                data[item.name] = asdict(value) if isinstance(value, Grid) else value
+        return data
+
+    def validate(self, tensor_count: int) -> None:
+        """Tensor indices inside the plan and dimensions positive; kinds add their own rules."""
+        for name in (*self.INPUTS, *((self.OUTPUT,) if self.OUTPUT else ())):
+            index = getattr(self, name)
+            if index is not None and not 0 <= index < tensor_count:
+                raise PlanError(f"op {self.id}: {name}={index} is not one of the plan's {tensor_count} tensors")
+        for name in self.POSITIVE:
+            if not 0 < getattr(self, name) <= MAX_DIMENSION:
+                raise PlanError(f"op {self.id}: {name}={getattr(self, name)} is not a positive dimension")
+
+
+@dataclass(kw_only=True)
+class WindowFields:
+    """A sliding window: kernel, stride and the top/left padding (bottom/right follow from the output size)."""
+
+    kernel_h: int
+    kernel_w: int
+    stride_h: int = 1
+    stride_w: int = 1
+    pad_top: int = 0
+    pad_left: int = 0
+
+    def check_window(self, op_id: str) -> None:
+        if min(self.kernel_h, self.kernel_w, self.stride_h, self.stride_w) <= 0:
+            raise PlanError(f"op {op_id}: kernel and stride must be positive")
+        if not (0 <= self.pad_top < self.kernel_h and 0 <= self.pad_left < self.kernel_w):
+            raise PlanError(f"op {op_id}: padding ({self.pad_top}, {self.pad_left}) must be smaller than the kernel")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class QuantizeOp(Op):
+    """float32 NCHW input -> uint8 NHWC codes on ``grid``: ``clamp(round_half_even(x / s) + z)``."""
+
+    KIND = "quantize"
+    INPUTS = ()
+    POSITIVE = ("channels", "height", "width")
+    output: int
+    grid: Grid
+    channels: int
+    height: int
+    width: int
+
+
+@op_kind
+@dataclass(kw_only=True)
+class DequantizeOp(Op):
+    """uint8 NHWC codes on ``grid`` -> the float32 NCHW output: ``float32(q - z) * s``."""
+
+    KIND = "dequantize"
+    OUTPUT = None
+    POSITIVE = ("channels", "height", "width")
+    input: int
+    grid: Grid
+    channels: int
+    height: int
+    width: int
+
+
+@op_kind
+@dataclass(kw_only=True)
+class ConvOp(WindowFields, Op):
+    """Convolution or linear layer (a 1x1 conv over a 1x1 image) with bias, requantization and the fused
+    activation's bounds, optionally followed by a residual add folded into its epilogue (``skip``).
+
+    ``primitive`` is the algorithm selection picked (``gemm_b16``, ``winograd_b8``, ...); ``candidates`` and
+    their ``timings_us`` are what it chose among."""
+
+    KIND = "conv"
+    INPUTS = ("input", "skip")
+    ARRAYS = ("weights", "bias", "multiplier")
+    POSITIVE = ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "groups")
+    input: int
+    output: int
+    in_h: int
+    in_w: int
+    in_c: int
+    out_h: int
+    out_w: int
+    out_c: int
+    groups: int = 1
+    input_grid: Grid
+    output_grid: Grid
+    weights: str                        # int8 (out_c, kernel_h * kernel_w * in_c / groups), NHWC window order
+    bias: str                           # int32 (out_c,) on the accumulator's grid
+    multiplier: str                     # float32 (out_c,): float32(s_x * s_w[c]) / s_y
+    macs: int = 0
+    primitive: str | None = None
+    block: int | None = None            # output channels per packed block
+    groups_run: int | None = None       # groups the GEMM runs: 1 where a grouped conv runs block-diagonally
+    algorithm: str | None = None        # "winograd" for Winograd F(2x2, 3x3)
+    candidates: list[dict[str, Any]] | None = None
+    timings_us: dict[str, float] | None = None
+    skip: int | None = None             # the residual operand of a folded add
+    skip_grid: Grid | None = None
+    sum_grid: Grid | None = None        # the folded add's output grid
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        self.check_window(self.id)
+        if self.in_c % self.groups or self.out_c % self.groups:
+            raise PlanError(f"op {self.id}: {self.in_c} -> {self.out_c} channels do not divide into {self.groups} groups")
+        if (self.skip is None) != (self.sum_grid is None) or (self.skip is None) != (self.skip_grid is None):
+            raise PlanError(f"op {self.id}: a folded add needs skip, skip_grid and sum_grid together")
+        if self.block is not None and self.block not in (8, 16, 32):
+            raise PlanError(f"op {self.id}: block={self.block} is not 8, 16 or 32")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class DepthwiseOp(ConvOp):
+    """A depthwise conv (one filter per channel, ``channels`` = in_c = out_c = groups) run by its own kernel."""
+
+    KIND = "depthwise"
+    POSITIVE = ConvOp.POSITIVE + ("channels",)
+    channels: int
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        if not self.channels == self.in_c == self.out_c == self.groups:
+            raise PlanError(f"op {self.id}: a depthwise conv has channels = in_c = out_c = groups")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class AddOp(Op):
+    """Elementwise add of two tensors of one shape: both dequantized in float32, added, requantized."""
+
+    KIND = "add"
+    INPUTS = ("input", "skip")
+    POSITIVE = ("size",)
+    input: int
+    skip: int
+    output: int
+    size: int
+    input_grid: Grid
+    skip_grid: Grid
+    output_grid: Grid
+
+
+@op_kind
+@dataclass(kw_only=True)
+class AveragePoolOp(Op):
+    """Global average pooling: the exact sum of ``q - z`` over the plane times ``multiplier``, requantized."""
+
+    KIND = "average_pool"
+    POSITIVE = ("channels", "height", "width")
+    input: int
+    output: int
+    channels: int
+    height: int
+    width: int
+    multiplier: float                   # float32(s_x) / (float32(s_y) * float32(height * width))
+    input_grid: Grid
+    output_grid: Grid
+
+
+@op_kind
+@dataclass(kw_only=True)
+class MaxPoolOp(WindowFields, Op):
+    """Max pooling on codes (exact; the output keeps the input's grid)."""
+
+    KIND = "max_pool"
+    POSITIVE = ("channels", "height", "width", "out_h", "out_w")
+    input: int
+    output: int
+    channels: int
+    height: int
+    width: int
+    out_h: int
+    out_w: int
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        self.check_window(self.id)
+
+
+@dataclass
+class Plan:
+    """A compiled network: its tensors and ops in execution order, the input and output shapes, and how
+    primitive selection timed the kernels (``selection``)."""
+
+    source: str
+    input_shape: list[int]
+    output_shape: list[int]
+    tensors: list[TensorRecord]
+    ops: list[Op]
+    selection: dict[str, Any] | None = None
+    format: str = PLAN_FORMAT
+    version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"format": self.format, "version": self.version, "source": self.source,
+                "input": {"shape": list(self.input_shape)}, "output": {"shape": list(self.output_shape)},
+                "tensors": [{k: v for k, v in asdict(t).items() if k != "folded" or v} for t in self.tensors],
+                "ops": [op.to_dict() for op in self.ops]}
+        if self.selection is not None:
+            data["selection"] = self.selection
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Plan:
+        """The plan of a file's JSON, every field's type and every op's own rules checked (:class:`PlanError`)."""
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise PlanError("it does not hold a lightning-edge plan")
+        if data.get("version") != PLAN_VERSION:
+            raise PlanError(f"plan version {data.get('version')} is not {PLAN_VERSION}, the one this runtime reads; "
+                            "compile the ONNX file again with `lightning-edge compile`")
+        tensors = [_build(TensorRecord, record, f"tensor {index}") for index, record in enumerate(_list(data, "tensors"))]
+        ops = []
+        for index, record in enumerate(_list(data, "ops")):
+            kind = record.get("kind") if isinstance(record, dict) else record
+            if not isinstance(kind, str) or kind not in OP_KINDS:
+                raise PlanError(f"op {index} has unknown kind {kind!r} (this runtime runs {', '.join(OP_KINDS)})")
+            op = _build(OP_KINDS[record["kind"]], {k: v for k, v in record.items() if k != "kind"}, f"op {index}")
+            op.validate(len(tensors))
+            ops.append(op)
+        shapes = {}
+        for key in ("input", "output"):
+            entry = data.get(key)
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            if not isinstance(shape, list) or not all(_is_int(d) and 0 < d <= MAX_DIMENSION for d in shape):
+                raise PlanError(f"the plan's {key} shape {shape!r} is not a list of positive dimensions")
+            shapes[key] = shape
+        selection = data.get("selection")
+        if selection is not None and not isinstance(selection, dict):
+            raise PlanError("the plan's selection record is not an object")
+        source = data.get("source", "?")
+        return cls(source=source if isinstance(source, str) else "?", input_shape=shapes["input"],
+                   output_shape=shapes["output"], tensors=tensors, ops=ops, selection=selection)
+
+    def op_ids(self) -> list[str]:
+        return [op.id for op in self.ops]
+
+
+# ------------------------------------------------------------------------------------------- field checks
+def _list(data: dict, key: str) -> list:
+    value = data.get(key)
+    if not isinstance(value, list) or not value:
+        raise PlanError(f"the plan's {key!r} is not a non-empty list")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _build(cls: type, record: Any, where: str) -> Any:
+    """``cls(**record)`` with every field present and of its annotated type."""
+    if not isinstance(record, dict):
+        raise PlanError(f"{where} is not an object")
+    hints = _hints(cls)
+    known = {item.name: item for item in fields(cls)}
+    unknown = set(record) - set(known)
+    if unknown:
+        raise PlanError(f"{where} has unknown fields {sorted(unknown)}")
+    values = {}
+    for name, item in known.items():
+        if name not in record:
+            if item.default is MISSING and item.default_factory is MISSING:
+                raise PlanError(f"{where} is missing {name!r}")
+            continue
+        values[name] = _typed(record[name], hints[name], f"{where}: {name}")
+    try:
+        return cls(**values)
+    except PlanError as error:
+        raise PlanError(f"{where}: {error}") from None
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against the annotation ``hint`` (int, float, str, bool, Grid, list/dict of them, Optional)."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in arguments:
+            return None
+        (inner,) = [a for a in arguments if a is not type(None)]
+        return _typed(value, inner, where)
+    if hint is int:
+        if not _is_int(value) or abs(value) > 1 << 62:
+            raise PlanError(f"{where}={value!r} is not an integer")
+        return value
+    if hint is float:
+        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+            raise PlanError(f"{where}={value!r} is not a finite number")
+        return float(value)
+    if hint in (str, bool):
+        if not isinstance(value, hint):
+            raise PlanError(f"{where}={value!r} is not a {hint.__name__}")
+        return value
+    if hint is Grid:
+        return _build(Grid, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise PlanError(f"{where} is not a list")
+        return [_typed(item, arguments[0], f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise PlanError(f"{where} is not an object")
+        return {key: _typed(item, arguments[1], f"{where}.{key}") for key, item in value.items()}
+    if hint is Any:
+        return value
+    raise TypeError(f"plan field {where} has an annotation the checker does not know: {hint!r}")
