@@ -80,14 +80,25 @@ class Op:
         return self.KIND
 
     def reads(self) -> list[int]:
-        return [getattr(self, name) for name in self.INPUTS if getattr(self, name) is not None]
+        indices = []
+        for name in self.INPUTS:
+            value = getattr(self, name)
+            indices += value if isinstance(value, list) else [] if value is None else [value]
+        return indices
 
     def writes(self) -> int | None:
         return getattr(self, self.OUTPUT) if self.OUTPUT else None
 
     def arrays(self) -> dict[str, str]:
-        """The file arrays the op reads, by field."""
-        return {name: getattr(self, name) for name in self.ARRAYS if getattr(self, name) is not None}
+        """The file arrays the op reads, by field (``field[i]`` for a list of them)."""
+        named = {}
+        for name in self.ARRAYS:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                named.update({f"{name}[{i}]": item for i, item in enumerate(value) if item is not None})
+            elif value is not None:
+                named[name] = value
+        return named
 
     def to_dict(self) -> dict[str, Any]:
         """The op as the plan's JSON and the engine read it: its fields, ``kind``, and no unset optional ones."""
@@ -100,10 +111,9 @@ class Op:
 
     def validate(self, tensor_count: int) -> None:
         """Tensor indices inside the plan and dimensions positive; kinds add their own rules."""
-        for name in (*self.INPUTS, *((self.OUTPUT,) if self.OUTPUT else ())):
-            index = getattr(self, name)
-            if index is not None and not 0 <= index < tensor_count:
-                raise PlanError(f"op {self.id}: {name}={index} is not one of the plan's {tensor_count} tensors")
+        for index in [*self.reads(), *([self.writes()] if self.writes() is not None else [])]:
+            if not 0 <= index < tensor_count:
+                raise PlanError(f"op {self.id}: tensor {index} is not one of the plan's {tensor_count} tensors")
         for name in self.POSITIVE:
             if not 0 < getattr(self, name) <= MAX_DIMENSION:
                 raise PlanError(f"op {self.id}: {name}={getattr(self, name)} is not a positive dimension")
@@ -269,6 +279,150 @@ class MaxPoolOp(WindowFields, Op):
     width: int
     out_h: int
     out_w: int
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        self.check_window(self.id)
+
+
+@op_kind
+@dataclass(kw_only=True)
+class TableOp(Op):
+    """A unary function on codes as a lookup table: ``out[i] = tables[c][in[i]]`` (INT8_SPEC: dequantize, the float
+    op, requantize, evaluated once per code at compile time); one table, or one per channel (``c`` the NHWC
+    channel) where the function has per-channel constants (PRelu, BatchNormalization, ...)."""
+
+    KIND = "table"
+    ARRAYS = ("tables",)
+    POSITIVE = ("channels", "size", "table_count")
+    input: int
+    output: int
+    channels: int
+    size: int                           # elements per sample
+    table_count: int                    # 1 or channels
+    tables: str                         # uint8 (table_count, 256)
+    input_grid: Grid
+    output_grid: Grid
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        if self.table_count not in (1, self.channels) or self.size % self.channels:
+            raise PlanError(f"op {self.id}: {self.table_count} tables for {self.channels} channels of {self.size} elements")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class BinaryOp(Op):
+    """``out = Q(operation(a, b))`` with numpy broadcasting over NHWC (height, width, channels): each operand's
+    codes become float32 through its table (``DQ`` or a unary float function of it, one table or one per
+    channel), the operation runs in float32, the result is quantized onto ``output_grid``."""
+
+    KIND = "binary"
+    INPUTS = ("input", "other")
+    ARRAYS = ("input_table", "other_table")
+    POSITIVE = ("height", "width", "channels")
+    OPERATIONS: ClassVar[tuple[str, ...]] = ("add", "sub", "mul", "div")
+    operation: str
+    input: int
+    other: int
+    output: int
+    height: int
+    width: int
+    channels: int
+    input_shape: list[int]              # (height, width, channels), each the output's or 1
+    other_shape: list[int]
+    input_table: str                    # float32 (1 or input channels, 256)
+    other_table: str
+    output_grid: Grid
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        if self.operation not in self.OPERATIONS:
+            raise PlanError(f"op {self.id}: operation {self.operation!r} is not one of {self.OPERATIONS}")
+        out = [self.height, self.width, self.channels]
+        for name in ("input_shape", "other_shape"):
+            shape = getattr(self, name)
+            if len(shape) != 3 or any(d not in (1, o) for d, o in zip(shape, out)):
+                raise PlanError(f"op {self.id}: {name} {shape} does not broadcast to {out}")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class ConcatOp(Op):
+    """Channel concatenation of NHWC tensors with the same pixels; an input on another grid than the output's
+    is requantized through its table (``tables[i]``), else its codes are copied."""
+
+    KIND = "concat"
+    INPUTS = ("inputs",)
+    ARRAYS = ("tables",)
+    POSITIVE = ("pixels", "channels")
+    inputs: list[int]
+    input_channels: list[int]
+    tables: list[str | None]            # uint8 (256,) requantization tables, None where the grid is the output's
+    pixels: int
+    channels: int
+    output: int
+    output_grid: Grid
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        if not (len(self.inputs) == len(self.input_channels) == len(self.tables) >= 1):
+            raise PlanError(f"op {self.id}: inputs, input_channels and tables differ in length")
+        if any(c <= 0 for c in self.input_channels) or sum(self.input_channels) != self.channels:
+            raise PlanError(f"op {self.id}: input channels {self.input_channels} do not add up to {self.channels}")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class GatherOp(Op):
+    """Codes that only move (reshape, transpose, channel shuffle, slice, split, pad, nearest resize, any
+    composition of them): output element j of each sample is element ``indices[j]`` of input ``sources[j]``
+    (or the pad code ``pad`` where ``sources[j]`` is -1), requantized through ``tables[i]`` where input i is on
+    another grid than the output. The compiler finds the map by running the ONNX ops on element indices."""
+
+    KIND = "gather"
+    INPUTS = ("inputs",)
+    ARRAYS = ("indices", "sources", "tables")
+    POSITIVE = ("size",)
+    inputs: list[int]
+    input_sizes: list[int]              # elements per sample of each input
+    tables: list[str | None]            # uint8 (256,), None where the input's grid is the output's
+    size: int                           # output elements per sample
+    indices: str                        # int32 (size,): the element of its input each output element copies
+    sources: str | None = None          # int32 (size,): which input (-1: the pad code); None: input 0 everywhere
+    pad: int = 0
+    output: int
+    output_grid: Grid
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        if not (len(self.inputs) == len(self.input_sizes) == len(self.tables) >= 1) or min(self.input_sizes) <= 0:
+            raise PlanError(f"op {self.id}: inputs, input_sizes and tables differ in length or are empty")
+        if self.sources is None and len(self.inputs) != 1 or not 0 <= self.pad <= 255:
+            raise PlanError(f"op {self.id}: several inputs need a sources array; the pad code must be uint8")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class WindowAveragePoolOp(WindowFields, Op):
+    """Average pooling over windows: the exact sum of ``q - z`` over the window's elements inside the input,
+    times ``float32(s_x) / (float32(s_y) * float32(count))``, requantized; ``count`` is the elements inside
+    the input, or the whole window when ``count_include_pad`` (padding counts as real 0)."""
+
+    KIND = "window_average_pool"
+    POSITIVE = ("channels", "height", "width", "out_h", "out_w")
+    input: int
+    output: int
+    channels: int
+    height: int
+    width: int
+    out_h: int
+    out_w: int
+    pad_bottom: int = 0                 # explicit padding (a ceil_mode overhang is not padding)
+    pad_right: int = 0
+    count_include_pad: bool = False
+    input_grid: Grid
+    output_grid: Grid
 
     def validate(self, tensor_count: int) -> None:
         super().validate(tensor_count)

@@ -1,0 +1,63 @@
+"""Compile a standard ONNX QDQ file into the runtime's fused integer plan (a .edge file). numpy + onnx, no torch.
+
+What it accepts: the graphs ``lightning_edge.export.to_onnx`` writes and those of other QDQ tools such as
+ONNX Runtime's ``quantize_static`` (per-channel or per-tensor int8 weights, given as int8 initializers or as
+float constants with their own QuantizeLinear, uint8 or int8 activations, int32 or float biases, shared
+initializers through Identity): QuantizeLinear on the float input, then integer ops between
+DequantizeLinear and QuantizeLinear pairs, and a DequantizeLinear output. Each ONNX op type has one rule,
+registered in ``graph.RULES`` by the module of its family:
+
+- ``conv``: Conv and Gemm (+ bias + requantize + fused Relu/Clip as one op; Gemm as a 1x1 conv; a Flatten
+  of a spatial tensor permutes the Gemm's weight columns from NCHW to the runtime's NHWC order);
+- ``elementwise``: Add (folded into the producing conv's epilogue where its operand is read once), and any
+  elementwise float function between DequantizeLinear and QuantizeLinear (HardSwish, Sigmoid, Mul by a
+  constant, BatchNormalization, PRelu, ...): on one int8 tensor it is a lookup table computed from the spec's
+  float functions (``reference.FLOAT_OPS``), on two (SE gates, broadcast adds and products) a binary op;
+- ``pooling``: GlobalAveragePool, ReduceMean over H and W, AveragePool, MaxPool (ceil mode included);
+- ``movement``: codes that only move (Flatten, Reshape, Squeeze, Unsqueeze, Concat, Slice, Split, channel
+  shuffle, Pad, nearest Resize), requantized through a table where the output grid differs.
+
+Per INT8_SPEC.md, multipliers and clamp bounds are computed here once, exactly as ``reference.py`` computes
+them; int8-activation files are shifted by +128 onto uint8 codes (every difference and order is unchanged);
+weights are stored as int8 in the (kernel row, kernel column, channel) order of an NHWC window and packed for
+the CPU's kernel path when a plan is loaded (``packing``); where a layer has several algorithms, primitive
+selection (``selection``) times them on its real shape with this machine's kernels.
+
+Anything else stops with :class:`CompileError` naming the node and op, before anything is written.
+"""
+from __future__ import annotations
+
+import os
+
+from lightning_edge.runtime.compiler.graph import CompileError, GraphCompiler
+from lightning_edge.runtime.edge_format import write_edge
+from lightning_edge.runtime.plan import Plan
+from lightning_edge.runtime.selection import first_candidates, select_primitives
+
+# The op families register their rules on import.
+from lightning_edge.runtime.compiler import conv, elementwise, movement, pooling  # noqa: E402,F401  isort: skip
+
+__all__ = ["CompileError", "compile"]
+
+
+def compile(onnx_path: str | os.PathLike, edge_path: str | os.PathLike, *, select: bool = True,
+            tune_batch: int = 1, threads: int | None = None) -> Plan:
+    """Compile ``onnx_path`` into ``edge_path`` (written atomically); returns the plan.
+
+    ``select`` times each layer's candidate kernels on its real shape at batch ``tune_batch`` with
+    ``threads`` (default: all cores) and keeps the fastest; without it the first candidate is used.
+    """
+    import onnx
+
+    path = os.fspath(onnx_path)
+    try:
+        model = onnx.load(path)
+    except Exception as error:  # protobuf raises several types for damaged files
+        raise CompileError(None, f"{path} is not a readable ONNX file ({error})") from error
+    plan, arrays = GraphCompiler(model, os.path.basename(path)).build()
+    if select:
+        select_primitives(plan, arrays, batch=tune_batch, threads=threads)
+    else:
+        first_candidates(plan)
+    write_edge(edge_path, plan.to_dict(), arrays)
+    return plan

@@ -1,0 +1,184 @@
+"""Compiler rules of elementwise ops: the residual Add (folded into a conv's epilogue where it can be), and
+every elementwise float function between DequantizeLinear and QuantizeLinear.
+
+INT8_SPEC's general rule: dequantize, apply the float op node by node in float32, requantize. So a function
+of one int8 tensor (HardSwish, Sigmoid, x * Sigmoid(x), BatchNormalization, PRelu, Mul by a constant, ...) is
+exactly a 256-entry table per channel, computed here with the reference's own float functions
+(``reference.float_op``) on every code; and a binary op on two int8 tensors (an SE gate's broadcast product,
+a broadcast add) reads each operand through a float32 table (its dequantization, or a unary function of it)
+and quantizes the float32 result.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from lightning_edge.runtime.compiler.graph import (CompileError, Expression, GraphCompiler, Pending, Tensor, finisher,
+                                                   rule)
+from lightning_edge.runtime.plan import AddOp, BinaryOp, ConvOp, TableOp
+from lightning_edge.runtime.reference import float_op, quantize
+
+ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish", "Sigmoid",
+               "Tanh", "Erf", "Exp", "Softplus", "Gelu", "Neg", "Abs", "Sqrt", "Pow", "BatchNormalization", "Max", "Min",
+               "Elu", "Selu", "Celu", "Mish", "Softsign", "Reciprocal")
+_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
+_CODES = np.arange(256)
+
+
+@rule(*ELEMENTWISE)
+def elementwise(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
+    """An Add of two int8 tensors of one shape stays an integer add (it may fold into a conv); anything else is an
+    :class:`Expression` (or, on constants alone, a constant)."""
+    if node.op_type == "Add" and all(isinstance(o, Tensor) for o in operands) and operands[0].shape == operands[1].shape:
+        return Pending(node, "add", list(operands))
+    resolved = []
+    for name, operand in zip(node.input, operands):
+        if isinstance(operand, Pending):
+            c.activation(node, operand)  # raises: a result with an integer form must be quantized first
+        resolved.append(operand if isinstance(operand, (Tensor, Expression)) else None if not name else c.constant(node, name))
+    if not any(isinstance(o, (Tensor, Expression)) for o in resolved):
+        return np.asarray(float_op(node, resolved))
+    return Expression(node, resolved)
+
+
+def evaluate(expression: Expression, values: dict[int, np.ndarray]) -> np.ndarray:
+    """``expression`` in float32 with each source tensor's index mapped to its dequantized values."""
+    inputs = [evaluate(o, values) if isinstance(o, Expression) else values[o.index] if isinstance(o, Tensor) else o
+              for o in expression.operands]
+    return np.asarray(float_op(expression.node, inputs), dtype=np.float32)
+
+
+def finish_expression(c: GraphCompiler, quantizer: Any, expression: Expression, grid: tuple[float, int, int, int],
+                      shift: int) -> Tensor:
+    """An expression meets its QuantizeLinear: a table op (one source) or a binary op (two)."""
+    sources = expression.sources()
+    nodes = [node.name for node in expression.nodes()] + [quantizer.name]
+    if len(sources) == 1:
+        return _table_op(c, quantizer, expression, sources[0], nodes, grid, shift)
+    if len(sources) == 2:
+        return _binary_op(c, quantizer, expression, nodes, grid, shift)
+    raise CompileError(expression.node, f"an elementwise function of {len(sources)} int8 tensors has no integer form; "
+                                        "quantize its intermediate results (QuantizeLinear/DequantizeLinear pairs)")
+
+
+def _code_values(c: GraphCompiler, node: Any, expression: Expression | Tensor, source: Tensor) -> np.ndarray:
+    """``expression`` on every code of ``source``: float32 (256, table count), one column per channel where the
+    function has per-channel constants, else one column."""
+    channels = source.chw()[0]
+    _check_constants(node, expression, channels)
+    codes = (_CODES - source.zero).astype(np.float32) * np.float32(source.scale)  # DQ of every code
+    dequantized = codes.reshape((256, 1, 1, 1) if len(source.shape) == 3 else (256, 1))
+    values = evaluate(expression, {source.index: dequantized}) if isinstance(expression, Expression) else dequantized
+    values = values.reshape(256, -1)
+    if values.shape[1] not in (1, channels):
+        raise CompileError(node, f"its result has {values.shape[1]} channels for {channels} input channels")
+    return values
+
+
+def _check_constants(node: Any, expression: Expression | Tensor, channels: int) -> None:
+    """Constants may vary by channel only: then the function of a code is one table per channel."""
+    if not isinstance(expression, Expression):
+        return
+    for operand in expression.operands:
+        if isinstance(operand, Expression):
+            _check_constants(node, operand, channels)
+        elif isinstance(operand, np.ndarray) and operand.size > 1 and expression.node.op_type != "BatchNormalization":
+            shape = (1,) * (4 - operand.ndim) + operand.shape if operand.ndim <= 4 else operand.shape
+            if operand.ndim > 4 or shape[0] != 1 or shape[2:] != (1, 1) or shape[1] not in (1, channels):
+                raise CompileError(expression.node, f"a constant of shape {operand.shape} varies along more than the "
+                                                    "channels; only per-channel constants have a table form")
+
+
+def _table_op(c: GraphCompiler, quantizer: Any, expression: Expression, source: Tensor, nodes: list[str],
+              grid: tuple[float, int, int, int], shift: int) -> Tensor:
+    values = _code_values(c, expression.node, expression, source)
+    scale, zero, low, high = grid
+    tables = (quantize(values.T, np.float32(scale), zero - shift, low - shift, high - shift) + shift).astype(np.uint8)
+    channels = source.chw()[0]
+    tensor = c.new_tensor(quantizer.output[0], grid, source.shape)
+    tensor.nchw_order = source.nchw_order
+    op_id = c.new_id()
+    tensor.producer = c.emit(TableOp(
+        id=op_id, nodes=nodes, input=source.index, output=tensor.index, channels=channels, size=int(np.prod(source.shape)),
+        table_count=tables.shape[0], tables=c.array(op_id, "tables", tables), input_grid=source.grid(),
+        output_grid=tensor.grid()))
+    return tensor
+
+
+def _binary_op(c: GraphCompiler, quantizer: Any, expression: Expression, nodes: list[str],
+               grid: tuple[float, int, int, int], shift: int) -> Tensor:
+    low_real, high_real = -math.inf, math.inf
+    root = expression
+    while root.node.op_type in ("Relu", "Clip") and isinstance(root.operands[0], Expression):  # bounds on the result
+        low, high = (0.0, math.inf) if root.node.op_type == "Relu" else c.clip_bounds(root.node)
+        low_real, high_real = max(low_real, low), min(high_real, high)
+        root = root.operands[0]
+    if root.node.op_type not in _BINARY or len(root.operands) != 2:
+        raise CompileError(root.node, "a function of two int8 tensors must be an Add, Sub, Mul or Div of functions of "
+                                      "each (optionally followed by Relu/Clip) to have an integer form")
+    sides = []
+    for operand in root.operands:
+        found = operand.sources() if isinstance(operand, Expression) else [operand] if isinstance(operand, Tensor) else []
+        if len(found) != 1:
+            raise CompileError(root.node, "each operand of a binary op must depend on exactly one int8 tensor")
+        sides.append((operand, found[0]))
+    shapes = [source.chw() for _, source in sides]
+    if any(source.nchw_order is not None and np.prod(source.nchw_order[1:]) > 1 for _, source in sides):
+        raise CompileError(root.node, "a binary op on flattened spatial tensors is not supported")
+    out = tuple(max(a, b) for a, b in zip(*shapes))
+    if any(d not in (1, o) for shape in shapes for d, o in zip(shape, out)):
+        raise CompileError(root.node, f"operands of shapes {shapes[0]} and {shapes[1]} do not broadcast")
+    scale, zero, low, high = grid
+    original = (zero - shift, low - shift, high - shift)
+    if low_real > -math.inf:
+        low = max(low, int(quantize(np.float32(low_real), np.float32(scale), *original)) + shift)
+    if high_real < math.inf:
+        high = min(high, int(quantize(np.float32(high_real), np.float32(scale), *original)) + shift)
+    output_shape = out if len(sides[0][1].shape) == 3 or len(sides[1][1].shape) == 3 else (out[0],)
+    tensor = c.new_tensor(quantizer.output[0], (scale, zero, low, high), output_shape)
+    op_id = c.new_id()
+    tables = [c.array(op_id, f"table{i}", _code_values(c, root.node, operand, source).T.astype(np.float32))
+              for i, (operand, source) in enumerate(sides)]
+    hwc = [[shape[1], shape[2], shape[0]] for shape in shapes]
+    tensor.producer = c.emit(BinaryOp(
+        id=op_id, nodes=nodes, operation=_BINARY[root.node.op_type], input=sides[0][1].index, other=sides[1][1].index,
+        output=tensor.index, height=out[1], width=out[2], channels=out[0], input_shape=hwc[0], other_shape=hwc[1],
+        input_table=tables[0], other_table=tables[1], output_grid=tensor.grid()))
+    return tensor
+
+
+# ---------------------------------------------------------------------------------------------- the integer add
+@finisher("add")
+def add_op(c: GraphCompiler, result: Pending, name: str, nodes: list[str], grid: tuple[float, int, int, int]) -> Tensor:
+    a, b = result.inputs
+    for conv, skip in ((a, b), (b, a)):
+        op = conv.producer
+        if isinstance(op, ConvOp) and op.skip is None and _read_once(c, op.output, result.node):
+            return _fold_add(c, op, conv, skip, name, nodes, grid)
+    return c.produce(AddOp, nodes, name, grid, a.shape, input=a.index, skip=b.index, size=int(np.prod(a.shape)),
+                     input_grid=a.grid(), skip_grid=b.grid(), output_grid=c.grid_record(grid))
+
+
+def _read_once(c: GraphCompiler, tensor_index: int, add_node: Any) -> bool:
+    """Whether the conv output's only reader is this Add (through one DequantizeLinear)."""
+    name = c.tensors[tensor_index].name
+    if name in c.outputs:
+        return False
+    readers = c.readers.get(name, [])
+    if len(readers) != 1 or readers[0].op_type != "DequantizeLinear":
+        return False
+    return [reader is add_node for reader in c.readers.get(readers[0].output[0], [])] == [True]
+
+
+def _fold_add(c: GraphCompiler, op: ConvOp, conv: Tensor, skip: Tensor, name: str, nodes: list[str],
+              grid: tuple[float, int, int, int]) -> Tensor:
+    """The conv's epilogue does the add: move the conv to this position with the skip operand."""
+    c.ops.remove(op)
+    tensor = c.new_tensor(name, grid, conv.shape)
+    op.skip, op.skip_grid, op.sum_grid, op.output = skip.index, skip.grid(), tensor.grid(), tensor.index
+    op.nodes = op.nodes + nodes
+    c.tensors[conv.index].folded = True
+    tensor.producer = c.emit(op)
+    return tensor
