@@ -1,0 +1,177 @@
+// The Python module lightning_edge.runtime._engine, the only file that includes pybind11: it converts the
+// plan's dicts and numpy arrays into the engine core's Attributes and ArrayRefs (keeping the arrays alive
+// while the engine uses them), and releases the GIL around all compute.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu_features.h"
+#include "engine.h"
+
+namespace py = pybind11;
+
+namespace edge {
+
+namespace {
+
+Attributes to_attributes(const py::dict& d);
+
+// A Python value as the engine reads it, following pybind11's casts: an int (or anything with __index__) is
+// integral when it fits in int64 and a number when it fits in a double; a float (or anything with
+// __float__) is a number; str and bytes are text; a dict nests.
+Value to_value(py::handle h) {
+    Value v;
+    PyObject* o = h.ptr();
+    if (PyUnicode_Check(o) || PyBytes_Check(o)) {
+        v.kind = Value::Kind::String, v.text = h.cast<std::string>();
+    } else if (PyDict_Check(o)) {
+        v.kind = Value::Kind::Map, v.map = std::make_shared<const Attributes>(to_attributes(h.cast<py::dict>()));
+    } else if (!PyFloat_Check(o) && (PyLong_Check(o) || PyIndex_Check(o))) {
+        py::object integer = py::reinterpret_steal<py::object>(PyNumber_Index(o));
+        if (!integer) {
+            PyErr_Clear();
+            return v;
+        }
+        int overflow = 0;
+        const long long value = PyLong_AsLongLongAndOverflow(integer.ptr(), &overflow);
+        v.integral = overflow == 0 && !(value == -1 && PyErr_Occurred());
+        v.integer = v.integral ? value : 0;
+        v.number = PyLong_AsDouble(integer.ptr());
+        v.kind = PyErr_Occurred() ? Value::Kind::Other : Value::Kind::Number;
+        PyErr_Clear();
+    } else {
+        const double number = PyFloat_AsDouble(o);
+        if (number == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return v;
+        }
+        v.kind = Value::Kind::Number, v.number = number;
+    }
+    return v;
+}
+
+Attributes to_attributes(const py::dict& d) {
+    Attributes attrs;
+    for (auto item : d)
+        if (py::isinstance<py::str>(item.first)) attrs.set(item.first.cast<std::string>(), to_value(item.second));
+    return attrs;
+}
+
+Dtype dtype_of_array(const py::array& a) {
+    if (py::isinstance<py::array_t<int8_t>>(a)) return Dtype::Int8;
+    if (py::isinstance<py::array_t<int16_t>>(a)) return Dtype::Int16;
+    if (py::isinstance<py::array_t<int32_t>>(a)) return Dtype::Int32;
+    if (py::isinstance<py::array_t<float>>(a)) return Dtype::Float32;
+    return Dtype::Other;
+}
+
+using FloatBatch = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+std::vector<long> shape_of(const py::array& x) { return std::vector<long>(x.shape(), x.shape() + x.ndim()); }
+
+std::vector<py::ssize_t> to_shape(const std::vector<long>& shape) { return std::vector<py::ssize_t>(shape.begin(), shape.end()); }
+
+// The Python-facing engine: the core plus the numpy arrays its ops point into.
+class PyEngine {
+  public:
+    PyEngine(py::list ops, py::list tensor_sizes, py::dict arrays, int threads, const std::string& kernels) {
+        std::vector<size_t> sizes;
+        for (auto size : tensor_sizes) sizes.push_back(size.cast<size_t>());
+        std::vector<OpDescription> descriptions;
+        for (auto item : ops) {
+            Attributes attrs = to_attributes(item.cast<py::dict>());
+            std::string kind = attrs.get_string("kind");
+            descriptions.push_back({std::move(kind), std::move(attrs)});
+        }
+        ArrayTable table;
+        for (auto item : arrays) {
+            if (!py::isinstance<py::str>(item.first)) continue;
+            ArrayRef ref;
+            if (py::isinstance<py::array>(item.second)) {
+                auto a = py::reinterpret_borrow<py::array>(item.second);
+                ref.data = a.data(), ref.dtype = dtype_of_array(a), ref.count = static_cast<size_t>(a.size());
+                ref.contiguous = (a.flags() & py::array::c_style) != 0;
+                keep_.push_back(a);
+            }
+            table[item.first.cast<std::string>()] = ref;
+        }
+        engine_ = std::make_unique<Engine>(descriptions, std::move(sizes), table, threads, kernels);
+    }
+
+    std::string backend() const { return engine_->backend(); }
+    int threads() const { return engine_->threads(); }
+
+    // Runs the plan on a float32 NCHW batch; returns the dequantized float32 output.
+    py::array_t<float> run(FloatBatch x) {
+        const int batch = engine_->check_input(shape_of(x));
+        py::array_t<float> result(to_shape(engine_->output_shape(batch)));
+        float* out = result.mutable_data();
+        py::gil_scoped_release release;
+        engine_->run(x.data(), batch, out);
+        return result;
+    }
+
+    // Like run, but also returns every uint8 tensor (NHWC, one array per plan tensor) for layer-by-layer checks.
+    py::tuple trace(FloatBatch x) {
+        const int batch = engine_->check_input(shape_of(x));
+        py::array_t<float> result(to_shape(engine_->output_shape(batch)));
+        py::list tensors;
+        for (int t = 0; t < engine_->tensor_count(); ++t) tensors.append(py::none());
+        engine_->trace(x.data(), batch, result.mutable_data(), [&](int index, const uint8_t* codes, size_t bytes) {
+            py::array_t<uint8_t> copy(static_cast<py::ssize_t>(bytes));
+            std::memcpy(copy.mutable_data(), codes, bytes);
+            tensors[index] = copy;
+        });
+        return py::make_tuple(result, tensors);
+    }
+
+    std::vector<double> profile(FloatBatch x, int repeats) {
+        const int batch = engine_->check_input(shape_of(x));
+        py::array_t<float> result(to_shape(engine_->output_shape(batch)));
+        float* out = result.mutable_data();
+        py::gil_scoped_release release;
+        return engine_->profile(x.data(), batch, out, repeats);
+    }
+
+    double time_op(int index, int batch, int repeats) {
+        py::gil_scoped_release release;
+        return engine_->time_op(index, batch, repeats);
+    }
+
+  private:
+    std::vector<py::array> keep_;
+    std::unique_ptr<Engine> engine_;
+};
+
+}  // namespace
+}  // namespace edge
+
+PYBIND11_MODULE(_engine, m) {
+    m.doc() = "lightning-edge INT8 runtime kernels (see lightning_edge.runtime.session)";
+    py::class_<edge::PyEngine>(m, "Engine")
+        .def(py::init<py::list, py::list, py::dict, int, const std::string&>(), py::arg("ops"), py::arg("tensor_sizes"),
+             py::arg("arrays"), py::arg("threads"), py::arg("kernels") = "auto")
+        .def("run", &edge::PyEngine::run, py::arg("x"))
+        .def("trace", &edge::PyEngine::trace, py::arg("x"))
+        .def("profile", &edge::PyEngine::profile, py::arg("x"), py::arg("repeats") = 10)
+        .def("time_op", &edge::PyEngine::time_op, py::arg("index"), py::arg("batch"), py::arg("repeats") = 20)
+        .def_property_readonly("backend", &edge::PyEngine::backend)
+        .def_property_readonly("threads", &edge::PyEngine::threads);
+    m.def("int8_peak_ops", [](int threads, double seconds) {
+        py::gil_scoped_release release;
+        return edge::int8_peak_ops(threads, seconds);
+    }, py::arg("threads"), py::arg("seconds") = 0.1, "Measured int8 peak (operations per second) on `threads` threads.");
+    m.def("resolve_kernels", [](const std::string& kernels) { return std::string(edge::choose_backend(kernels).name); },
+          py::arg("kernels") = "auto", "The kernel path `kernels` ('auto' included) picks on this CPU.");
+    m.def("available_kernels", [] { return edge::available_kernels(); });
+    m.def("cpu_features", [] {
+        py::dict flags;
+        for (const auto& [name, present] : edge::cpu_features().named()) flags[py::str(name)] = present;
+        return flags;
+    }, "The instruction sets this CPU has, detected once: {'avx2': True, 'avx512vnni': False, ...}.");
+}

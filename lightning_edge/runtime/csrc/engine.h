@@ -1,0 +1,69 @@
+// The runtime's executor, without Python: a compiled plan (ops over uint8 NHWC tensors, each built by its
+// registered factory) run on a thread pool, with every buffer planned once per batch size. bindings.cpp
+// builds it from the dicts and numpy arrays session.py passes; tests/native/check_kernels.cpp builds it
+// from Attributes by hand.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attributes.h"
+#include "kernels.h"
+#include "memory_planner.h"
+#include "op_registry.h"
+#include "scheduler.h"
+
+namespace edge {
+
+// One plan op: its kind (the registry's key) and its fields.
+struct OpDescription {
+    std::string kind;
+    Attributes attributes;
+};
+
+class Engine {
+  public:
+    // Builds and checks every op (std::invalid_argument on the first problem), then the plan as a whole:
+    // one quantize op first, one dequantize op last, no tensor read before it is written or written twice.
+    // `arrays` must outlive the engine; tensor sizes are codes per sample.
+    Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor_sizes, const ArrayTable& arrays, int threads,
+           const std::string& kernels);
+
+    const char* backend() const { return backend_.name; }
+    int threads() const { return scheduler_.threads(); }
+    int op_count() const { return static_cast<int>(ops_.size()); }
+    int tensor_count() const { return memory_->tensor_count(); }
+    size_t tensor_size(int index) const { return memory_->tensor_size(index); }
+    const OpTensors& op_tensors(int index) const { return ops_[index]->tensors(); }
+
+    // The batch size of a float32 input of this shape; std::invalid_argument unless it is (batch, C, H, W)
+    // with the quantize op's C, H, W and 1 <= batch <= 2^20.
+    int check_input(const std::vector<long>& shape) const;
+    // (batch, classes) when the output is 1x1, else (batch, C, H, W).
+    std::vector<long> output_shape(int batch) const;
+
+    // Runs the plan on `batch` float32 NCHW samples at x; writes the dequantized float32 output to out.
+    void run(const float* x, int batch, float* out);
+    // Like run, and calls tensor(index, codes, bytes) after each op with the uint8 tensor it wrote.
+    void trace(const float* x, int batch, float* out, const std::function<void(int, const uint8_t*, size_t)>& tensor);
+    // Median seconds each op takes inside whole runs (`repeats` runs after one warm-up): per-layer cost.
+    std::vector<double> profile(const float* x, int batch, float* out, int repeats);
+    // Seconds per call of op `index` alone at `batch`, the median of `repeats` after a warm-up, on
+    // deterministic pseudo-random input codes: what primitive selection compares.
+    double time_op(int index, int batch, int repeats);
+
+  private:
+    ExecutionContext context(Arena& arena, int batch, const float* x, float* out) {
+        return ExecutionContext{scheduler_, backend_, *memory_, arena, batch, x, out};
+    }
+
+    const Backend& backend_;
+    Scheduler scheduler_;
+    std::vector<std::unique_ptr<Operator>> ops_;
+    std::unique_ptr<MemoryPlanner> memory_;
+    int in_c_, in_h_, in_w_, out_c_, out_h_, out_w_;
+};
+
+}  // namespace edge
