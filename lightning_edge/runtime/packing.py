@@ -94,8 +94,21 @@ def kernel_arrays(plan: Plan, tensors: dict[str, np.ndarray], kernels: str) -> t
                     arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps, k_major=kernels == "neon")
                 op["groups"] = groups
             op["weights"] = name
-        ops.append(op)
+        ops.append(_engine_record(op))
     return ops, arrays
+
+
+def _engine_record(op: dict[str, Any]) -> dict[str, Any]:
+    """The op's fields as the engine reads them: numbers, strings and grids; a list becomes ``key.count`` and
+    ``key.0``, ``key.1``, ... (its None items left out), a bool a 0 or 1."""
+    record = {}
+    for key, value in op.items():
+        if isinstance(value, list):
+            record[f"{key}.count"] = len(value)
+            record.update({f"{key}.{i}": item for i, item in enumerate(value) if item is not None})
+        else:
+            record[key] = int(value) if isinstance(value, bool) else value
+    return record
 
 
 def _check_packing_fields(op: dict[str, Any]) -> None:

@@ -331,8 +331,10 @@ class BinaryOp(Op):
     channels: int
     input_shape: list[int]              # (height, width, channels), each the output's or 1
     other_shape: list[int]
-    input_table: str                    # float32 (1 or input channels, 256)
+    input_table: str                    # float32 (input_table_count, 256)
     other_table: str
+    input_table_count: int              # 1, or the operand's channels (a per-channel function of it)
+    other_table_count: int
     output_grid: Grid
 
     def validate(self, tensor_count: int) -> None:

@@ -98,6 +98,21 @@ def quantize(x: np.ndarray, scale: np.float32, zero_point: Any, lo: int, hi: int
     return np.clip(np.rint(ratio).astype(np.int64) + np.asarray(zero_point, dtype=np.int64), lo, hi)
 
 
+def symmetric_codes(codes: np.ndarray, zero: Any, name: str) -> np.ndarray:
+    """Weight codes with a per-tensor zero point taken out (rule 2): ``q - z``, which must fit int8. ONNX Runtime
+    quantizes an initializer shared through an Identity as an activation (uint8, zero point near 128); its real
+    values are exactly those of the int8 codes ``q - z`` on the same scale."""
+    zero = np.asarray(zero)
+    if codes.dtype != np.uint8 and not np.any(zero != 0):
+        return codes
+    if zero.size > 1 and np.any(zero != zero.reshape(-1)[0]):
+        raise ReferenceError(f"weight {name!r} has per-channel nonzero zero points; INT8_SPEC weights are symmetric")
+    centered = codes.astype(np.int64) - int(zero.reshape(-1)[0])
+    if centered.min(initial=0) < -128 or centered.max(initial=0) > 127:
+        raise ReferenceError(f"weight {name!r}: its codes minus their zero point leave int8; INT8_SPEC weights are symmetric")
+    return centered.astype(np.int8)
+
+
 def requantize(acc: np.ndarray, multiplier: np.ndarray, zero_point: int, lo: int, hi: int) -> np.ndarray:
     """INT8_SPEC rule 6: ``clamp(round_half_even(float32(acc) * M) + z, lo, hi)``, M per channel (axis 1)."""
     shape = (1, -1) + (1,) * (acc.ndim - 2)
@@ -1129,9 +1144,7 @@ class ReferenceModel:
             return None
         codes = self.constants[node.input[0]]
         zero = self._zero_point([None, None, self.constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None])
-        if np.any(np.asarray(zero) != 0):
-            raise ReferenceError(f"weight {node.input[0]!r} has a nonzero zero point; INT8_SPEC weights are symmetric")
-        return codes, np.asarray(self.constants[node.input[1]], dtype=np.float32)
+        return symmetric_codes(codes, zero, node.input[0]), np.asarray(self.constants[node.input[1]], dtype=np.float32)
 
     def with_bias(self, node: Any, acc: np.ndarray, input_scale: np.float32, weight_scale: np.ndarray,
                   bias_name: str) -> _Pending:

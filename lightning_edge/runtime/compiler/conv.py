@@ -9,7 +9,7 @@ import numpy as np
 from lightning_edge.runtime.compiler.graph import CompileError, GraphCompiler, Pending, Tensor, finisher, rule
 from lightning_edge.runtime.packing import INT32_MAX
 from lightning_edge.runtime.plan import ConvOp
-from lightning_edge.runtime.reference import _attributes
+from lightning_edge.runtime.reference import ReferenceError, _attributes, symmetric_codes
 from lightning_edge.runtime.selection import conv_candidates
 
 
@@ -169,10 +169,12 @@ def weight(c: GraphCompiler, node: Any, name: str, bias: bool = False) -> tuple[
         if codes.dtype != np.int32:
             raise CompileError(node, f"bias {producer.input[0]!r} must be int32, not {codes.dtype}")
         return codes.astype(np.int64), scale
+    try:
+        codes = symmetric_codes(codes, zero, producer.input[0])
+    except ReferenceError as error:
+        raise CompileError(node, str(error)) from None
     if codes.dtype != np.int8:
         raise CompileError(node, f"weight {producer.input[0]!r} must be int8, not {codes.dtype}")
-    if np.any(np.asarray(zero) != 0):
-        raise CompileError(node, f"weight {producer.input[0]!r} has a nonzero zero point; INT8_SPEC weights are symmetric")
     if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
         raise CompileError(node, f"weight {producer.input[0]!r} has a scale that is not positive and finite")
     out_axis_size = codes.shape[0] if node.op_type == "Conv" or _attributes(node).get("transB", 0) else codes.shape[1]

@@ -45,6 +45,11 @@ def elementwise(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
 
 def evaluate(expression: Expression, values: dict[int, np.ndarray]) -> np.ndarray:
     """``expression`` in float32 with each source tensor's index mapped to its dequantized values."""
+    from lightning_edge.runtime.compiler.movement import MOVES
+
+    if expression.node.op_type in MOVES:
+        raise CompileError(expression.node, "a float function after moving a float result needs a QuantizeLinear "
+                                            "between them")
     inputs = [evaluate(o, values) if isinstance(o, Expression) else values[o.index] if isinstance(o, Tensor) else o
               for o in expression.operands]
     return np.asarray(float_op(expression.node, inputs), dtype=np.float32)
@@ -52,7 +57,15 @@ def evaluate(expression: Expression, values: dict[int, np.ndarray]) -> np.ndarra
 
 def finish_expression(c: GraphCompiler, quantizer: Any, expression: Expression, grid: tuple[float, int, int, int],
                       shift: int) -> Tensor:
-    """An expression meets its QuantizeLinear: a table op (one source) or a binary op (two)."""
+    """An expression meets its QuantizeLinear: a table op (one source) or a binary op (two). Data movement after
+    the float function (a Flatten of a HardSwish) moves the function's quantized codes instead."""
+    from lightning_edge.runtime.compiler.movement import MOVES, move, quantize_view
+
+    if expression.node.op_type in MOVES:
+        inner = expression.operands[0]
+        codes = finish_expression(c, _Renamed(quantizer, inner.node.output[0]), inner, grid, shift)
+        moved = move(c, expression.node, [codes, *[None] * (len(expression.operands) - 1)])  # constants: by name
+        return quantize_view(c, quantizer, moved[expression.node.output[0]], grid)
     sources = expression.sources()
     nodes = [node.name for node in expression.nodes()] + [quantizer.name]
     if len(sources) == 1:
@@ -61,6 +74,13 @@ def finish_expression(c: GraphCompiler, quantizer: Any, expression: Expression, 
         return _binary_op(c, quantizer, expression, nodes, grid, shift)
     raise CompileError(expression.node, f"an elementwise function of {len(sources)} int8 tensors has no integer form; "
                                         "quantize its intermediate results (QuantizeLinear/DequantizeLinear pairs)")
+
+
+class _Renamed:
+    """A QuantizeLinear seen as writing ``output``: the codes of a float function before the moves after it."""
+
+    def __init__(self, quantizer: Any, output: str):
+        self.name, self.output = quantizer.name, [output]
 
 
 def _code_values(c: GraphCompiler, node: Any, expression: Expression | Tensor, source: Tensor) -> np.ndarray:
@@ -97,8 +117,12 @@ def _table_op(c: GraphCompiler, quantizer: Any, expression: Expression, source: 
     scale, zero, low, high = grid
     tables = (quantize(values.T, np.float32(scale), zero - shift, low - shift, high - shift) + shift).astype(np.uint8)
     channels = source.chw()[0]
+    if source.flat_order is not None and len(tables) > 1:  # a permuted flat tensor: tables follow its storage
+        stored = np.empty_like(tables)
+        stored[source.flat_order] = tables
+        tables = stored
     tensor = c.new_tensor(quantizer.output[0], grid, source.shape)
-    tensor.nchw_order = source.nchw_order
+    tensor.flat_order = source.flat_order
     op_id = c.new_id()
     tensor.producer = c.emit(TableOp(
         id=op_id, nodes=nodes, input=source.index, output=tensor.index, channels=channels, size=int(np.prod(source.shape)),
@@ -125,7 +149,7 @@ def _binary_op(c: GraphCompiler, quantizer: Any, expression: Expression, nodes: 
             raise CompileError(root.node, "each operand of a binary op must depend on exactly one int8 tensor")
         sides.append((operand, found[0]))
     shapes = [source.chw() for _, source in sides]
-    if any(source.nchw_order is not None and np.prod(source.nchw_order[1:]) > 1 for _, source in sides):
+    if any(source.flat_order is not None for _, source in sides):
         raise CompileError(root.node, "a binary op on flattened spatial tensors is not supported")
     out = tuple(max(a, b) for a, b in zip(*shapes))
     if any(d not in (1, o) for shape in shapes for d, o in zip(shape, out)):
@@ -139,13 +163,14 @@ def _binary_op(c: GraphCompiler, quantizer: Any, expression: Expression, nodes: 
     output_shape = out if len(sides[0][1].shape) == 3 or len(sides[1][1].shape) == 3 else (out[0],)
     tensor = c.new_tensor(quantizer.output[0], (scale, zero, low, high), output_shape)
     op_id = c.new_id()
-    tables = [c.array(op_id, f"table{i}", _code_values(c, root.node, operand, source).T.astype(np.float32))
-              for i, (operand, source) in enumerate(sides)]
+    values = [_code_values(c, root.node, operand, source).T.astype(np.float32) for operand, source in sides]
+    tables = [c.array(op_id, f"table{i}", table) for i, table in enumerate(values)]
     hwc = [[shape[1], shape[2], shape[0]] for shape in shapes]
     tensor.producer = c.emit(BinaryOp(
         id=op_id, nodes=nodes, operation=_BINARY[root.node.op_type], input=sides[0][1].index, other=sides[1][1].index,
         output=tensor.index, height=out[1], width=out[2], channels=out[0], input_shape=hwc[0], other_shape=hwc[1],
-        input_table=tables[0], other_table=tables[1], output_grid=tensor.grid()))
+        input_table=tables[0], other_table=tables[1], input_table_count=len(values[0]),
+        other_table_count=len(values[1]), output_grid=tensor.grid()))
     return tensor
 
 

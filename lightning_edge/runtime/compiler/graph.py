@@ -186,10 +186,10 @@ class GraphCompiler:
                 continue
             if op == "Identity":
                 self._alias(node.input[0], node.output[0])
-            elif op == "QuantizeLinear" and node.input[0] in self.constants:
+            elif op == "QuantizeLinear" and self.is_constant(node.input[0]):
                 self.constants[node.output[0]] = self._quantized_constant(node)
             elif op == "DequantizeLinear":
-                if node.input[0] in self.constants:
+                if self.is_constant(node.input[0]):
                     self.dequantized_constants[node.output[0]] = node  # a weight or bias: read where it is used
                     continue
                 if node.input[0] not in self.quantized:
@@ -209,8 +209,7 @@ class GraphCompiler:
                 from lightning_edge.runtime.compiler.movement import clip_codes
 
                 self.quantized[node.output[0]] = clip_codes(self, node, self.quantized[node.input[0]])
-            elif op in FLOAT_OPS and all(not name or name in self.constants or name in self.dequantized_constants
-                                         for name in node.input):
+            elif op in FLOAT_OPS and all(not name or self.is_constant(name) for name in node.input):
                 values = [self.constant(node, name) if name else None for name in node.input]
                 result = float_op(node, values)  # shape arithmetic and other constant subgraphs fold here
                 for name, value in zip(node.output, result if isinstance(result, tuple) else (result,)):
@@ -256,7 +255,8 @@ class GraphCompiler:
         table[name] = value
 
     def _alias(self, source: str, target: str) -> None:
-        for table in (self.constants, self.quantized, self.pending, self.expressions, self.views, self.dequantized):
+        for table in (self.constants, self.dequantized_constants, self.quantized, self.pending, self.expressions,
+                      self.views, self.dequantized):
             if source in table:
                 table[target] = table[source]
         if source == self.input_name:
@@ -290,6 +290,9 @@ class GraphCompiler:
             raise CompileError(node, f"reads the float result of {operand.node.name!r} ({operand.node.op_type}); "
                                      "the runtime needs a QuantizeLinear/DequantizeLinear pair between them")
         raise CompileError(node, f"reads {operand!r}, which is not a dequantized int8 activation")
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.constants or name in self.dequantized_constants
 
     def constant(self, node: Any, name: str) -> np.ndarray:
         """A constant's value; a DequantizeLinear of a constant gives its float32 value (``DQ`` per axis)."""
@@ -356,7 +359,7 @@ class GraphCompiler:
     # -------------------------------------------------------------- quantize
     def _quantized_constant(self, node: Any) -> np.ndarray:
         """A float constant with its own QuantizeLinear (ONNX Runtime's weights of some networks): its codes."""
-        value = self.constants[node.input[0]].astype(np.float32)
+        value = self.constant(node, node.input[0]).astype(np.float32)
         scale = np.asarray(self.constant(node, node.input[1]), dtype=np.float32)
         zero = self.optional_constant(node, 2)
         zero = np.zeros((), np.uint8) if zero is None else zero

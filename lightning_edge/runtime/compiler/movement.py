@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_edge.runtime.compiler.graph import (CompileError, GraphCompiler, MoveView, Pending, Tensor, finisher,
-                                                   rule)
+from lightning_edge.runtime.compiler.graph import (CompileError, Expression, GraphCompiler, MoveView, Pending, Tensor,
+                                                   finisher, rule)
 from lightning_edge.runtime.plan import ConcatOp, GatherOp, Grid, MaxPoolOp
 from lightning_edge.runtime.reference import FLOAT_OPS, _attributes, _pool_geometry, quantize
 
@@ -32,6 +32,8 @@ def move(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
         raise CompileError(node, "only nearest Resize moves codes; a linear Resize needs its float form, which the "
                                  "runtime does not run yet")
     data = range(len(node.input)) if node.op_type == "Concat" else [0]
+    if len(data) == 1 and isinstance(operands[0], Expression):  # moves commute with the quantizer after them
+        return Expression(node, [operands[0], *[c.constant(node, name) if name else None for name in node.input[1:]]])
     views, inputs = [], []
     for position, (name, operand) in enumerate(zip(node.input, operands)):
         if position in data:

@@ -114,4 +114,12 @@ Window read_window(const Attributes& attrs, const char* what) {
     return w;
 }
 
+int list_length(const Attributes& attrs, const std::string& key, const char* what) {
+    const int count = attrs.get_int((key + ".count").c_str());
+    if (count < 1 || count > (1 << 16)) throw std::invalid_argument(std::string(what) + ": list '" + key + "' length out of range");
+    return count;
+}
+
+std::string list_item(const std::string& key, int index) { return key + "." + std::to_string(index); }
+
 }  // namespace edge

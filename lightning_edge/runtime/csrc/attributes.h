@@ -21,10 +21,12 @@ struct Grid {
 };
 
 // Element types the kernels read; Other is anything else (it fails every array check).
-enum class Dtype { Int8, Int16, Int32, Float32, Other };
+enum class Dtype { UInt8, Int8, Int16, Int32, Float32, Other };
 
 template <class T>
 constexpr Dtype dtype_of();
+template <>
+constexpr Dtype dtype_of<uint8_t>() { return Dtype::UInt8; }
 template <>
 constexpr Dtype dtype_of<int8_t>() { return Dtype::Int8; }
 template <>
@@ -87,6 +89,10 @@ template <class T>
 const T* get_array(const Attributes& attrs, const ArrayTable& arrays, const char* key, size_t count) {
     return static_cast<const T*>(checked_array(attrs, arrays, key, dtype_of<T>(), count));
 }
+
+// A list field as the engine receives it: "key.count" entries "key.0", "key.1", ... (packing flattens lists).
+int list_length(const Attributes& attrs, const std::string& key, const char* what);
+std::string list_item(const std::string& key, int index);
 
 // Throws "what: dimension out of range" unless every value is in [1, 2^24].
 void check_positive(std::initializer_list<int> values, const char* what);

@@ -63,6 +63,7 @@ Attributes to_attributes(const py::dict& d) {
 }
 
 Dtype dtype_of_array(const py::array& a) {
+    if (py::isinstance<py::array_t<uint8_t>>(a)) return Dtype::UInt8;
     if (py::isinstance<py::array_t<int8_t>>(a)) return Dtype::Int8;
     if (py::isinstance<py::array_t<int16_t>>(a)) return Dtype::Int16;
     if (py::isinstance<py::array_t<int32_t>>(a)) return Dtype::Int32;
