@@ -12,6 +12,8 @@ from lightning_edge.runtime.plan import ConvOp
 from lightning_edge.runtime.reference import ReferenceError, _attributes, symmetric_codes
 from lightning_edge.runtime.selection import conv_candidates
 
+MAX_TAPS = 128  # the kernels' window limit (conv_driver.h kMaxTaps)
+
 
 def explicit_pads(node: Any, in_hw: tuple[int, int], kernel_hw: tuple[int, int], strides: list[int],
                   dilations: list[int]) -> list[int]:
@@ -54,9 +56,9 @@ def conv(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
     if any(d != 1 for d in dilations):  # a dilated kernel is the kernel with zero taps between its taps
         codes = _dilated(codes, dilations)
         kernel_h, kernel_w = codes.shape[2:]
-    if kernel_h * kernel_w > 64:
-        raise CompileError(node, f"a {kernel_h}x{kernel_w} kernel (dilation included) has more than the 64 taps the "
-                                 "runtime's kernels take")
+    if kernel_h * kernel_w > MAX_TAPS:
+        raise CompileError(node, f"a {kernel_h}x{kernel_w} kernel (dilation included) has more than the {MAX_TAPS} taps "
+                                 "the runtime's kernels take")
     pads = explicit_pads(node, (in_h, in_w), (kernel_h, kernel_w), strides, [1, 1])
     if max(pads[0], pads[2]) >= kernel_h or max(pads[1], pads[3]) >= kernel_w or min(pads) < 0:
         raise CompileError(node, f"padding {pads} must be smaller than the kernel {kernel_h}x{kernel_w}")
@@ -118,7 +120,7 @@ def conv_op(c: GraphCompiler, result: Pending, name: str, nodes: list[str], grid
     shape = (f["out_c"],) if f.get("flat") else (f["out_c"], f["out_h"], f["out_w"])
     tensor = c.new_tensor(name, grid, shape)
     op_id = c.new_id()
-    depthwise = f["groups"] == f["in_c"] == f["out_c"] and f["groups"] > 1 and f["kernel_h"] * f["kernel_w"] <= 64
+    depthwise = f["groups"] == f["in_c"] == f["out_c"] and f["groups"] > 1
     op = ConvOp(id=op_id, nodes=nodes, **{k: v for k, v in f.items() if k not in ("codes", "weight_scale", "bias", "flat")},
                 input=x.index, output=tensor.index, input_grid=x.grid(), output_grid=tensor.grid(),
                 macs=int(codes.size) * f["out_h"] * f["out_w"],

@@ -18,11 +18,13 @@ import numpy as np
 from lightning_edge.runtime.compiler.graph import (CompileError, Expression, GraphCompiler, Pending, Tensor, finisher,
                                                    rule)
 from lightning_edge.runtime.plan import AddOp, BinaryOp, ConvOp, TableOp
-from lightning_edge.runtime.reference import float_op, quantize
+from lightning_edge.runtime.reference import FLOAT_OPS, float_op, quantize
 
-ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish", "Sigmoid",
-               "Tanh", "Erf", "Exp", "Softplus", "Gelu", "Neg", "Abs", "Sqrt", "Pow", "BatchNormalization", "Max", "Min",
-               "Elu", "Selu", "Celu", "Mish", "Softsign", "Reciprocal")
+# The elementwise ops among the spec's float functions (an op joins by joining reference.FLOAT_OPS).
+ELEMENTWISE = tuple(op for op in ("Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu", "PRelu", "HardSigmoid",
+                                  "HardSwish", "Sigmoid", "Tanh", "Erf", "Exp", "Log", "Softplus", "Mish", "Gelu", "Neg",
+                                  "Abs", "Sqrt", "Pow", "Reciprocal", "Floor", "Ceil", "BatchNormalization", "Max", "Min")
+                    if op in FLOAT_OPS)
 _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
 _CODES = np.arange(256)
 

@@ -12,7 +12,7 @@
 
 namespace edge {
 
-constexpr int kMaxTaps = 64;
+constexpr int kMaxTaps = 128;  // a 9x9 window: a 5x5 kernel dilated by 2
 
 // Calls f(std::integral_constant<int, N>{}) with N = count (1 <= count <= Max), so a micro-kernel can be
 // unrolled for every tile height it meets.

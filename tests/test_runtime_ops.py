@@ -1,0 +1,224 @@
+"""Every op the compiler accepts beyond conv/add/pool, through the whole path: a small network written the way
+people write them (functional calls included), exported to FP32 ONNX, quantized by ONNX Runtime's
+``quantize_static``, compiled, and run on every kernel path this CPU has, bit-exact to the numpy reference."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_edge.runtime import CompileError, available_kernels, compile, load
+from lightning_edge.runtime.benchmark import quantize_static_qdq
+from lightning_edge.runtime.reference import ReferenceModel
+
+KERNELS = available_kernels()
+SHAPE = (3, 16, 16)
+
+
+def ort_qdq_file(network: nn.Module, tmp_path, shape=SHAPE, per_channel: bool = True, activations: str = "QUInt8") -> str:
+    """``network`` as ONNX Runtime's own per-channel QDQ file, calibrated on random inputs."""
+    torch.manual_seed(0)
+    float_path = str(tmp_path / "float.onnx")
+    torch.onnx.export(network.eval(), torch.randn(1, *shape), float_path, input_names=["input"], output_names=["output"],
+                      opset_version=17, dynamo=False, dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((2, *shape)).astype(np.float32) * 2 for _ in range(4)]
+    return quantize_static_qdq(float_path, str(tmp_path / "qdq.onnx"), batches, per_channel=per_channel,
+                               activations=activations)
+
+
+def assert_bit_exact(qdq_path: str, tmp_path, shape=SHAPE, kinds: set[str] = frozenset()) -> set[str]:
+    """Compiles the file; every stored tensor the reference also has, and the output, equal on every kernel path.
+    Returns the plan's op kinds."""
+    plan = compile(qdq_path, str(tmp_path / "model.edge"), select=False)
+    compiled = {op.kind for op in plan.ops}
+    assert kinds <= compiled, compiled
+    x = np.random.default_rng(1).standard_normal((3, *shape)).astype(np.float32) * 2
+    reference = ReferenceModel(qdq_path)
+    expected = reference.run(x)[0]
+    shift = 128 if any(t.codes.dtype == np.int8 for t in reference.tensors.values()) else 0
+    for kernels in KERNELS:
+        output, tensors = load(tmp_path / "model.edge", kernels=kernels).trace(x)
+        compared = [name for name in tensors if name in reference.tensors]
+        assert compared, "no stored tensor has a reference twin"
+        for name in compared:
+            want = reference.tensors[name].codes.astype(np.int64)
+            got = tensors[name].reshape(want.shape).astype(np.int64) - shift
+            assert np.array_equal(got, want), f"{kernels}: {name!r} differs in {(got != want).sum()} codes"
+        assert np.array_equal(output.reshape(expected.shape), expected), kernels
+    return compiled
+
+
+class Activations(nn.Module):
+    """Each activation the runtime computes as a table, standing alone after a conv."""
+
+    def __init__(self, activation):
+        super().__init__()
+        self.conv, self.activation = nn.Conv2d(3, 8, 3, padding=1), activation
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.activation(self.conv(x))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+ACTIVATIONS = {
+    "hardswish": nn.Hardswish(), "hardsigmoid": nn.Hardsigmoid(), "sigmoid": nn.Sigmoid(), "silu": nn.SiLU(),
+    "tanh": nn.Tanh(), "leaky_relu": nn.LeakyReLU(0.1), "prelu": nn.PReLU(8), "gelu": nn.GELU(),
+    "gelu_tanh": nn.GELU(approximate="tanh"), "mish": nn.Mish(), "softplus": nn.Softplus(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_run_as_exact_tables(name, tmp_path):
+    assert_bit_exact(ort_qdq_file(Activations(ACTIVATIONS[name]), tmp_path), tmp_path, kinds={"table"})
+
+
+class SqueezeExcitation(nn.Module):
+    """MobileNetV3 / EfficientNet blocks as timm writes them: x.mean((2, 3)), a gate, x * gate (a broadcast product)."""
+
+    def __init__(self, gate=torch.sigmoid):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.reduce, self.expand = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.gate = gate
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.hardswish(self.conv(x))
+        scale = self.gate(self.expand(F.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x * scale, 1), 1))
+
+
+@pytest.mark.parametrize("gate", [torch.sigmoid, F.hardsigmoid], ids=["sigmoid", "hardsigmoid"])
+@pytest.mark.parametrize("activations", ["QUInt8", "QInt8"])
+def test_squeeze_excitation_gates_broadcast_their_product(gate, activations, tmp_path):
+    path = ort_qdq_file(SqueezeExcitation(gate), tmp_path, activations=activations)
+    assert_bit_exact(path, tmp_path, kinds={"binary", "table", "average_pool"})
+
+
+class ConcatAndShuffle(nn.Module):
+    """torch.cat of branches on different grids, a channel shuffle, a channel split (chunk) and a slice."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 1)
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(12 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = torch.cat([F.relu(self.a(x)), self.b(x) * 3.0], dim=1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)  # channel shuffle
+        left, right = x.chunk(2, dim=1)
+        x = torch.cat([left, F.relu(self.c(right))], dim=1)[:, 4:]
+        return self.head(F.max_pool2d(x, 2).flatten(1))
+
+
+def test_concat_channel_shuffle_split_and_slice_move_codes(tmp_path):
+    kinds = assert_bit_exact(ort_qdq_file(ConcatAndShuffle(), tmp_path), tmp_path)
+    assert {"concat", "gather"} <= kinds
+
+
+class Pools(nn.Module):
+    """Windowed average pools (padding counted or not), max pooling in ceil mode, zero padding, nearest upsampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.average = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False, ceil_mode=True)
+        self.average_padded = nn.AvgPool2d(2, stride=2, padding=1, count_include_pad=True)
+        self.maximum = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.head = nn.Linear(8 * 2, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))                       # 14x14
+        a = self.average(x)                            # 8x8 (ceil)
+        b = self.maximum(F.pad(x, (1, 1, 1, 1)))       # 16x16 -> 8x8 (ceil)
+        x = self.average_padded(a + F.interpolate(b, scale_factor=1.0, mode="nearest"))  # 5x5
+        return self.head(torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1))
+
+
+def test_an_op_the_runtime_lacks_is_named_before_anything_runs(tmp_path):
+    path = ort_qdq_file(Pools(), tmp_path)
+    with pytest.raises(CompileError, match="ReduceMax"):  # amax has no integer form yet
+        compile(path, str(tmp_path / "model.edge"), select=False)
+
+
+class PoolsWithoutMax(Pools):
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        a = self.average(x)
+        b = self.maximum(F.pad(x, (1, 1, 1, 1)))
+        x = self.average_padded(a + F.interpolate(b, scale_factor=2.0, mode="nearest")[:, :, ::2, ::2])
+        return self.head(torch.cat([x.mean((2, 3)), x.mean((2, 3)) * 0.5], dim=1))
+
+
+def test_windowed_average_and_ceil_mode_max_pools(tmp_path):
+    kinds = assert_bit_exact(ort_qdq_file(PoolsWithoutMax(), tmp_path), tmp_path)
+    assert {"window_average_pool", "max_pool"} <= kinds
+
+
+class UnfoldedBatchNorm(nn.Module):
+    """A BatchNorm with no conv before it (DenseNet's pre-activation), a dilated conv, and a 'same'-padded one."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.same = nn.Conv2d(8, 16, 3, padding="same", groups=8)  # a channel multiplier of 2
+        self.head = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.norm.running_mean.uniform_(-1, 1), self.norm.running_var.uniform_(0.5, 2), self.norm.weight.uniform_(0.5, 2)
+
+    def forward(self, x):
+        x = F.relu(self.norm(self.stem(x) + 1.0))
+        return self.head(F.adaptive_avg_pool2d(F.relu(self.same(self.dilated(x))), 1).flatten(1))
+
+
+def test_unfolded_batch_norm_dilation_and_same_padding(tmp_path):
+    assert_bit_exact(ort_qdq_file(UnfoldedBatchNorm(), tmp_path), tmp_path, kinds={"table", "conv"})
+
+
+def test_weights_two_layers_share_fold_at_compile_time(tmp_path):
+    """Identical weights are one initializer behind an Identity in the exported file; ONNX Runtime then quantizes
+    the second layer's copy again as if it were an activation (DequantizeLinear -> Identity -> QuantizeLinear,
+    uint8 with a zero point: timm's resnet18 has this). The compiler folds it and centres the codes onto int8."""
+
+    class Twins(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8, 10)
+            with torch.no_grad():
+                self.b.weight.copy_(self.a.weight), self.b.bias.copy_(self.a.bias)
+
+        def forward(self, x):
+            x = F.relu(self.stem(x))
+            x = F.relu(self.a(x)) + x
+            return self.head(F.relu(self.b(x)).mean((2, 3)))
+
+    path = ort_qdq_file(Twins(), tmp_path)
+    graph = onnx.load(path).graph
+    identities = {node.output[0] for node in graph.node if node.op_type == "Identity"}
+    requantized = [node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] in identities]
+    assert requantized, "the file no longer has the pattern this test is about"
+    assert_bit_exact(path, tmp_path)
+
+
+def test_an_op_without_an_integer_form_is_named(tmp_path):
+    class Softmaxed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return torch.softmax(self.conv(x).flatten(1), dim=1)
+
+    with pytest.raises(CompileError, match="Softmax"):
+        compile(ort_qdq_file(Softmaxed(), tmp_path), str(tmp_path / "model.edge"), select=False)
