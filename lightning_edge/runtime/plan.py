@@ -44,12 +44,24 @@ class Grid:
 
 @dataclass
 class TensorRecord:
-    """One tensor of the plan: its ONNX name, elements per sample and (C, H, W) or (F,) shape."""
+    """One tensor of the plan: its ONNX name, elements per sample and shape (batch left out).
+
+    ``u8`` tensors hold codes, (C, H, W) stored NHWC or (F,); ``f32`` tensors (float regions) hold float32 values
+    of any shape, stored in ONNX (row-major, NCHW) order."""
 
     name: str
     size: int
     shape: list[int]
     folded: bool = False  # a conv output never written: its add was folded into the conv's epilogue
+    dtype: str = "u8"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("u8", "f32"):
+            raise PlanError(f"tensor {self.name!r} has dtype {self.dtype!r}, not 'u8' or 'f32'")
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return self.size * (4 if self.dtype == "f32" else 1)
 
 
 OP_KINDS: dict[str, type[Op]] = {}
@@ -394,10 +406,13 @@ class GatherOp(Op):
     sources: str | None = None          # int32 (size,): which input (-1: the pad code); None: input 0 everywhere
     pad: int = 0
     output: int
-    output_grid: Grid
+    output_grid: Grid | None = None     # None for float32 elements
+    element_bytes: int = 1              # 1: codes; 4: float32 values (a float region's moves)
 
     def validate(self, tensor_count: int) -> None:
         super().validate(tensor_count)
+        if self.element_bytes not in (1, 4) or self.element_bytes == 4 and any(self.tables):
+            raise PlanError(f"op {self.id}: element_bytes {self.element_bytes} (4: float32, without tables)")
         if not (len(self.inputs) == len(self.input_sizes) == len(self.tables) >= 1) or min(self.input_sizes) <= 0:
             raise PlanError(f"op {self.id}: inputs, input_sizes and tables differ in length or are empty")
         if self.sources is None and len(self.inputs) != 1 or not 0 <= self.pad <= 255:
@@ -429,6 +444,158 @@ class WindowAveragePoolOp(WindowFields, Op):
     def validate(self, tensor_count: int) -> None:
         super().validate(tensor_count)
         self.check_window(self.id)
+
+
+# ------------------------------------------------------------------------------------------- float regions
+@op_kind
+@dataclass(kw_only=True)
+class ToFloatOp(Op):
+    """Codes into a float region: u8 (C, H, W) NHWC (or (F,)) -> f32 in ONNX order, ``float32(q - z) * s``."""
+
+    KIND = "to_float"
+    POSITIVE = ("channels", "height", "width")
+    input: int
+    output: int
+    channels: int
+    height: int
+    width: int
+    grid: Grid
+
+
+@op_kind
+@dataclass(kw_only=True)
+class ToCodesOp(Op):
+    """Out of a float region: f32 (C, H, W) in ONNX order -> u8 NHWC codes, ``clamp(round_half_even(x / s) + z)``."""
+
+    KIND = "to_codes"
+    POSITIVE = ("channels", "height", "width")
+    input: int
+    output: int
+    channels: int
+    height: int
+    width: int
+    grid: Grid
+
+
+# Instructions of a float expression: (opcode, destination, a, b, c) registers, immediates (imm0, imm1).
+FLOAT_OPCODES = ("input", "constant", "add", "sub", "mul", "div", "max", "min", "neg", "abs", "relu", "clip",
+                 "leaky_relu", "prelu", "hard_sigmoid", "hard_swish", "sigmoid", "tanh", "exp", "log", "sqrt", "erf",
+                 "pow", "softplus", "mish", "gelu", "reciprocal", "floor", "ceil")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class FloatExpressionOp(Op):
+    """An elementwise float function of several tensors and constants with numpy broadcasting, evaluated per
+    output element by a small register program (INT8_SPEC rule 10: one float32 operation per arithmetic step,
+    transcendentals in float64 rounded once).
+
+    Input i is read at ``sum(index[d] * strides_i[d])`` of its sample (0 along broadcast axes); a u8 input goes
+    through its float32 dequantization table ``tables[i]``. Constants are read the same way, without a sample."""
+
+    KIND = "float_expression"
+    INPUTS = ("inputs",)
+    ARRAYS = ("tables", "strides", "constants", "constant_strides", "program", "immediates")
+    inputs: list[int]
+    tables: list[str | None]            # float32 (256,) for a u8 input, None for an f32 one
+    strides: list[str]                  # int32 (rank,) per input
+    constants: list[str] = field(default_factory=list)        # float32 arrays
+    constant_strides: list[str] = field(default_factory=list) # int32 (rank,) per constant
+    shape: list[int]                    # the output's shape (batch left out), rank 1 to 6
+    program: str                        # int32 (instructions, 5): FLOAT_OPCODES index, destination, a, b, c
+    immediates: str                     # float32 (instructions, 2)
+    registers: int
+    result: int                         # the register holding the output
+    output: int
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        if not 1 <= len(self.shape) <= 6 or any(d <= 0 for d in self.shape):
+            raise PlanError(f"op {self.id}: shape {self.shape} must have rank 1 to 6 and positive dimensions")
+        if len(self.tables) != len(self.inputs) or len(self.strides) != len(self.inputs) \
+                or len(self.constant_strides) != len(self.constants) or not 0 <= self.result < self.registers <= 256:
+            raise PlanError(f"op {self.id}: inputs, tables, strides, constants or registers do not match")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class FloatMatMulOp(Op):
+    """``out[b] = a[b] @ b[b]`` on float32 operands, products and sums in float64, rounded once; an operand is a
+    tensor (per sample) or a constant array; ``*_batch_stride`` is 0 where it broadcasts over the ``batch``
+    leading matrices."""
+
+    KIND = "float_matmul"
+    INPUTS = ("a", "b")
+    ARRAYS = ("a_constant", "b_constant")
+    POSITIVE = ("batch", "m", "k", "n")
+    a: int | None = None
+    b: int | None = None
+    a_constant: str | None = None
+    b_constant: str | None = None
+    batch: int
+    m: int
+    k: int
+    n: int
+    a_batch_stride: int
+    b_batch_stride: int
+    output: int
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        if (self.a is None) == (self.a_constant is None) or (self.b is None) == (self.b_constant is None):
+            raise PlanError(f"op {self.id}: each operand is a tensor or a constant")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class FloatSoftmaxOp(Op):
+    """Softmax (or LogSoftmax) over the middle axis of (outer, axis, inner), in float64, rounded once."""
+
+    KIND = "float_softmax"
+    POSITIVE = ("outer", "axis", "inner")
+    input: int
+    output: int
+    outer: int
+    axis: int
+    inner: int
+    log: bool = False
+
+
+@op_kind
+@dataclass(kw_only=True)
+class FloatLayerNormOp(Op):
+    """LayerNormalization over the last ``inner`` elements of each of ``outer`` rows, in float64, rounded once."""
+
+    KIND = "float_layer_norm"
+    ARRAYS = ("scale", "bias")
+    POSITIVE = ("outer", "inner")
+    input: int
+    output: int
+    outer: int
+    inner: int
+    epsilon: float
+    scale: str                          # float32 (inner,)
+    bias: str | None = None
+
+
+@op_kind
+@dataclass(kw_only=True)
+class FloatReduceOp(Op):
+    """ReduceMean/Sum/Max/Min over ``axes`` of a tensor of ``shape``; sums in float64, rounded once."""
+
+    KIND = "float_reduce"
+    OPERATIONS: ClassVar[tuple[str, ...]] = ("mean", "sum", "max", "min")
+    input: int
+    output: int
+    operation: str
+    shape: list[int]
+    axes: list[int]
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        if self.operation not in self.OPERATIONS or not 1 <= len(self.shape) <= 6 \
+                or not all(0 <= a < len(self.shape) for a in self.axes):
+            raise PlanError(f"op {self.id}: a {self.operation!r} reduction over {self.axes} of {self.shape}")
 
 
 @dataclass

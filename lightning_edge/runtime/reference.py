@@ -268,12 +268,17 @@ def batch_normalization(node: Any, inputs: list, attributes: dict) -> np.ndarray
     """Spec rule 14: ``a = float32(gamma / sqrt(var + eps))``, ``b = float32(beta - mean * a)`` (float64 inside),
     ``y = float32(x * a) + b`` (two float32 operations), per channel (axis 1)."""
     x = _f32(inputs[0])
+    a, b = batch_norm_coefficients(inputs, attributes)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return (x * a.reshape(shape)) + b.reshape(shape)
+
+
+def batch_norm_coefficients(inputs: list, attributes: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Rule 14's per-channel ``a``, ``b`` (float32) of a BatchNormalization's scale, bias, mean, var inputs."""
     gamma, beta, mean, var = (np.asarray(_f32(v), dtype=np.float64) for v in inputs[1:5])
     epsilon = float(np.float32(attributes.get("epsilon", 1e-5)))
     a = _round_once(gamma / np.sqrt(var + epsilon))
-    b = _round_once(beta - mean * a.astype(np.float64))
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    return (x * a.reshape(shape)) + b.reshape(shape)
+    return a, _round_once(beta - mean * a.astype(np.float64))
 
 
 @_register("Softmax", "LogSoftmax")

@@ -74,7 +74,7 @@ def select_primitives(plan: Plan, arrays: dict[str, np.ndarray], batch: int = 1,
         for candidate in candidates:
             single = _single_op_plan(apply_candidate(op, candidate))
             ops, packed = kernel_arrays(single, arrays, kernels)
-            engine = module.Engine(ops, [t.size for t in single.tensors], packed, threads, kernels)
+            engine = module.Engine(ops, [t.bytes_per_sample for t in single.tensors], packed, threads, kernels)
             timings[candidate["primitive"]] = engine.time_op(1, batch, repeats)
         chosen = apply_candidate(op, min(candidates, key=lambda c: timings[c["primitive"]]))
         chosen.candidates = None

@@ -36,7 +36,7 @@ class Session:
         resolved = resolve_kernels(kernels)  # a path this CPU or build lacks is a ValueError: the file is fine
         try:
             ops, arrays = kernel_arrays(plan, tensors, resolved)
-            sizes = [tensor.size for tensor in plan.tensors]
+            sizes = [tensor.bytes_per_sample for tensor in plan.tensors]
             self._engine = module.Engine(ops, sizes, arrays, threads or default_threads(), resolved)
             first = plan.ops[0]
             self.input_shape = (first.channels, first.height, first.width)
@@ -63,9 +63,8 @@ class Session:
         return list(self._engine.profile(self._checked(x), repeats))
 
     def trace(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Output plus every uint8 tensor the plan stores, by its ONNX name (the QuantizeLinear output), NCHW.
-
-        Codes of int8-activation files are reported shifted by +128 (the runtime's uint8 form)."""
+        """Output plus every tensor the plan stores, by its ONNX name (the QuantizeLinear output), NCHW: uint8 codes
+        (those of int8-activation files shifted by +128, the runtime's uint8 form), and float32 values of float regions."""
         x = self._checked(x)
         output, codes = self._engine.trace(x)
         tensors = {}
@@ -73,7 +72,9 @@ class Session:
             if flat is None:
                 continue
             shape = info.shape
-            if len(shape) == 3:
+            if info.dtype == "f32":
+                tensors[info.name] = flat.view(np.float32).reshape(len(x), *shape)
+            elif len(shape) == 3:
                 tensors[info.name] = flat.reshape(len(x), shape[1], shape[2], shape[0]).transpose(0, 3, 1, 2)
             else:
                 tensors[info.name] = flat.reshape(len(x), -1)
