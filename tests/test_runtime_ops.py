@@ -142,10 +142,8 @@ class Pools(nn.Module):
         return self.head(torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1))
 
 
-def test_an_op_the_runtime_lacks_is_named_before_anything_runs(tmp_path):
-    path = ort_qdq_file(Pools(), tmp_path)
-    with pytest.raises(CompileError, match="ReduceMax"):  # amax has no integer form yet
-        compile(path, str(tmp_path / "model.edge"), select=False)
+def test_a_max_over_the_plane_runs_in_a_float_region(tmp_path):
+    assert_bit_exact(ort_qdq_file(Pools(), tmp_path), tmp_path, kinds={"float_reduce", "to_float", "to_codes"})
 
 
 class PoolsWithoutMax(Pools):
@@ -211,14 +209,42 @@ def test_weights_two_layers_share_fold_at_compile_time(tmp_path):
     assert_bit_exact(path, tmp_path)
 
 
-def test_an_op_without_an_integer_form_is_named(tmp_path):
-    class Softmaxed(nn.Module):
+class Attention(nn.Module):
+    """A transformer block as timm writes it: LayerNorm over channels-last tokens, q/k/v MatMuls, Softmax, GELU."""
+
+    def __init__(self, channels: int = 8, heads: int = 2):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(channels)
+        self.qkv, self.proj = nn.Linear(channels, 3 * channels), nn.Linear(channels, channels)
+        self.mlp = nn.Sequential(nn.Linear(channels, 2 * channels), nn.GELU(), nn.Linear(2 * channels, channels))
+        self.heads = heads
+        self.head = nn.Linear(channels, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        n, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)                               # (n, h*w, c)
+        q, k, v = self.qkv(self.norm(tokens)).reshape(n, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attention = torch.softmax((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5, dim=-1)
+        tokens = tokens + self.proj((attention @ v).transpose(1, 2).reshape(n, h * w, c))
+        tokens = tokens + self.mlp(self.norm(tokens))
+        return self.head(tokens.mean(1))
+
+
+def test_attention_runs_in_float_regions(tmp_path):
+    kinds = assert_bit_exact(ort_qdq_file(Attention(), tmp_path), tmp_path)
+    assert {"float_layer_norm", "float_matmul", "float_softmax"} <= kinds
+
+
+def test_an_op_without_any_form_in_the_runtime_is_named(tmp_path):
+    class Cumulative(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 8, 3, padding=1)
 
         def forward(self, x):
-            return torch.softmax(self.conv(x).flatten(1), dim=1)
+            return torch.cumsum(self.conv(x).flatten(1), dim=1)
 
-    with pytest.raises(CompileError, match="Softmax"):
-        compile(ort_qdq_file(Softmaxed(), tmp_path), str(tmp_path / "model.edge"), select=False)
+    with pytest.raises(CompileError, match="CumSum"):
+        compile(ort_qdq_file(Cumulative(), tmp_path), str(tmp_path / "model.edge"), select=False)

@@ -35,7 +35,7 @@ from lightning_edge.runtime.plan import Plan
 from lightning_edge.runtime.selection import first_candidates, select_primitives
 
 # The op families register their rules on import.
-from lightning_edge.runtime.compiler import conv, elementwise, movement, pooling  # noqa: E402,F401  isort: skip
+from lightning_edge.runtime.compiler import conv, elementwise, float_region, movement, pooling  # noqa: E402,F401  isort: skip
 
 __all__ = ["CompileError", "compile"]
 

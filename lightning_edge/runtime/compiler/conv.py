@@ -167,10 +167,13 @@ def weight(c: GraphCompiler, node: Any, name: str, bias: bool = False) -> tuple[
     codes = c.constants[producer.input[0]]
     scale = np.asarray(c.constants[producer.input[1]], dtype=np.float32).reshape(-1)
     zero = c.constants[producer.input[2]] if len(producer.input) > 2 and producer.input[2] else np.zeros(1, codes.dtype)
-    if bias:
-        if codes.dtype != np.int32:
-            raise CompileError(node, f"bias {producer.input[0]!r} must be int32, not {codes.dtype}")
-        return codes.astype(np.int64), scale
+    if bias:  # int32 on the accumulator's grid, or (a bias shared between layers) codes of another grid
+        if codes.dtype not in (np.int32, np.int8, np.uint8):
+            raise CompileError(node, f"bias {producer.input[0]!r} must be int32 (or int8/uint8 codes), not {codes.dtype}")
+        try:
+            return symmetric_codes(codes, zero, producer.input[0]).astype(np.int64), scale
+        except ReferenceError as error:
+            raise CompileError(node, str(error)) from None
     try:
         codes = symmetric_codes(codes, zero, producer.input[0])
     except ReferenceError as error:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_edge.runtime.compiler.graph import (CompileError, Expression, GraphCompiler, Pending, Tensor, finisher,
-                                                   rule)
+from lightning_edge.runtime.compiler.graph import (CompileError, Expression, GraphCompiler, MoveView, Pending, Tensor,
+                                                   finisher, rule)
 from lightning_edge.runtime.plan import AddOp, BinaryOp, ConvOp, TableOp
 from lightning_edge.runtime.reference import FLOAT_OPS, float_op, quantize
 
@@ -33,14 +33,18 @@ _CODES = np.arange(256)
 def elementwise(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
     """An Add of two int8 tensors of one shape stays an integer add (it may fold into a conv); anything else is an
     :class:`Expression` (or, on constants alone, a constant)."""
-    if node.op_type == "Add" and all(isinstance(o, Tensor) for o in operands) and operands[0].shape == operands[1].shape:
+    if node.op_type == "Add" and all(isinstance(o, Tensor) for o in operands) and operands[0].onnx() == operands[1].onnx() \
+            and operands[0].flat_order is None and operands[1].flat_order is None:
         return Pending(node, "add", list(operands))
+    from lightning_edge.runtime.compiler.float_region import FloatTensor
+
     resolved = []
     for name, operand in zip(node.input, operands):
-        if isinstance(operand, Pending):
-            c.activation(node, operand)  # raises: a result with an integer form must be quantized first
-        resolved.append(operand if isinstance(operand, (Tensor, Expression)) else None if not name else c.constant(node, name))
-    if not any(isinstance(o, (Tensor, Expression)) for o in resolved):
+        if isinstance(operand, (Pending, MoveView)):
+            operand = c.activation(node, operand)  # moved codes materialize; an unquantized integer result raises
+        resolved.append(operand if isinstance(operand, (Tensor, Expression, FloatTensor))
+                        else None if not name else c.constant(node, name))
+    if not any(isinstance(o, (Tensor, Expression, FloatTensor)) for o in resolved):
         return np.asarray(float_op(node, resolved))
     return Expression(node, resolved)
 
@@ -68,14 +72,28 @@ def finish_expression(c: GraphCompiler, quantizer: Any, expression: Expression, 
         codes = finish_expression(c, _Renamed(quantizer, inner.node.output[0]), inner, grid, shift)
         moved = move(c, expression.node, [codes, *[None] * (len(expression.operands) - 1)])  # constants: by name
         return quantize_view(c, quantizer, moved[expression.node.output[0]], grid)
+    from lightning_edge.runtime.compiler.float_region import float_expression, to_codes
+
     sources = expression.sources()
     nodes = [node.name for node in expression.nodes()] + [quantizer.name]
-    if len(sources) == 1:
-        return _table_op(c, quantizer, expression, sources[0], nodes, grid, shift)
-    if len(sources) == 2:
-        return _binary_op(c, quantizer, expression, nodes, grid, shift)
-    raise CompileError(expression.node, f"an elementwise function of {len(sources)} int8 tensors has no integer form; "
-                                        "quantize its intermediate results (QuantizeLinear/DequantizeLinear pairs)")
+    try:
+        if not _reads_floats(expression) and len(sources) == 1:
+            return _table_op(c, quantizer, expression, sources[0], nodes, grid, shift)
+        if not _reads_floats(expression) and len(sources) == 2:
+            return _binary_op(c, quantizer, expression, nodes, grid, shift)
+    except _NoIntegerForm:
+        pass
+    return to_codes(c, quantizer, float_expression(c, expression, expression.node.output[0]), grid)
+
+
+class _NoIntegerForm(CompileError):
+    """The function has no table or binary form; it runs as a float expression instead."""
+
+
+def _reads_floats(expression: Expression) -> bool:
+    from lightning_edge.runtime.compiler.float_region import FloatTensor
+
+    return any(isinstance(o, FloatTensor) or isinstance(o, Expression) and _reads_floats(o) for o in expression.operands)
 
 
 class _Renamed:
@@ -89,6 +107,8 @@ def _code_values(c: GraphCompiler, node: Any, expression: Expression | Tensor, s
     """``expression`` on every code of ``source``: float32 (256, table count), one column per channel where the
     function has per-channel constants, else one column."""
     channels = source.chw()[0]
+    if source.onnx_shape is not None and _has_array_constants(expression):
+        raise _NoIntegerForm(node, "per-element constants on a tensor stored flat run as a float expression")
     _check_constants(node, expression, channels)
     codes = (_CODES - source.zero).astype(np.float32) * np.float32(source.scale)  # DQ of every code
     dequantized = codes.reshape((256, 1, 1, 1) if len(source.shape) == 3 else (256, 1))
@@ -97,6 +117,11 @@ def _code_values(c: GraphCompiler, node: Any, expression: Expression | Tensor, s
     if values.shape[1] not in (1, channels):
         raise CompileError(node, f"its result has {values.shape[1]} channels for {channels} input channels")
     return values
+
+
+def _has_array_constants(expression: Any) -> bool:
+    return isinstance(expression, Expression) and any(
+        isinstance(o, np.ndarray) and o.size > 1 or _has_array_constants(o) for o in expression.operands)
 
 
 def _check_constants(node: Any, expression: Expression | Tensor, channels: int) -> None:
@@ -109,7 +134,7 @@ def _check_constants(node: Any, expression: Expression | Tensor, channels: int) 
         elif isinstance(operand, np.ndarray) and operand.size > 1 and expression.node.op_type != "BatchNormalization":
             shape = (1,) * (4 - operand.ndim) + operand.shape if operand.ndim <= 4 else operand.shape
             if operand.ndim > 4 or shape[0] != 1 or shape[2:] != (1, 1) or shape[1] not in (1, channels):
-                raise CompileError(expression.node, f"a constant of shape {operand.shape} varies along more than the "
+                raise _NoIntegerForm(expression.node, f"a constant of shape {operand.shape} varies along more than the "
                                                     "channels; only per-channel constants have a table form")
 
 
@@ -124,7 +149,7 @@ def _table_op(c: GraphCompiler, quantizer: Any, expression: Expression, source: 
         stored[source.flat_order] = tables
         tables = stored
     tensor = c.new_tensor(quantizer.output[0], grid, source.shape)
-    tensor.flat_order = source.flat_order
+    tensor.flat_order, tensor.onnx_shape = source.flat_order, source.onnx_shape
     op_id = c.new_id()
     tensor.producer = c.emit(TableOp(
         id=op_id, nodes=nodes, input=source.index, output=tensor.index, channels=channels, size=int(np.prod(source.shape)),
@@ -142,20 +167,22 @@ def _binary_op(c: GraphCompiler, quantizer: Any, expression: Expression, nodes: 
         low_real, high_real = max(low_real, low), min(high_real, high)
         root = root.operands[0]
     if root.node.op_type not in _BINARY or len(root.operands) != 2:
-        raise CompileError(root.node, "a function of two int8 tensors must be an Add, Sub, Mul or Div of functions of "
+        raise _NoIntegerForm(root.node, "a function of two int8 tensors must be an Add, Sub, Mul or Div of functions of "
                                       "each (optionally followed by Relu/Clip) to have an integer form")
     sides = []
     for operand in root.operands:
         found = operand.sources() if isinstance(operand, Expression) else [operand] if isinstance(operand, Tensor) else []
         if len(found) != 1:
-            raise CompileError(root.node, "each operand of a binary op must depend on exactly one int8 tensor")
+            raise _NoIntegerForm(root.node, "each operand of a binary op must depend on exactly one int8 tensor")
         sides.append((operand, found[0]))
     shapes = [source.chw() for _, source in sides]
+    if any(source.onnx_shape is not None for _, source in sides):
+        raise _NoIntegerForm(root.node, "operands stored flat broadcast as a float expression")
     if any(source.flat_order is not None for _, source in sides):
         raise CompileError(root.node, "a binary op on flattened spatial tensors is not supported")
     out = tuple(max(a, b) for a, b in zip(*shapes))
     if any(d not in (1, o) for shape in shapes for d, o in zip(shape, out)):
-        raise CompileError(root.node, f"operands of shapes {shapes[0]} and {shapes[1]} do not broadcast")
+        raise _NoIntegerForm(root.node, f"operands of shapes {shapes[0]} and {shapes[1]} do not broadcast")
     scale, zero, low, high = grid
     original = (zero - shift, low - shift, high - shift)
     if low_real > -math.inf:
@@ -184,8 +211,10 @@ def add_op(c: GraphCompiler, result: Pending, name: str, nodes: list[str], grid:
         op = conv.producer
         if isinstance(op, ConvOp) and op.skip is None and _read_once(c, op.output, result.node):
             return _fold_add(c, op, conv, skip, name, nodes, grid)
-    return c.produce(AddOp, nodes, name, grid, a.shape, input=a.index, skip=b.index, size=int(np.prod(a.shape)),
-                     input_grid=a.grid(), skip_grid=b.grid(), output_grid=c.grid_record(grid))
+    tensor = c.produce(AddOp, nodes, name, grid, a.shape, input=a.index, skip=b.index, size=int(np.prod(a.shape)),
+                       input_grid=a.grid(), skip_grid=b.grid(), output_grid=c.grid_record(grid))
+    tensor.onnx_shape = a.onnx_shape
+    return tensor
 
 
 def _read_once(c: GraphCompiler, tensor_index: int, add_node: Any) -> bool:
@@ -204,6 +233,7 @@ def _fold_add(c: GraphCompiler, op: ConvOp, conv: Tensor, skip: Tensor, name: st
     """The conv's epilogue does the add: move the conv to this position with the skip operand."""
     c.ops.remove(op)
     tensor = c.new_tensor(name, grid, conv.shape)
+    tensor.onnx_shape = conv.onnx_shape
     op.skip, op.skip_grid, op.sum_grid, op.output = skip.index, skip.grid(), tensor.grid(), tensor.index
     op.nodes = op.nodes + nodes
     c.tensors[conv.index].folded = True

@@ -47,6 +47,9 @@ class Tensor:
     shape: tuple[int, ...]                   # (C, H, W) or (F,)
     producer: Op | None = None               # the plan op that writes it
     flat_order: np.ndarray | None = None     # a flat tensor stored permuted: where each logical feature is stored
+    # The ONNX shape with the batch axis at its extent per sample (1, or P where a reshape folds P patches into
+    # the batch), where it is not (1, *shape): such tensors are stored flat, in ONNX order.
+    onnx_shape: tuple[int, ...] | None = None
 
     def grid(self) -> Grid:
         return Grid(float(self.scale), self.zero, self.low, self.high)
@@ -56,6 +59,9 @@ class Tensor:
 
     def chw(self) -> tuple[int, int, int]:
         return (self.shape[0], 1, 1) if len(self.shape) == 1 else tuple(self.shape)
+
+    def onnx(self) -> tuple[int, ...]:
+        return self.onnx_shape if self.onnx_shape is not None else (1, *self.shape)
 
 
 @dataclass
@@ -74,7 +80,7 @@ class Pending:
 @dataclass
 class MoveView:
     """Elements of int8 ``sources`` moved by ONNX data-movement nodes: ``index`` has the ONNX shape of the result
-    (batch 1) and holds ``slot << 32 | element`` (the source slot and its element in storage order), or -1 where
+    for one sample (every map is made for a batch of 1; each sample of a batch moves alike) and holds ``slot << 32 | element`` (the source slot and its element in storage order), or -1 where
     padding puts the real value ``pad_value``."""
 
     node: Any
@@ -92,7 +98,7 @@ class MoveView:
             storage = np.arange(channels * height * width).reshape(height, width, channels).transpose(2, 0, 1)
         else:
             storage = tensor.flat_order if tensor.flat_order is not None else np.arange(tensor.shape[0])
-        return cls(None, [tensor], storage.reshape((1, *tensor.shape)).astype(np.int64))
+        return cls(None, [tensor], storage.reshape(tensor.onnx()).astype(np.int64))
 
 
 @dataclass
@@ -166,6 +172,8 @@ class GraphCompiler:
         self.pending: dict[str, Pending] = {}
         self.expressions: dict[str, Expression] = {}
         self.views: dict[str, MoveView] = {}
+        self.floats: dict[str, Any] = {}           # float-region tensors (float_region.FloatTensor), by name
+        self.float_copies: dict[int, Any] = {}     # codes already brought into a float region, by tensor index
         self.materialized: dict[int, Tensor] = {}  # views made plan tensors, by id, so each is made once
         self.dequantized: dict[str, str] = {}
         self.dequantized_constants: dict[str, Any] = {}  # DequantizeLinear outputs of constants, by name
@@ -241,22 +249,27 @@ class GraphCompiler:
         """Shape of an activation, known at compile time (batch 1, as every view is built)."""
         value = self.operand(node, node.input[0])
         if isinstance(value, Tensor):
-            dims = (1, *value.shape)
+            dims = value.onnx()
         elif isinstance(value, MoveView):
             dims = value.index.shape
+        elif value in self.floats.values():
+            dims = value.shape
         else:
             raise CompileError(node, f"the shape of {node.input[0]!r} is not known at compile time")
         attributes = _attributes(node)
         return np.array(dims[attributes.get("start", 0): attributes.get("end", len(dims))], dtype=np.int64)
 
     def _store(self, name: str, value: Any) -> None:
+        from lightning_edge.runtime.compiler.float_region import FloatTensor
+
         table = (self.expressions if isinstance(value, Expression) else self.views if isinstance(value, MoveView)
-                 else self.constants if isinstance(value, np.ndarray) else self.pending)
+                 else self.floats if isinstance(value, FloatTensor) else self.constants if isinstance(value, np.ndarray)
+                 else self.pending)
         table[name] = value
 
     def _alias(self, source: str, target: str) -> None:
         for table in (self.constants, self.dequantized_constants, self.quantized, self.pending, self.expressions,
-                      self.views, self.dequantized):
+                      self.views, self.floats, self.dequantized):
             if source in table:
                 table[target] = table[source]
         if source == self.input_name:
@@ -272,6 +285,8 @@ class GraphCompiler:
             return self.expressions[name]
         if name in self.views:
             return self.views[name]
+        if name in self.floats:
+            return self.floats[name]
         if name in self.pending:
             if self.pending[name].kind == "max_pool":  # a max pool read by a shape op before any QuantizeLinear
                 return self._codes_of(self.pending.pop(name), name)
@@ -289,6 +304,9 @@ class GraphCompiler:
         if isinstance(operand, (Pending, Expression)):
             raise CompileError(node, f"reads the float result of {operand.node.name!r} ({operand.node.op_type}); "
                                      "the runtime needs a QuantizeLinear/DequantizeLinear pair between them")
+        if hasattr(operand, "shape") and hasattr(operand, "index") and not isinstance(operand, np.ndarray):
+            raise CompileError(node, "reads a float-region tensor; an int8 op needs a QuantizeLinear/DequantizeLinear "
+                                     "pair before it")
         raise CompileError(node, f"reads {operand!r}, which is not a dequantized int8 activation")
 
     def is_constant(self, name: str) -> bool:
@@ -402,6 +420,10 @@ class GraphCompiler:
             from lightning_edge.runtime.compiler.movement import quantize_view
 
             return quantize_view(self, node, self.views[source], grid)
+        if source in self.floats:
+            from lightning_edge.runtime.compiler.float_region import to_codes
+
+            return to_codes(self, node, self.floats[source], grid)
         if source not in self.pending:
             raise CompileError(node, f"quantizes {source!r}, which no supported op produced")
         return self.finish(node, self.pending.pop(source), grid, shift)

@@ -31,7 +31,13 @@ def move(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
     if node.op_type == "Resize" and _attributes(node).get("mode", b"nearest") not in (b"nearest", "nearest"):
         raise CompileError(node, "only nearest Resize moves codes; a linear Resize needs its float form, which the "
                                  "runtime does not run yet")
+    from lightning_edge.runtime.compiler.float_region import FloatTensor, move_float
+
     data = range(len(node.input)) if node.op_type == "Concat" else [0]
+    if any(isinstance(operands[i], FloatTensor) for i in data):  # moves inside a float region
+        if len(data) > 1:
+            raise CompileError(node, "a Concat of float-region tensors is not supported yet; quantize its inputs")
+        return move_float(c, node, operands[0])
     if len(data) == 1 and isinstance(operands[0], Expression):  # moves commute with the quantizer after them
         return Expression(node, [operands[0], *[c.constant(node, name) if name else None for name in node.input[1:]]])
     views, inputs = [], []
@@ -81,20 +87,22 @@ def _joined(views: list[MoveView]) -> tuple[list[Tensor], list[np.ndarray]]:
 
 
 def quantize_view(c: GraphCompiler, quantizer: Any, view: MoveView, grid: tuple[float, int, int, int]) -> Tensor | MoveView:
-    """A view meets its QuantizeLinear: on its sources' grid it stays a view where its shape is not a tensor the
-    plan can hold (the 5-D middle of a channel shuffle); otherwise it is materialized."""
+    """A view meets its QuantizeLinear: on its sources' grid, a view whose shape is not an image or a vector (the
+    5-D middle of a channel shuffle) stays a view until something reads it; otherwise it is materialized."""
     same = all(source.same_grid(grid) and (source.low, source.high) == grid[2:] for source in view.sources)
-    if same and _storable_shape(view) is None:
+    if same and _storage(view.index.shape)[1] is not None:
         return view
     return materialize(c, view, grid, quantizer.output[0], [quantizer.name])
 
 
-def _storable_shape(view: MoveView) -> tuple[int, ...] | None:
-    """The plan tensor shape of the view's ONNX shape: (C, H, W) for rank 4, (F,) for rank 2; else None."""
-    shape = view.index.shape
-    if shape[0] != 1:
-        return None
-    return tuple(shape[1:]) if len(shape) in (2, 4) else None
+def _storage(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """How codes of this ONNX shape (batch axis at its per-sample extent) are stored: an image (1, C, H, W) as
+    (C, H, W) NHWC, a vector (1, F) as (F,); anything else flat in ONNX order, keeping its ONNX shape."""
+    if shape[0] == 1 and len(shape) == 4:
+        return tuple(shape[1:]), None
+    if shape[0] == 1 and len(shape) == 2:
+        return (shape[1],), None
+    return (int(np.prod(shape)),), tuple(shape)
 
 
 def materialize(c: GraphCompiler, view: MoveView, grid: tuple[float, int, int, int] | None, name: str,
@@ -104,11 +112,8 @@ def materialize(c: GraphCompiler, view: MoveView, grid: tuple[float, int, int, i
     cached = c.materialized.get(id(view))
     if cached is not None and grid is None:
         return cached
-    shape = _storable_shape(view)
     node = view.node
-    if shape is None:
-        raise CompileError(node, f"moves codes into shape {tuple(view.index.shape)}, which the runtime stores only as "
-                                 "(batch, C, H, W) or (batch, features)")
+    shape, onnx_shape = _storage(view.index.shape)
     if grid is None:
         grids = {(np.float32(s.scale), s.zero, s.low, s.high) for s in view.sources}
         if len(grids) != 1 or (view.index < 0).any():
@@ -116,9 +121,10 @@ def materialize(c: GraphCompiler, view: MoveView, grid: tuple[float, int, int, i
         source = view.sources[0]
         grid = (source.scale, source.zero, source.low, source.high)
     nodes = [n.name for n in _nodes_of(view)] + (nodes or [])
-    storage = _in_storage_order(view.index[0], shape)
-    tensor = _alias(view, storage, shape, grid) or _concat(c, view, storage, shape, grid, name, nodes) \
+    storage = (view.index[0].transpose(1, 2, 0) if len(shape) == 3 else view.index).reshape(-1)
+    tensor = _alias(view, storage, shape, onnx_shape, grid) or _concat(c, view, storage, shape, grid, name, nodes) \
         or _gather(c, view, storage, shape, grid, name, nodes)
+    tensor.onnx_shape = onnx_shape
     c.materialized[id(view)] = tensor
     return tensor
 
@@ -127,12 +133,8 @@ def _nodes_of(view: MoveView) -> list[Any]:
     return [view.node] if view.node is not None else []
 
 
-def _in_storage_order(index: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The map's entries in the order the output is stored (NHWC for (C, H, W))."""
-    return (index.transpose(1, 2, 0) if len(shape) == 3 else index).reshape(-1)
-
-
-def _alias(view: MoveView, storage: np.ndarray, shape: tuple[int, ...], grid: tuple) -> Tensor | None:
+def _alias(view: MoveView, storage: np.ndarray, shape: tuple[int, ...], onnx_shape: tuple[int, ...] | None,
+           grid: tuple) -> Tensor | None:
     """The source's own storage, seen with ``shape``: nothing to run."""
     if len(view.sources) != 1 or (storage < 0).any():
         return None
@@ -142,10 +144,9 @@ def _alias(view: MoveView, storage: np.ndarray, shape: tuple[int, ...], grid: tu
     size = int(np.prod(source.shape))
     if storage.size != size:
         return None
-    flat = len(shape) == 1 or shape[1:] == (1, 1)
     if np.array_equal(storage, np.arange(size)):
         return Tensor(source.index, *grid, shape=shape, producer=source.producer)
-    if flat and len(shape) == 1 and np.array_equal(np.sort(storage), np.arange(size)):
+    if len(shape) == 1 and onnx_shape is None and np.array_equal(np.sort(storage), np.arange(size)):
         return Tensor(source.index, *grid, shape=shape, producer=source.producer, flat_order=storage.copy())
     return None
 
@@ -248,7 +249,7 @@ def clip_codes(c: GraphCompiler, node: Any, source: Any) -> Tensor:
     c.code_clips.add(node.name)
     c.tensors[source.index].name = node.output[0]  # the unclipped codes never exist
     return Tensor(source.index, source.scale, source.zero, new_low, new_high, source.shape, source.producer,
-                  source.flat_order)
+                  source.flat_order, source.onnx_shape)
 
 
 def _zero_of(c: GraphCompiler, node: Any) -> int:

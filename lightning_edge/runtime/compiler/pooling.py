@@ -23,12 +23,15 @@ def global_average_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Pen
 
 
 @rule("ReduceMean")
-def reduce_mean(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
-    x = c.activation(node, operands[0])
+def reduce_mean(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
+    """Over H and W of int8 codes it is the integer global average pool; any other mean runs in float."""
+    from lightning_edge.runtime.compiler.float_region import float_reduce
+
     axes = c.optional_constant(node, 1)
-    if len(x.shape) != 3 or _reduce_axes([None, axes], _attributes(node), 4) != (2, 3):
-        raise CompileError(node, "ReduceMean of int8 codes must average over H and W of a (batch, C, H, W) tensor")
-    return Pending(node, "average_pool", [x], {"keepdims": bool(_attributes(node).get("keepdims", 1))})
+    if isinstance(operands[0], Tensor) and len(operands[0].shape) == 3 and operands[0].onnx_shape is None \
+            and _reduce_axes([None, axes], _attributes(node), 4) == (2, 3):
+        return Pending(node, "average_pool", [operands[0]], {"keepdims": bool(_attributes(node).get("keepdims", 1))})
+    return float_reduce(c, node, operands)
 
 
 @finisher("average_pool")

@@ -1,0 +1,345 @@
+"""Float regions: ops with no integer form (LayerNormalization, Softmax, MatMul of activations, reductions,
+elementwise functions of several tensors) run in float32 inside the same plan (INT8_SPEC rules 10 and 17).
+
+Codes enter a region through ``to_float`` (``float32(q - z) * s``) and leave it through ``to_codes`` at the
+next QuantizeLinear; float tensors keep the ONNX shape (batch left out) in row-major order. An elementwise
+function becomes one ``float_expression`` op: a small register program over its leaves (codes read through
+their dequantization table, float tensors, constants) with numpy broadcasting expressed as strides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lightning_edge.runtime.compiler.graph import (CompileError, Expression, GraphCompiler, MoveView, Op, Pending, Tensor,
+                                                   rule)
+from lightning_edge.runtime.plan import (FLOAT_OPCODES, FloatExpressionOp, FloatLayerNormOp, FloatMatMulOp, FloatReduceOp,
+                                         FloatSoftmaxOp, GatherOp, TensorRecord, ToCodesOp, ToFloatOp)
+from lightning_edge.runtime.reference import FLOAT_OPS, _attributes, _reduce_axes, batch_norm_coefficients
+
+_OPCODE = {name: index for index, name in enumerate(FLOAT_OPCODES)}
+# ONNX op -> the program's opcode, for the elementwise ops whose operands are all registers.
+_DIRECT = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min", "Neg": "neg", "Abs": "abs",
+           "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Erf": "erf",
+           "Pow": "pow", "Softplus": "softplus", "Mish": "mish", "Reciprocal": "reciprocal", "Floor": "floor",
+           "Ceil": "ceil", "HardSwish": "hard_swish", "PRelu": "prelu"}
+
+
+@dataclass
+class FloatTensor:
+    """A float32 tensor of the plan (a float region's value): index and ONNX shape for one sample (the batch axis
+    at its extent per sample, as every map is made), stored in ONNX order."""
+
+    index: int
+    shape: tuple[int, ...]
+    producer: Op | None = None
+
+
+def new_float(c: GraphCompiler, name: str, shape: tuple[int, ...]) -> FloatTensor:
+    c.tensors.append(TensorRecord(name, int(np.prod(shape)), list(shape), dtype="f32"))
+    return FloatTensor(len(c.tensors) - 1, tuple(shape))
+
+
+def _image(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(C, H, W) codes of this ONNX shape are stored as (NHWC); anything but an image is a flat (F, 1, 1)."""
+    if shape[0] == 1 and len(shape) == 4:
+        return tuple(shape[1:])
+    return (int(np.prod(shape)), 1, 1)
+
+
+def to_float(c: GraphCompiler, node: Any, operand: Any) -> FloatTensor:
+    """``operand`` (codes, moved codes or an elementwise function) as a float tensor of the plan."""
+    if isinstance(operand, FloatTensor):
+        return operand
+    if isinstance(operand, Expression):
+        return float_expression(c, operand, f"{operand.node.output[0]}")
+    tensor = c.activation(node, operand)
+    if tensor.flat_order is not None:
+        raise CompileError(node, "a float op reads a flattened tensor stored permuted; quantize it after the Flatten")
+    cached = c.float_copies.get(tensor.index)
+    if cached is not None:
+        return cached
+    channels, height, width = tensor.chw()
+    result = new_float(c, f"{c.tensors[tensor.index].name}.float", tensor.onnx())
+    result.producer = c.emit(c.op(ToFloatOp, [node.name], input=tensor.index, output=result.index, channels=channels,
+                                  height=height, width=width, grid=tensor.grid()))
+    c.float_copies[tensor.index] = result
+    return result
+
+
+def to_codes(c: GraphCompiler, quantizer: Any, value: FloatTensor, grid: tuple[float, int, int, int]) -> Tensor:
+    """A float tensor meets its QuantizeLinear: codes stored as (C, H, W) NHWC, or (F,)."""
+    channels, height, width = _image(value.shape)
+    natural = value.shape[0] == 1 and len(value.shape) in (2, 4)
+    storage = (channels, height, width) if natural and len(value.shape) == 4 else (channels,)
+    tensor = c.produce(ToCodesOp, [quantizer.name], quantizer.output[0], grid, storage, input=value.index,
+                       channels=channels, height=height, width=width, grid=c.grid_record(grid))
+    tensor.onnx_shape = None if natural else tuple(value.shape)
+    return tensor
+
+
+# ---------------------------------------------------------------------------------------------- expressions
+def float_expression(c: GraphCompiler, expression: Expression, name: str) -> FloatTensor:
+    """An elementwise function as one float_expression op (any number of int8 or float tensors, constants)."""
+    builder = _Program(c)
+    result = builder.register_of(expression)
+    shape = np.broadcast_shapes(*[leaf[1] for leaf in builder.leaves], *[k.shape for k in builder.constants])
+    if len(shape) > 6:
+        raise CompileError(expression.node, f"its result has shape {shape}; float expressions take rank 6 at most")
+    output = new_float(c, name, tuple(shape))
+    op_id = c.new_id()
+    rank = len(shape)
+    strides = [c.array(op_id, f"strides{i}", _aligned(leaf_strides, leaf_shape, rank))
+               for i, (_, leaf_shape, leaf_strides) in enumerate(builder.leaves)]
+    constant_strides = [c.array(op_id, f"constant_strides{i}", _aligned(_row_major(k.shape), k.shape, rank))
+                        for i, k in enumerate(builder.constants)]
+    output.producer = c.emit(FloatExpressionOp(
+        id=op_id, nodes=[n.name for n in expression.nodes()], inputs=[leaf[0] for leaf in builder.leaves],
+        tables=[c.array(op_id, f"table{i}", table) if table is not None else None for i, table in enumerate(builder.tables)],
+        strides=strides, constants=[c.array(op_id, f"constant{i}", k.astype(np.float32)) for i, k in enumerate(builder.constants)],
+        constant_strides=constant_strides, shape=list(shape),
+        program=c.array(op_id, "program", np.asarray(builder.program, np.int32).reshape(-1, 5)),
+        immediates=c.array(op_id, "immediates", np.asarray(builder.immediates, np.float32).reshape(-1, 2)),
+        registers=builder.registers, result=result, output=output.index))
+    return output
+
+
+def _row_major(shape: tuple[int, ...]) -> np.ndarray:
+    strides = np.ones(len(shape), np.int64)
+    for axis in range(len(shape) - 2, -1, -1):
+        strides[axis] = strides[axis + 1] * shape[axis + 1]
+    return strides
+
+
+def _aligned(strides: Any, shape: tuple[int, ...], rank: int) -> np.ndarray:
+    """Element strides of an operand of ``shape`` per axis of a ``rank``-axis result (numpy's right alignment, 0
+    where it broadcasts)."""
+    return np.asarray([0] * (rank - len(shape)) + [int(s) if d > 1 else 0 for s, d in zip(strides, shape)], np.int32)
+
+
+class _Program:
+    """Registers for the expression's nodes and leaves, in evaluation order."""
+
+    def __init__(self, c: GraphCompiler):
+        self.c = c
+        self.program: list[list[int]] = []
+        self.immediates: list[list[float]] = []
+        self.leaves: list[tuple[int, tuple[int, ...], np.ndarray]] = []  # (tensor index, ONNX shape, strides)
+        self.tables: list[np.ndarray | None] = []
+        self.constants: list[np.ndarray] = []
+        self.registers = 0
+        self.seen: dict[int, int] = {}
+
+    def emit(self, opcode: str, a: int = 0, b: int = 0, d: int = 0, immediates: tuple[float, float] = (0.0, 0.0)) -> int:
+        register = self.registers
+        self.registers += 1
+        self.program.append([_OPCODE[opcode], register, a, b, d])
+        self.immediates.append([float(immediates[0]), float(immediates[1])])
+        return register
+
+    def leaf(self, value: Any) -> int:
+        key = id(value)
+        if key in self.seen:
+            return self.seen[key]
+        if isinstance(value, Tensor):
+            if value.flat_order is not None:
+                raise CompileError(None, "a float function reads a flattened tensor stored permuted")
+            index = MoveView.of(value).index
+            strides = np.array([int(np.take(index, 1, axis=a).flat[0] - index.flat[0]) if index.shape[a] > 1 else 0
+                                for a in range(index.ndim)], np.int64)
+            table = (np.arange(256) - value.zero).astype(np.float32) * np.float32(value.scale)
+            self.leaves.append((value.index, tuple(index.shape), strides))
+            self.tables.append(table)
+        else:
+            self.leaves.append((value.index, value.shape, _row_major(value.shape)))
+            self.tables.append(None)
+        register = self.emit("input", len(self.leaves) - 1)
+        self.seen[key] = register
+        return register
+
+    def constant(self, value: np.ndarray) -> int:
+        self.constants.append(np.asarray(value, np.float32))
+        return self.emit("constant", len(self.constants) - 1)
+
+    def register_of(self, value: Any) -> int:
+        if isinstance(value, (Tensor, FloatTensor)):
+            return self.leaf(value)
+        if isinstance(value, np.ndarray):
+            return self.constant(value)
+        if isinstance(value, MoveView):
+            return self.leaf(self.c.activation(None, value))
+        if id(value) in self.seen:
+            return self.seen[id(value)]
+        register = self._node(value)
+        self.seen[id(value)] = register
+        return register
+
+    def _node(self, expression: Expression) -> int:
+        node, operands = expression.node, expression.operands
+        op = node.op_type
+        attributes = _attributes(node)
+        if op in ("Max", "Min") and len(operands) > 2:
+            result = self.register_of(operands[0])
+            for operand in operands[1:]:
+                result = self.emit(_DIRECT[op], result, self.register_of(operand))
+            return result
+        if op == "Clip":
+            low, high = self.c.clip_bounds(node)
+            return self.emit("clip", self.register_of(operands[0]), immediates=(low, high))
+        if op == "LeakyRelu":
+            return self.emit("leaky_relu", self.register_of(operands[0]), immediates=(np.float32(attributes.get("alpha", 0.01)), 0))
+        if op == "HardSigmoid":
+            return self.emit("hard_sigmoid", self.register_of(operands[0]),
+                             immediates=(np.float32(attributes.get("alpha", 0.2)), np.float32(attributes.get("beta", 0.5))))
+        if op == "Gelu":
+            return self.emit("gelu", self.register_of(operands[0]),
+                             immediates=(1.0 if attributes.get("approximate", "none") == "tanh" else 0.0, 0))
+        if op == "BatchNormalization":
+            a, b = batch_norm_coefficients(operands, attributes)
+            shape = (-1,) + (1,) * (len(_leaf_rank(operands[0])) - 2)
+            scaled = self.emit("mul", self.register_of(operands[0]), self.constant(a.reshape(shape)))
+            return self.emit("add", scaled, self.constant(b.reshape(shape)))
+        if op in _DIRECT:
+            registers = [self.register_of(o) for o in operands if o is not None]
+            if len(registers) > 2:
+                raise CompileError(node, f"{op} of {len(registers)} operands has no float expression form")
+            return self.emit(_DIRECT[op], *registers)
+        raise CompileError(node, f"op {op} has no float expression form in the runtime")
+
+
+def _leaf_rank(operand: Any) -> tuple[int, ...]:
+    """The ONNX shape of an expression operand's first leaf: how BatchNormalization broadcasts (channels axis 1)."""
+    if isinstance(operand, FloatTensor):
+        return operand.shape
+    if isinstance(operand, Tensor):
+        return operand.onnx()
+    if isinstance(operand, Expression):
+        for inner in operand.operands:
+            shape = _leaf_rank(inner)
+            if shape:
+                return shape
+    return ()
+
+
+# ---------------------------------------------------------------------------------------------- float ops
+@rule("LayerNormalization")
+def layer_normalization(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
+    x = to_float(c, node, operands[0])
+    axis = int(_attributes(node).get("axis", -1)) % len(x.shape)
+    if axis == 0:
+        raise CompileError(node, "LayerNormalization over the batch axis mixes samples")
+    inner = int(np.prod(x.shape[axis:]))
+    scale = np.broadcast_to(np.asarray(c.constant(node, node.input[1]), np.float32).reshape(-1), (inner,))
+    bias = c.optional_constant(node, 2)
+    output = new_float(c, node.output[0], x.shape)
+    op_id = c.new_id()
+    output.producer = c.emit(FloatLayerNormOp(
+        id=op_id, nodes=[node.name], input=x.index, output=output.index, outer=int(np.prod(x.shape)) // inner,
+        inner=inner, epsilon=float(np.float32(_attributes(node).get("epsilon", 1e-5))),
+        scale=c.array(op_id, "scale", scale.copy()),
+        bias=c.array(op_id, "bias", np.broadcast_to(np.asarray(bias, np.float32).reshape(-1), (inner,)).copy())
+        if bias is not None else None))
+    return output
+
+
+@rule("Softmax", "LogSoftmax")
+def softmax(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
+    x = to_float(c, node, operands[0])
+    axis = int(_attributes(node).get("axis", -1)) % len(x.shape)
+    if axis == 0:
+        raise CompileError(node, "Softmax over the batch axis mixes samples")
+    dims = x.shape
+    output = new_float(c, node.output[0], x.shape)
+    output.producer = c.emit(c.op(FloatSoftmaxOp, [node.name], input=x.index, output=output.index,
+                                  outer=int(np.prod(dims[:axis])), axis=dims[axis], inner=int(np.prod(dims[axis + 1:])),
+                                  log=node.op_type == "LogSoftmax"))
+    return output
+
+
+@rule("MatMul")
+def matmul(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
+    sides = []
+    for name, operand in zip(node.input, operands):
+        if c.is_constant(name) and not isinstance(operand, (Tensor, MoveView, Expression, FloatTensor)):
+            sides.append(("constant", np.asarray(c.constant(node, name), np.float32)))
+        else:
+            sides.append(("tensor", to_float(c, node, operand)))
+    shapes = [value.shape for _, value in sides]
+    if any(len(shape) < 2 for shape in shapes):
+        raise CompileError(node, "MatMul of vectors is not supported; reshape them to matrices")
+    (m, k), (k2, n) = shapes[0][-2:], shapes[1][-2:]
+    if k != k2:
+        raise CompileError(node, f"MatMul of {shapes[0]} and {shapes[1]}: inner sizes differ")
+    leading = np.broadcast_shapes(shapes[0][:-2], shapes[1][:-2])
+    batch = int(np.prod(leading))
+    strides = []
+    for shape in shapes:
+        count = int(np.prod(shape[:-2]))
+        if count not in (1, batch):
+            raise CompileError(node, f"MatMul of {shapes[0]} and {shapes[1]}: only whole-operand broadcasting is supported")
+        strides.append(shape[-2] * shape[-1] if count == batch and batch > 1 else 0)
+    output = new_float(c, node.output[0], (*leading, m, n))
+    op_id = c.new_id()
+    fields = {}
+    for letter, (kind, value) in zip("ab", sides):
+        if kind == "constant":
+            fields[f"{letter}_constant"] = c.array(op_id, letter, np.ascontiguousarray(value))
+        else:
+            fields[letter] = value.index
+    output.producer = c.emit(FloatMatMulOp(id=op_id, nodes=[node.name], batch=batch, m=m, k=k, n=n,
+                                           a_batch_stride=strides[0], b_batch_stride=strides[1], output=output.index,
+                                           **fields))
+    return output
+
+
+@rule("ReduceSum", "ReduceMax", "ReduceMin")
+def reduce(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
+    return float_reduce(c, node, operands)
+
+
+def float_reduce(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
+    """A reduction of a float (or dequantized) tensor; never over the batch axis."""
+    x = to_float(c, node, operands[0])
+    rank = len(x.shape)
+    axes = _reduce_axes([None, c.optional_constant(node, 1)], _attributes(node), rank)
+    axes = tuple(range(1, rank)) if axes is None else axes
+    if 0 in axes:
+        raise CompileError(node, "a reduction over the batch axis mixes samples")
+    keep = bool(_attributes(node).get("keepdims", 1))
+    shape = tuple(1 if a in axes else d for a, d in enumerate(x.shape)) if keep else \
+        tuple(d for a, d in enumerate(x.shape) if a not in axes)
+    output = new_float(c, node.output[0], shape)
+    output.producer = c.emit(c.op(FloatReduceOp, [node.name], input=x.index, output=output.index,
+                                  operation=node.op_type[len("Reduce"):].lower(), shape=list(x.shape), axes=list(axes)))
+    return output
+
+
+def move_float(c: GraphCompiler, node: Any, value: FloatTensor) -> dict[str, FloatTensor]:
+    """Data movement of a float tensor: the same numbering trick as codes, as a float32 gather (or no op at all)."""
+    numbers = np.arange(int(np.prod(value.shape)), dtype=np.int64).reshape(value.shape)
+    inputs = [numbers] + [c.constant(node, name) if name else None for name in node.input[1:]]
+    result = FLOAT_OPS[node.op_type](node, inputs, _attributes(node))
+    outputs = {}
+    for name, index in zip(node.output, result if isinstance(result, tuple) else (result,)):
+        index = np.asarray(index)
+        if index.size == numbers.size and np.array_equal(index.reshape(-1), numbers.reshape(-1)):
+            outputs[name] = FloatTensor(value.index, tuple(index.shape), value.producer)
+            continue
+        output = new_float(c, name, tuple(index.shape))
+        op_id = c.new_id()
+        output.producer = c.emit(GatherOp(
+            id=op_id, nodes=[node.name], inputs=[value.index], input_sizes=[int(np.prod(value.shape))], tables=[None],
+            size=int(index.size), indices=c.array(op_id, "indices", index.reshape(-1).astype(np.int32)),
+            output=output.index, element_bytes=4))
+        outputs[name] = output
+    return outputs
+
+
+def reads_float(operands: list[Any]) -> bool:
+    return any(isinstance(o, FloatTensor) for o in operands)
+
+
+__all__ = ["FloatTensor", "Pending", "float_expression", "float_reduce", "move_float", "reads_float", "to_codes",
+           "to_float"]
