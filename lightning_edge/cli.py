@@ -114,7 +114,8 @@ def _compile(args: argparse.Namespace) -> int:
     from lightning_edge.runtime.plan import ConvOp
 
     output = args.output or str(Path(args.onnx).with_suffix(".edge"))
-    plan = compile(args.onnx, output, select=not args.no_select, tune_batch=args.tune_batch, threads=args.threads)
+    plan = compile(args.onnx, output, select=not args.no_select, tune_batch=args.tune_batch, threads=args.threads,
+                   input_shape=args.input_shape)
     convs = [op for op in plan.ops if isinstance(op, ConvOp)]
     folded = sum(op.skip is not None for op in convs)
     print(f"{output}: {len(plan.ops)} ops ({len(convs)} conv/linear, {folded} with a folded residual add), "
@@ -264,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--no-select", action="store_true", help="skip timing each layer's candidate kernels")
     compile_.add_argument("--tune-batch", type=int, default=1, help="batch size the kernel timings use")
     compile_.add_argument("--threads", type=int, help="threads the kernel timings use (default: all cores)")
+    compile_.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
+                          help="the input's size, for a file exported with dynamic height and width")
     compile_.set_defaults(handler=_compile)
     inspect = commands.add_parser("inspect", help="a .edge file layer by layer: op, fusion, kernel, MACs, bytes")
     inspect.add_argument("edge")

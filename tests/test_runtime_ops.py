@@ -30,10 +30,10 @@ def ort_qdq_file(network: nn.Module, tmp_path, shape=SHAPE, per_channel: bool = 
                                activations=activations)
 
 
-def assert_bit_exact(qdq_path: str, tmp_path, shape=SHAPE, kinds: set[str] = frozenset()) -> set[str]:
-    """Compiles the file; every stored tensor the reference also has, and the output, equal on every kernel path.
-    Returns the plan's op kinds."""
-    plan = compile(qdq_path, str(tmp_path / "model.edge"), select=False)
+def assert_bit_exact(qdq_path: str, tmp_path, shape=SHAPE, kinds: set[str] = frozenset(), **options) -> set[str]:
+    """Compiles the file (``options`` for compile); every stored tensor the reference also has, and the output,
+    equal on every kernel path. Returns the plan's op kinds."""
+    plan = compile(qdq_path, str(tmp_path / "model.edge"), select=False, **options)
     compiled = {op.kind for op in plan.ops}
     assert kinds <= compiled, compiled
     x = np.random.default_rng(1).standard_normal((3, *shape)).astype(np.float32) * 2
@@ -207,6 +207,21 @@ def test_weights_two_layers_share_fold_at_compile_time(tmp_path):
     requantized = [node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] in identities]
     assert requantized, "the file no longer has the pattern this test is about"
     assert_bit_exact(path, tmp_path)
+
+
+def test_a_file_with_dynamic_height_and_width_compiles_for_the_shape_given(tmp_path):
+    torch.manual_seed(0)
+    float_path = str(tmp_path / "float.onnx")
+    torch.onnx.export(SqueezeExcitation().eval(), torch.randn(1, *SHAPE), float_path, input_names=["input"],
+                      output_names=["output"], opset_version=17, dynamo=False,
+                      dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}})
+    rng = np.random.default_rng(0)
+    path = quantize_static_qdq(float_path, str(tmp_path / "qdq.onnx"),
+                               [rng.standard_normal((2, 3, 24, 20)).astype(np.float32) for _ in range(2)])
+    with pytest.raises(CompileError, match="input_shape"):
+        compile(path, str(tmp_path / "model.edge"), select=False)
+    assert_bit_exact(path, tmp_path, shape=(3, 24, 20), input_shape=(3, 24, 20))
+    assert load(tmp_path / "model.edge").input_shape == (3, 24, 20)
 
 
 class Attention(nn.Module):

@@ -41,11 +41,12 @@ __all__ = ["CompileError", "compile"]
 
 
 def compile(onnx_path: str | os.PathLike, edge_path: str | os.PathLike, *, select: bool = True,
-            tune_batch: int = 1, threads: int | None = None) -> Plan:
+            tune_batch: int = 1, threads: int | None = None, input_shape: tuple[int, int, int] | None = None) -> Plan:
     """Compile ``onnx_path`` into ``edge_path`` (written atomically); returns the plan.
 
     ``select`` times each layer's candidate kernels on its real shape at batch ``tune_batch`` with
     ``threads`` (default: all cores) and keeps the fastest; without it the first candidate is used.
+    ``input_shape`` (C, H, W) fixes the input of a file exported with dynamic sizes (the plan is for that shape).
     """
     import onnx
 
@@ -54,7 +55,7 @@ def compile(onnx_path: str | os.PathLike, edge_path: str | os.PathLike, *, selec
         model = onnx.load(path)
     except Exception as error:  # protobuf raises several types for damaged files
         raise CompileError(None, f"{path} is not a readable ONNX file ({error})") from error
-    plan, arrays = GraphCompiler(model, os.path.basename(path)).build()
+    plan, arrays = GraphCompiler(model, os.path.basename(path), input_shape).build()
     if select:
         select_primitives(plan, arrays, batch=tune_batch, threads=threads)
     else:

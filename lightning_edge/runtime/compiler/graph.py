@@ -148,9 +148,10 @@ def finisher(kind: str) -> Callable[[Finisher], Finisher]:
 class GraphCompiler:
     """One compilation: the graph's constants and readers, the plan's tensors, ops and arrays as they grow."""
 
-    def __init__(self, model: Any, source: str):
+    def __init__(self, model: Any, source: str, input_shape: tuple[int, int, int] | None = None):
         from onnx import numpy_helper
 
+        self.requested_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
         self.graph = model.graph
         self.source = source
         self.constants = {item.name: numpy_helper.to_array(item) for item in self.graph.initializer}
@@ -184,9 +185,19 @@ class GraphCompiler:
             raise CompileError(None, "the runtime runs graphs with one input and one output")
         input_info = self.graph.input[0]
         dims = [d.dim_value for d in input_info.type.tensor_type.shape.dim]
-        if len(dims) != 4 or any(d <= 0 for d in dims[1:]):
-            raise CompileError(None, f"input {input_info.name!r} must be (batch, C, H, W) with fixed C, H, W; got {dims}")
-        self.input_name, self.input_shape = input_info.name, tuple(dims[1:])
+        if len(dims) != 4:
+            raise CompileError(None, f"input {input_info.name!r} must be (batch, C, H, W); got rank {len(dims)}")
+        shape = tuple(dims[1:])
+        if self.requested_shape is not None:
+            if len(self.requested_shape) != 3 or min(self.requested_shape) <= 0 or \
+                    any(d > 0 and d != r for d, r in zip(shape, self.requested_shape)):
+                raise CompileError(None, f"input_shape {self.requested_shape} does not fit input {input_info.name!r} "
+                                         f"of shape {dims}")
+            shape = self.requested_shape
+        if any(d <= 0 for d in shape):
+            raise CompileError(None, f"input {input_info.name!r} has dynamic sizes {dims}; give compile(..., "
+                                     "input_shape=(C, H, W)) (lightning-edge compile --input-shape C H W)")
+        self.input_name, self.input_shape = input_info.name, shape
         output_tensor = output_node = None
         for node in self.graph.node:
             op = node.op_type
