@@ -263,3 +263,27 @@ def test_an_op_without_any_form_in_the_runtime_is_named(tmp_path):
 
     with pytest.raises(CompileError, match="CumSum"):
         compile(ort_qdq_file(Cumulative(), tmp_path), str(tmp_path / "model.edge"), select=False)
+
+
+class Segmentation(nn.Module):
+    """An LR-ASPP-style head: a dilated depthwise conv, a gate, and bilinear upsampling back to the input size."""
+
+    def __init__(self, align_corners: bool):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.dilated = nn.Conv2d(8, 8, 5, padding=4, dilation=2, groups=8)
+        self.gate = nn.Conv2d(8, 8, 1)
+        self.classifier = nn.Conv2d(8, 4, 1)
+        self.align_corners = align_corners
+
+    def forward(self, x):
+        y = F.relu(self.stem(x))
+        y = F.hardswish(self.dilated(y)) * torch.sigmoid(self.gate(y.mean((2, 3), keepdim=True)))
+        y = self.classifier(F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=self.align_corners))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_bilinear_resize_and_a_9x9_dilated_window(align_corners, tmp_path):
+    kinds = assert_bit_exact(ort_qdq_file(Segmentation(align_corners), tmp_path), tmp_path)
+    assert {"float_expression", "gather", "depthwise"} <= kinds

@@ -51,9 +51,9 @@ def elementwise(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
 
 def evaluate(expression: Expression, values: dict[int, np.ndarray]) -> np.ndarray:
     """``expression`` in float32 with each source tensor's index mapped to its dequantized values."""
-    from lightning_edge.runtime.compiler.movement import MOVES
+    from lightning_edge.runtime.compiler.movement import is_move
 
-    if expression.node.op_type in MOVES:
+    if is_move(expression.node):
         raise CompileError(expression.node, "a float function after moving a float result needs a QuantizeLinear "
                                             "between them")
     inputs = [evaluate(o, values) if isinstance(o, Expression) else values[o.index] if isinstance(o, Tensor) else o
@@ -65,9 +65,9 @@ def finish_expression(c: GraphCompiler, quantizer: Any, expression: Expression, 
                       shift: int) -> Tensor:
     """An expression meets its QuantizeLinear: a table op (one source) or a binary op (two). Data movement after
     the float function (a Flatten of a HardSwish) moves the function's quantized codes instead."""
-    from lightning_edge.runtime.compiler.movement import MOVES, move, quantize_view
+    from lightning_edge.runtime.compiler.movement import is_move, move, quantize_view
 
-    if expression.node.op_type in MOVES:
+    if is_move(expression.node):
         inner = expression.operands[0]
         codes = finish_expression(c, _Renamed(quantizer, inner.node.output[0]), inner, grid, shift)
         moved = move(c, expression.node, [codes, *[None] * (len(expression.operands) - 1)])  # constants: by name
@@ -75,7 +75,7 @@ def finish_expression(c: GraphCompiler, quantizer: Any, expression: Expression, 
     from lightning_edge.runtime.compiler.float_region import float_expression, to_codes
 
     sources = expression.sources()
-    nodes = [node.name for node in expression.nodes()] + [quantizer.name]
+    nodes = list(dict.fromkeys(node.name for node in expression.nodes())) + [quantizer.name]
     try:
         if not _reads_floats(expression) and len(sources) == 1:
             return _table_op(c, quantizer, expression, sources[0], nodes, grid, shift)

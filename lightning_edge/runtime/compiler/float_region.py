@@ -17,7 +17,8 @@ from lightning_edge.runtime.compiler.graph import (CompileError, Expression, Gra
                                                    rule)
 from lightning_edge.runtime.plan import (FLOAT_OPCODES, FloatExpressionOp, FloatLayerNormOp, FloatMatMulOp, FloatReduceOp,
                                          FloatSoftmaxOp, GatherOp, TensorRecord, ToCodesOp, ToFloatOp)
-from lightning_edge.runtime.reference import FLOAT_OPS, _attributes, _reduce_axes, batch_norm_coefficients
+from lightning_edge.runtime.reference import (FLOAT_OPS, _attributes, _linear_taps, _reduce_axes, _resize_plan,
+                                             _source_coordinates, batch_norm_coefficients)
 
 _OPCODE = {name: index for index, name in enumerate(FLOAT_OPCODES)}
 # ONNX op -> the program's opcode, for the elementwise ops whose operands are all registers.
@@ -96,7 +97,7 @@ def float_expression(c: GraphCompiler, expression: Expression, name: str) -> Flo
     constant_strides = [c.array(op_id, f"constant_strides{i}", _aligned(_row_major(k.shape), k.shape, rank))
                         for i, k in enumerate(builder.constants)]
     output.producer = c.emit(FloatExpressionOp(
-        id=op_id, nodes=[n.name for n in expression.nodes()], inputs=[leaf[0] for leaf in builder.leaves],
+        id=op_id, nodes=list(dict.fromkeys(n.name for n in expression.nodes())), inputs=[leaf[0] for leaf in builder.leaves],
         tables=[c.array(op_id, f"table{i}", table) if table is not None else None for i, table in enumerate(builder.tables)],
         strides=strides, constants=[c.array(op_id, f"constant{i}", k.astype(np.float32)) for i, k in enumerate(builder.constants)],
         constant_strides=constant_strides, shape=list(shape),
@@ -321,20 +322,74 @@ def move_float(c: GraphCompiler, node: Any, value: FloatTensor) -> dict[str, Flo
     numbers = np.arange(int(np.prod(value.shape)), dtype=np.int64).reshape(value.shape)
     inputs = [numbers] + [c.constant(node, name) if name else None for name in node.input[1:]]
     result = FLOAT_OPS[node.op_type](node, inputs, _attributes(node))
-    outputs = {}
-    for name, index in zip(node.output, result if isinstance(result, tuple) else (result,)):
-        index = np.asarray(index)
-        if index.size == numbers.size and np.array_equal(index.reshape(-1), numbers.reshape(-1)):
-            outputs[name] = FloatTensor(value.index, tuple(index.shape), value.producer)
-            continue
-        output = new_float(c, name, tuple(index.shape))
-        op_id = c.new_id()
-        output.producer = c.emit(GatherOp(
-            id=op_id, nodes=[node.name], inputs=[value.index], input_sizes=[int(np.prod(value.shape))], tables=[None],
-            size=int(index.size), indices=c.array(op_id, "indices", index.reshape(-1).astype(np.int32)),
-            output=output.index, element_bytes=4))
-        outputs[name] = output
-    return outputs
+    return {name: float_gather(c, node, value, np.asarray(index), name)
+            for name, index in zip(node.output, result if isinstance(result, tuple) else (result,))}
+
+
+def float_gather(c: GraphCompiler, node: Any, value: FloatTensor, index: np.ndarray, name: str) -> FloatTensor:
+    """``value``'s elements picked by ``index`` (element numbers, in the result's ONNX shape): the same tensor seen
+    with another shape where nothing moves, else a float32 gather."""
+    if index.size == int(np.prod(value.shape)) and np.array_equal(index.reshape(-1), np.arange(index.size)):
+        return FloatTensor(value.index, tuple(index.shape), value.producer)
+    output = new_float(c, name, tuple(index.shape))
+    op_id = c.new_id()
+    output.producer = c.emit(GatherOp(
+        id=op_id, nodes=[node.name], inputs=[value.index], input_sizes=[int(np.prod(value.shape))], tables=[None],
+        size=int(index.size), indices=c.array(op_id, "indices", index.reshape(-1).astype(np.int32)),
+        output=output.index, element_bytes=4))
+    return output
+
+
+@rule("Resize")
+def resize(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
+    """Nearest Resize moves codes (``movement.move``); bilinear Resize is INT8_SPEC rule 15's float32 sum of four
+    neighbours: each neighbour a move of the input, the weighted sum one float expression."""
+    from lightning_edge.runtime.compiler.movement import materialize, move
+
+    if _attributes(node).get("mode", "nearest") == "nearest":
+        return move(c, node, operands)
+    x = operands[0]
+    if isinstance(x, Expression):
+        x = to_float(c, node, x)
+    numbers = np.arange(int(np.prod(x.shape)), dtype=np.int64).reshape(x.shape) if isinstance(x, FloatTensor) else \
+        (x if isinstance(x, MoveView) else MoveView.of(c.activation(node, x))).index
+    inputs = [numbers] + [c.constant(node, name) if name else None for name in node.input[1:]]
+    attributes = _attributes(node)
+    if attributes.get("mode") != "linear" or len(numbers.shape) != 4:
+        raise CompileError(node, f"Resize mode {attributes.get('mode')!r} of a rank-{len(numbers.shape)} tensor is not "
+                                 "supported (nearest, and linear over H and W)")
+    mode = attributes.get("coordinate_transformation_mode", "half_pixel")
+    (height, out_h, scale_h), (width, out_w, scale_w) = _resize_plan(node, numbers, inputs, attributes)
+    y0, y1, wy0, wy1 = _linear_taps(_source_coordinates(mode, out_h, height, scale_h), height)
+    x0, x1, wx0, wx1 = _linear_taps(_source_coordinates(mode, out_w, width, scale_w), width)
+    neighbours = []
+    for rows in (y0, y1):
+        for columns in (x0, x1):
+            picked = numbers[:, :, rows][:, :, :, columns]
+            if isinstance(x, FloatTensor):
+                neighbours.append(float_gather(c, node, x, picked, f"{node.output[0]}/neighbour{len(neighbours)}"))
+            else:
+                view = x if isinstance(x, MoveView) else MoveView.of(c.activation(node, x))
+                neighbours.append(materialize(c, MoveView(node, view.sources, picked), None,
+                                              f"{node.output[0]}/neighbour{len(neighbours)}"))
+    weights_x = [w.reshape(1, 1, 1, -1) for w in (wx0, wx1)]
+    weights_y = [w.reshape(1, 1, -1, 1) for w in (wy0, wy1)]
+
+    def operation(op_type: str, *operands: Any) -> Expression:
+        return Expression(onnx_node(op_type, node), list(operands))
+
+    top = operation("Add", operation("Mul", neighbours[0], weights_x[0]), operation("Mul", neighbours[1], weights_x[1]))
+    bottom = operation("Add", operation("Mul", neighbours[2], weights_x[0]), operation("Mul", neighbours[3], weights_x[1]))
+    result = operation("Add", operation("Mul", top, weights_y[0]), operation("Mul", bottom, weights_y[1]))
+    result.node.output[:] = [node.output[0]]
+    return result
+
+
+def onnx_node(op_type: str, origin: Any) -> Any:
+    """A node the compiler adds for ``origin`` (it reports under origin's name)."""
+    import onnx
+
+    return onnx.helper.make_node(op_type, [], [f"{origin.output[0]}/{op_type}"], name=origin.name)
 
 
 def reads_float(operands: list[Any]) -> bool:

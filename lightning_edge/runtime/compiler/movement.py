@@ -21,16 +21,18 @@ from lightning_edge.runtime.plan import ConcatOp, GatherOp, Grid, MaxPoolOp
 from lightning_edge.runtime.reference import FLOAT_OPS, _attributes, _pool_geometry, quantize
 
 MOVES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Pad", "Gather",
-         "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Resize")
+         "Expand", "Tile", "DepthToSpace", "SpaceToDepth")  # and nearest Resize (float_region.resize)
 _PAD = -1
+
+
+def is_move(node: Any) -> bool:
+    """Whether the node only moves elements (so it acts on codes as they are)."""
+    return node.op_type in MOVES or node.op_type == "Resize" and _attributes(node).get("mode", "nearest") == "nearest"
 
 
 @rule(*MOVES)
 def move(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
     """The node applied to element numbers; its data inputs are int8 tensors or views, the rest constants."""
-    if node.op_type == "Resize" and _attributes(node).get("mode", b"nearest") not in (b"nearest", "nearest"):
-        raise CompileError(node, "only nearest Resize moves codes; a linear Resize needs its float form, which the "
-                                 "runtime does not run yet")
     from lightning_edge.runtime.compiler.float_region import FloatTensor, move_float
 
     data = range(len(node.input)) if node.op_type == "Concat" else [0]
