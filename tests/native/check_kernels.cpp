@@ -275,9 +275,7 @@ int check_engine() {
 int main() {
     std::vector<std::pair<const Backend*, bool>> paths;  // backend, k-major weights
     if (neon_backend()) paths.push_back({neon_backend(), true});
-#if defined(__x86_64__)
-    if (avx2_backend() && __builtin_cpu_supports("avx2")) paths.push_back({avx2_backend(), false});
-#endif
+    if (avx2_runnable()) paths.push_back({avx2_backend(), false});
     const Backend& scalar = scalar_backend();
     int cases = 0, failures = 0;
     for (int trial = 0; trial < 400; ++trial) {
