@@ -1,7 +1,9 @@
 // Checked reads of a plan op's fields and of the arrays it names (see attributes.h).
 #include "attributes.h"
 
+#include <algorithm>
 #include <climits>
+#include <cstring>
 
 #include "conv_driver.h"
 
@@ -11,11 +13,20 @@ namespace {
 
 std::string quoted(const char* key) { return std::string("'") + key + "'"; }
 
+bool key_less(const std::pair<std::string, Value>& entry, const char* key) { return std::strcmp(entry.first.c_str(), key) < 0; }
+
 }  // namespace
 
 Attributes& Attributes::set(const std::string& key, Value value) {
-    values_[key] = std::move(value);
+    auto at = std::lower_bound(values_.begin(), values_.end(), key.c_str(), key_less);
+    if (at != values_.end() && at->first == key) at->second = std::move(value);
+    else values_.emplace(at, key, std::move(value));
     return *this;
+}
+
+const Value* Attributes::lookup(const char* key) const {
+    auto at = std::lower_bound(values_.begin(), values_.end(), key, key_less);
+    return at != values_.end() && at->first == key ? &at->second : nullptr;
 }
 
 Attributes& Attributes::set_int(const std::string& key, int64_t value) {
@@ -49,9 +60,9 @@ Attributes& Attributes::set_grid(const std::string& key, Grid grid) {
 }
 
 const Value& Attributes::find(const char* key, const char* what) const {
-    auto found = values_.find(key);
-    if (found == values_.end()) throw std::invalid_argument(std::string("plan op is missing ") + what + quoted(key));
-    return found->second;
+    const Value* found = lookup(key);
+    if (!found) throw std::invalid_argument(std::string("plan op is missing ") + what + quoted(key));
+    return *found;
 }
 
 int Attributes::get_int(const char* key) const {
@@ -82,6 +93,13 @@ Grid Attributes::get_grid(const char* key) const {
     if (grid.low < 0 || grid.high > 255 || grid.low > grid.high || grid.zero < 0 || grid.zero > 255)
         throw std::invalid_argument("grid " + quoted(key) + " is outside uint8");
     return grid;
+}
+
+std::vector<std::string> Attributes::strings() const {
+    std::vector<std::string> texts;
+    for (const auto& entry : values_)
+        if (entry.second.kind == Value::Kind::String) texts.push_back(entry.second.text);
+    return texts;
 }
 
 const void* checked_array(const Attributes& attrs, const ArrayTable& arrays, const char* key, Dtype dtype, size_t count) {

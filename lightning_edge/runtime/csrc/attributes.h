@@ -11,6 +11,8 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace edge {
 
@@ -69,17 +71,21 @@ class Attributes {
     Attributes& set_map(const std::string& key, Attributes value);
     Attributes& set_grid(const std::string& key, Grid grid);
 
-    bool has(const char* key) const { return values_.count(key) != 0; }
+    bool has(const char* key) const { return lookup(key) != nullptr; }
     // "plan op is missing 'key'" when absent; "plan op field 'key' must be ..." when of the wrong kind.
     int get_int(const char* key) const;
     float get_float(const char* key) const;
     std::string get_string(const char* key) const;
     // The grid at `key`, checked to lie inside uint8.
     Grid get_grid(const char* key) const;
+    // Every top-level string value: the names an op may use to point at arrays.
+    std::vector<std::string> strings() const;
 
   private:
+    const Value* lookup(const char* key) const;
     const Value& find(const char* key, const char* what) const;
-    std::map<std::string, Value> values_;
+    // Sorted by key: one allocation and a binary search (a plan has thousands of fields to convert).
+    std::vector<std::pair<std::string, Value>> values_;
 };
 
 // The named array `attrs[key]` points at in `arrays`, checked for its element type, C order and count.

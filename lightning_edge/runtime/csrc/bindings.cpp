@@ -21,6 +21,23 @@ namespace {
 
 Attributes to_attributes(const py::dict& d);
 
+// The UTF-8 text of a str (or the bytes of a bytes object); false for anything else or unencodable text.
+bool text_of(PyObject* o, std::string& text) {
+    if (PyBytes_Check(o)) {
+        text.assign(PyBytes_AS_STRING(o), static_cast<size_t>(PyBytes_GET_SIZE(o)));
+        return true;
+    }
+    if (!PyUnicode_Check(o)) return false;
+    Py_ssize_t size = 0;
+    const char* utf8 = PyUnicode_AsUTF8AndSize(o, &size);
+    if (!utf8) {
+        PyErr_Clear();
+        return false;
+    }
+    text.assign(utf8, static_cast<size_t>(size));
+    return true;
+}
+
 // A Python value as the engine reads it, following pybind11's casts: an int (or anything with __index__) is
 // integral when it fits in int64 and a number when it fits in a double; a float (or anything with
 // __float__) is a number; str and bytes are text; a dict nests.
@@ -28,7 +45,7 @@ Value to_value(py::handle h) {
     Value v;
     PyObject* o = h.ptr();
     if (PyUnicode_Check(o) || PyBytes_Check(o)) {
-        v.kind = Value::Kind::String, v.text = h.cast<std::string>();
+        if (text_of(o, v.text)) v.kind = Value::Kind::String;
     } else if (PyDict_Check(o)) {
         v.kind = Value::Kind::Map, v.map = std::make_shared<const Attributes>(to_attributes(h.cast<py::dict>()));
     } else if (!PyFloat_Check(o) && (PyLong_Check(o) || PyIndex_Check(o))) {
@@ -57,8 +74,9 @@ Value to_value(py::handle h) {
 
 Attributes to_attributes(const py::dict& d) {
     Attributes attrs;
+    std::string key;
     for (auto item : d)
-        if (py::isinstance<py::str>(item.first)) attrs.set(item.first.cast<std::string>(), to_value(item.second));
+        if (PyUnicode_Check(item.first.ptr()) && text_of(item.first.ptr(), key)) attrs.set(key, to_value(item.second));
     return attrs;
 }
 
@@ -89,18 +107,21 @@ class PyEngine {
             std::string kind = attrs.get_string("kind");
             descriptions.push_back({std::move(kind), std::move(attrs)});
         }
+        // Only the arrays some op names are converted (and kept alive): a plan's dict holds every tensor.
         ArrayTable table;
-        for (auto item : arrays) {
-            if (!py::isinstance<py::str>(item.first)) continue;
-            ArrayRef ref;
-            if (py::isinstance<py::array>(item.second)) {
-                auto a = py::reinterpret_borrow<py::array>(item.second);
-                ref.data = a.data(), ref.dtype = dtype_of_array(a), ref.count = static_cast<size_t>(a.size());
-                ref.contiguous = (a.flags() & py::array::c_style) != 0;
-                keep_.push_back(a);
+        for (const OpDescription& op : descriptions)
+            for (const std::string& name : op.attributes.strings()) {
+                if (table.count(name) || !arrays.contains(name)) continue;
+                ArrayRef ref;
+                py::object value = arrays[py::str(name)];
+                if (py::isinstance<py::array>(value)) {
+                    auto a = py::reinterpret_borrow<py::array>(value);
+                    ref.data = a.data(), ref.dtype = dtype_of_array(a), ref.count = static_cast<size_t>(a.size());
+                    ref.contiguous = (a.flags() & py::array::c_style) != 0;
+                    keep_.push_back(a);
+                }
+                table[name] = ref;
             }
-            table[item.first.cast<std::string>()] = ref;
-        }
         engine_ = std::make_unique<Engine>(descriptions, std::move(sizes), table, threads, kernels);
     }
 

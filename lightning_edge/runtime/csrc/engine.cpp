@@ -37,19 +37,23 @@ int Engine::check_input(const std::vector<long>& shape) const {
     return static_cast<int>(shape[0]);
 }
 
+void Engine::check_batch(int batch) const {
+    if (batch < 1 || batch > (1 << 20)) throw std::invalid_argument("batch size must be at least 1 and at most 2^20");
+}
+
 std::vector<long> Engine::output_shape(int batch) const {
     if (out_h_ == 1 && out_w_ == 1) return {batch, out_c_};
     return {batch, out_c_, out_h_, out_w_};
 }
 
 void Engine::run(const float* x, int batch, float* out) {
-    check_input({batch, in_c_, in_h_, in_w_});
+    check_batch(batch);
     const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out);
     for (const auto& op : ops_) op->run(ctx);
 }
 
 void Engine::trace(const float* x, int batch, float* out, const std::function<void(int, const uint8_t*, size_t)>& tensor) {
-    check_input({batch, in_c_, in_h_, in_w_});
+    check_batch(batch);
     const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out);
     for (const auto& op : ops_) {
         op->run(ctx);
@@ -59,7 +63,7 @@ void Engine::trace(const float* x, int batch, float* out, const std::function<vo
 }
 
 std::vector<double> Engine::profile(const float* x, int batch, float* out, int repeats) {
-    check_input({batch, in_c_, in_h_, in_w_});
+    check_batch(batch);
     if (repeats < 1) throw std::invalid_argument("repeats must be positive");
     const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out);
     std::vector<std::vector<double>> times(ops_.size());
@@ -79,7 +83,8 @@ std::vector<double> Engine::profile(const float* x, int batch, float* out, int r
 
 double Engine::time_op(int index, int batch, int repeats) {
     if (index < 0 || index >= op_count()) throw std::out_of_range("op index");
-    if (batch < 1 || repeats < 1) throw std::invalid_argument("batch and repeats must be positive");
+    check_batch(batch);
+    if (repeats < 1) throw std::invalid_argument("repeats must be positive");
     const ExecutionContext ctx = context(memory_->arena(batch), batch, nullptr, nullptr);
     const Operator& op = *ops_[index];
     uint32_t state = 12345;

@@ -55,6 +55,7 @@ class Engine {
     double time_op(int index, int batch, int repeats);
 
   private:
+    void check_batch(int batch) const;
     ExecutionContext context(Arena& arena, int batch, const float* x, float* out) {
         return ExecutionContext{scheduler_, backend_, *memory_, arena, batch, x, out};
     }
