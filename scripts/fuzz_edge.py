@@ -42,33 +42,51 @@ HOSTILE = [-1, 0, 1, 3, 7, 2**31 - 1, 2**31, 2**40, -(2**40), 1.5, "x", None, [1
 
 
 def seed_file(folder: Path) -> Path:
-    """A small network with every op kind the engine has, compiled."""
+    """A small network with every op kind the engine has (a float region included), quantized by ONNX Runtime's
+    quantize_static and compiled."""
     import torch
+    import torch.nn.functional as F
     from torch import nn
 
-    from lightning_edge.export import to_onnx
-    from lightning_edge.quant import calibrate
     from lightning_edge.runtime import compile
+    from lightning_edge.runtime.benchmark import quantize_static_qdq
 
     class Small(nn.Module):
         def __init__(self):
             super().__init__()
             self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
             self.grouped = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8))
-            self.relu, self.pool, self.fc = nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Linear(8, 10)
+            self.depthwise, self.branch = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 1)
+            self.reduce, self.expand = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+            self.norm = nn.LayerNorm(16)
+            self.position = nn.Parameter(torch.randn(1, 9, 16))
+            self.fc = nn.Linear(16, 10)
 
         def forward(self, x):
-            x = self.stem(x)
-            x = self.relu(self.grouped(x) + x)
-            return self.fc(torch.flatten(self.pool(x), 1))
+            x = self.stem(x)                                                  # 8 x 6 x 6
+            x = F.relu(self.grouped(x) + x)                                   # conv with a folded add
+            y = self.depthwise(x)
+            x = F.hardswish(F.relu(y + self.branch(x)) + y)                   # a folded add, an add, a table
+            x = x * torch.sigmoid(self.expand(F.relu(self.reduce(x.mean((2, 3), keepdim=True)))))  # binary
+            x = torch.cat([x, F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)], dim=1)       # concat
+            n, c, h, w = x.shape
+            x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)  # gather
+            x = F.max_pool2d(x, 2, ceil_mode=True)                            # 16 x 3 x 3
+            tokens = self.norm(x.flatten(2).transpose(1, 2) + self.position)   # float region
+            tokens = torch.softmax(tokens @ tokens.transpose(1, 2), dim=-1) @ tokens
+            return self.fc(tokens.amax(1))
 
     torch.manual_seed(0)
     model = Small().eval()
     with torch.no_grad():  # a magnitude-pruned layer: its int8 weights are stored as a sparse record
         weight = model.grouped[0].weight
         weight[weight.abs() < weight.abs().flatten().quantile(0.8)] = 0
-    model = calibrate(model, [torch.randn(4, 1, 12, 12) for _ in range(2)], num_batches=2)
-    onnx_path = to_onnx(model, torch.zeros(1, 1, 12, 12), str(folder / "seed.onnx"))
+    float_path = str(folder / "seed_float.onnx")
+    torch.onnx.export(model, torch.zeros(1, 1, 12, 12), float_path, input_names=["input"], output_names=["output"],
+                      opset_version=17, dynamo=False, dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    rng = np.random.default_rng(0)
+    onnx_path = quantize_static_qdq(float_path, str(folder / "seed.onnx"),
+                                    [rng.standard_normal((4, 1, 12, 12)).astype(np.float32) for _ in range(2)])
     compile(onnx_path, folder / "seed.edge", select=False)
     return folder / "seed.edge"
 
