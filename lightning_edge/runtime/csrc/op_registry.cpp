@@ -26,6 +26,22 @@ int BuildContext::tensor_index(const Attributes& attrs, const char* key, size_t 
     return t;
 }
 
+int BuildContext::tensor_index_sized(const Attributes& attrs, const char* key, size_t& bytes) const {
+    const int t = attrs.get_int(key);
+    if (t < 0 || t >= static_cast<int>(tensor_sizes_.size()))
+        throw std::invalid_argument(std::string("tensor index '") + key + "' out of range");
+    bytes = tensor_sizes_[t];
+    return t;
+}
+
+size_t BuildContext::array_count(const Attributes& attrs, const char* key) const {
+    if (!attrs.has(key)) throw std::invalid_argument(std::string("plan op is missing array '") + key + "'");
+    const std::string name = attrs.get_string(key);
+    auto found = arrays_.find(name);
+    if (found == arrays_.end()) throw std::invalid_argument("plan names a missing tensor '" + name + "'");
+    return found->second.count;
+}
+
 OperatorFactory find_operator(const std::string& kind) {
     auto found = registry().find(kind);
     if (found == registry().end()) throw std::invalid_argument("unknown op kind '" + kind + "'");

@@ -30,6 +30,13 @@ class BuildContext {
     // The plan tensor index at attrs[key], checked to exist and to hold `expected` codes per sample.
     int tensor_index(const Attributes& attrs, const char* key, size_t expected) const;
 
+    // The plan tensor index at attrs[key], checked to exist; `bytes` receives its size per sample (for ops
+    // whose record does not state it, such as a broadcast operand, which then check their reads against it).
+    int tensor_index_sized(const Attributes& attrs, const char* key, size_t& bytes) const;
+
+    // The element count of the named array attrs[key] points at (its type is checked by array<T>).
+    size_t array_count(const Attributes& attrs, const char* key) const;
+
     // The named array attrs[key] points at, checked for its element type and count.
     template <class T>
     const T* array(const Attributes& attrs, const char* key, size_t count) const {
