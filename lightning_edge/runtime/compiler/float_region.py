@@ -59,14 +59,15 @@ def to_float(c: GraphCompiler, node: Any, operand: Any) -> FloatTensor:
     tensor = c.activation(node, operand)
     if tensor.flat_order is not None:
         raise CompileError(node, "a float op reads a flattened tensor stored permuted; quantize it after the Flatten")
-    cached = c.float_copies.get(tensor.index)
+    key = (tensor.index, tensor.onnx())  # an alias of the same codes may see them with another shape
+    cached = c.float_copies.get(key)
     if cached is not None:
         return cached
     channels, height, width = tensor.chw()
     result = new_float(c, f"{c.tensors[tensor.index].name}.float", tensor.onnx())
     result.producer = c.emit(c.op(ToFloatOp, [node.name], input=tensor.index, output=result.index, channels=channels,
                                   height=height, width=width, grid=tensor.grid()))
-    c.float_copies[tensor.index] = result
+    c.float_copies[key] = result
     return result
 
 

@@ -174,8 +174,8 @@ class GraphCompiler:
         self.expressions: dict[str, Expression] = {}
         self.views: dict[str, MoveView] = {}
         self.floats: dict[str, Any] = {}           # float-region tensors (float_region.FloatTensor), by name
-        self.float_copies: dict[int, Any] = {}     # codes already brought into a float region, by tensor index
-        self.materialized: dict[int, Tensor] = {}  # views made plan tensors, by id, so each is made once
+        self.float_copies: dict[tuple, Any] = {}   # codes already brought into a float region, by (index, shape)
+        self.materialized: dict[int, tuple[MoveView, Tensor]] = {}  # views made plan tensors, by id: each made once
         self.dequantized: dict[str, str] = {}
         self.dequantized_constants: dict[str, Any] = {}  # DequantizeLinear outputs of constants, by name
 

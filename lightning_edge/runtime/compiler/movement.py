@@ -113,7 +113,7 @@ def materialize(c: GraphCompiler, view: MoveView, grid: tuple[float, int, int, i
     a concat, or a gather."""
     cached = c.materialized.get(id(view))
     if cached is not None and grid is None:
-        return cached
+        return cached[1]
     node = view.node
     shape, onnx_shape = _storage(view.index.shape)
     if grid is None:
@@ -127,7 +127,7 @@ def materialize(c: GraphCompiler, view: MoveView, grid: tuple[float, int, int, i
     tensor = _alias(view, storage, shape, onnx_shape, grid) or _concat(c, view, storage, shape, grid, name, nodes) \
         or _gather(c, view, storage, shape, grid, name, nodes)
     tensor.onnx_shape = onnx_shape
-    c.materialized[id(view)] = tensor
+    c.materialized[id(view)] = (view, tensor)  # the view kept alive, so its id is never reused
     return tensor
 
 
