@@ -287,3 +287,25 @@ class Segmentation(nn.Module):
 def test_bilinear_resize_and_a_9x9_dilated_window(align_corners, tmp_path):
     kinds = assert_bit_exact(ort_qdq_file(Segmentation(align_corners), tmp_path), tmp_path)
     assert {"float_expression", "gather", "depthwise"} <= kinds
+
+
+def test_a_bias_that_takes_the_accumulator_past_int32_is_added_in_int64(tmp_path):
+    """ONNX Runtime keeps a large bias in int32 by raising the weight scale (googlenet's classifier with random
+    weights): acc + bias may then leave int32 while acc alone cannot. Such a layer runs the scalar kernels, which
+    add the bias in int64, and stays bit-exact on every path."""
+
+    class Biased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, padding=1)
+            self.fc = nn.Linear(16, 10)
+            with torch.no_grad():
+                self.fc.bias.fill_(1.0)  # on a grid of s_x * s_w ~ 1e-8 it does not fit int32 unless s_w grows
+
+        def forward(self, x):
+            return self.fc(F.relu(self.conv(x)).mean((2, 3)) * 1e-4)
+
+    path = ort_qdq_file(Biased(), tmp_path)
+    plan = compile(path, str(tmp_path / "timed.edge"))  # selection keeps to the candidates such a layer can run
+    assert any(getattr(op, "wide_bias", False) for op in plan.ops)
+    assert_bit_exact(path, tmp_path)

@@ -72,26 +72,26 @@ def kernel_arrays(plan: Plan, tensors: dict[str, np.ndarray], kernels: str) -> t
             taps = int(op["kernel_h"]) * int(op["kernel_w"])
             if codes.dtype != np.int8 or codes.shape[1] % taps:
                 raise ValueError(f"{op['id']}: weights must be int8 (out_c, taps * channels)")
-            name = op["weights"] + f".{kernels}"
+            layout = "scalar" if op.get("wide_bias") else kernels  # a wide bias runs the scalar kernels
+            name = op["weights"] + f".{layout}"
             if op["kind"] == "depthwise":
                 arrays[name] = np.ascontiguousarray(codes.astype(np.int32).T)  # [taps][channels]
             else:
                 groups = int(op.get("groups_run", op["groups"]))
-                if op["block"] == 32 and kernels != "avx512":
-                    op["block"] = 16  # the int16 kernels have registers for 16 channels per step
                 if groups != op["groups"]:
                     codes = _block_diagonal(codes, int(op["groups"]), taps)
+                compensated = tensors[op["bias"]].astype(np.int64) - int(op["input_grid"]["zero"]) * codes.astype(np.int64).sum(axis=1)
+                quads = layout == "avx512" and op.get("algorithm") != "winograd" and np.abs(compensated).max(initial=0) <= INT32_MAX
+                if op["block"] == 32 and not quads:
+                    op["block"] = 16  # the int16 kernels have registers for 16 channels per step
                 if op.get("algorithm") == "winograd":
                     arrays[name] = pack_gemm_weights(winograd_weights(codes, codes.shape[1] // taps), groups, op["block"], 16)
-                elif kernels == "avx512":
+                elif quads:  # VNNI's u8 x s8 layout, the zero-point compensation in the bias (INT8_SPEC rule 5)
                     arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps, depth_group=4)
-                    compensated = tensors[op["bias"]].astype(np.int64) - int(op["input_grid"]["zero"]) * codes.astype(np.int64).sum(axis=1)
-                    if np.abs(compensated).max(initial=0) > INT32_MAX:
-                        raise ValueError(f"{op['id']}: zero-point compensation leaves int32")
                     arrays[op["bias"] + ".u8"] = compensated.astype(np.int32)
                     op["bias"], op["layout"] = op["bias"] + ".u8", "quads"
-                else:
-                    arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps, k_major=kernels == "neon")
+                else:  # int16 pairs (also where the compensated bias would leave int32)
+                    arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps, k_major=layout == "neon")
                 op["groups"] = groups
             op["weights"] = name
         ops.append(_engine_record(op))

@@ -213,6 +213,7 @@ class ConvOp(WindowFields, Op):
     algorithm: str | None = None        # "winograd" for Winograd F(2x2, 3x3)
     candidates: list[dict[str, Any]] | None = None
     timings_us: dict[str, float] | None = None
+    wide_bias: bool = False             # acc + bias may leave int32: the scalar kernels add the bias in int64
     skip: int | None = None             # the residual operand of a folded add
     skip_grid: Grid | None = None
     sum_grid: Grid | None = None        # the folded add's output grid

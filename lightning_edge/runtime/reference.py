@@ -93,9 +93,14 @@ def _code_range(zero_point: np.ndarray) -> tuple[int, int]:
 
 def quantize(x: np.ndarray, scale: np.float32, zero_point: Any, lo: int, hi: int) -> np.ndarray:
     """ONNX QuantizeLinear: ``clamp(round_half_even(x / scale) + zero_point, lo, hi)``, the division in float32.
-    ``scale`` and ``zero_point`` may be arrays already shaped to broadcast (per-axis constants)."""
+    ``scale`` and ``zero_point`` may be arrays already shaped to broadcast (per-axis constants). The ratio is
+    clamped to [lo - z, hi - z] before rounding (the same integers, as the bounds are integers), so infinities
+    land on the grid's ends; NaN becomes ``lo`` (INT8_SPEC rule 6)."""
+    zero = np.asarray(zero_point, dtype=np.int64)
     ratio = np.asarray(x, dtype=np.float32) / np.asarray(scale, dtype=np.float32)
-    return np.clip(np.rint(ratio).astype(np.int64) + np.asarray(zero_point, dtype=np.int64), lo, hi)
+    clamped = np.clip(ratio, (lo - zero).astype(np.float32), (hi - zero).astype(np.float32))
+    codes = np.rint(np.where(np.isnan(clamped), np.float32(lo) - zero, clamped)).astype(np.int64) + zero
+    return np.clip(codes, lo, hi)
 
 
 def symmetric_codes(codes: np.ndarray, zero: Any, name: str) -> np.ndarray:

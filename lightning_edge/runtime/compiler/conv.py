@@ -115,19 +115,23 @@ def conv_op(c: GraphCompiler, result: Pending, name: str, nodes: list[str], grid
     multiplier = (unit / np.float32(grid[0])).astype(np.float32)
     codes, bias = f["codes"], f["bias"]
     bound = np.abs(codes.astype(np.int64)).sum(axis=1) * 255
-    if (bound + np.abs(bias)).max() > INT32_MAX or 4 * bound.max() > INT32_MAX:  # Winograd computes 4 * acc
+    if bound.max() > INT32_MAX:
         raise CompileError(result.node, "its accumulator could leave int32 (weights too large for the input range)")
+    wide_bias = bool((bound + np.abs(bias)).max() > INT32_MAX)  # the scalar kernels add such a bias in int64
     shape = (f["out_c"],) if f.get("flat") else (f["out_c"], f["out_h"], f["out_w"])
     tensor = c.new_tensor(name, grid, shape)
     op_id = c.new_id()
-    depthwise = f["groups"] == f["in_c"] == f["out_c"] and f["groups"] > 1
+    depthwise = f["groups"] == f["in_c"] == f["out_c"] and f["groups"] > 1 and not wide_bias
+    candidates = conv_candidates(f, depthwise)
+    if wide_bias or 4 * bound.max() > INT32_MAX:  # Winograd computes 4 * acc; a wide bias needs the int16 layout
+        candidates = [c_ for c_ in candidates if not c_.get("algorithm") and c_["block"] <= 16 and "kernels" not in c_]
     op = ConvOp(id=op_id, nodes=nodes, **{k: v for k, v in f.items() if k not in ("codes", "weight_scale", "bias", "flat")},
                 input=x.index, output=tensor.index, input_grid=x.grid(), output_grid=tensor.grid(),
                 macs=int(codes.size) * f["out_h"] * f["out_w"],
                 bias=c.array(op_id, "bias", bias.astype(np.int32)),
                 multiplier=c.array(op_id, "multiplier", multiplier),
                 weights=c.array(op_id, "weights", codes.astype(np.int8)),  # window order; packed when loaded
-                candidates=conv_candidates(f, depthwise))
+                candidates=candidates, wide_bias=wide_bias)
     tensor.producer = c.emit(op)
     return tensor
 

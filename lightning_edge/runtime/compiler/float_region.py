@@ -322,6 +322,11 @@ def move_float(c: GraphCompiler, node: Any, value: FloatTensor) -> dict[str, Flo
     """Data movement of a float tensor: the same numbering trick as codes, as a float32 gather (or no op at all)."""
     numbers = np.arange(int(np.prod(value.shape)), dtype=np.int64).reshape(value.shape)
     inputs = [numbers] + [c.constant(node, name) if name else None for name in node.input[1:]]
+    if node.op_type == "Pad" and _attributes(node).get("mode", "constant") == "constant":
+        constant = inputs[2] if len(inputs) > 2 and inputs[2] is not None else 0.0
+        if float(np.asarray(constant).reshape(-1)[0]) != 0.0:
+            raise CompileError(node, "a float-region Pad with a constant other than 0 is not supported")
+        inputs = [numbers, inputs[1], np.array(-1, np.int64), *inputs[3:]]  # padding: element -1, the value 0
     result = FLOAT_OPS[node.op_type](node, inputs, _attributes(node))
     return {name: float_gather(c, node, value, np.asarray(index), name)
             for name, index in zip(node.output, result if isinstance(result, tuple) else (result,))}
@@ -334,9 +339,12 @@ def float_gather(c: GraphCompiler, node: Any, value: FloatTensor, index: np.ndar
         return FloatTensor(value.index, tuple(index.shape), value.producer)
     output = new_float(c, name, tuple(index.shape))
     op_id = c.new_id()
+    flat = index.reshape(-1)
+    padded = (flat < 0).any()
     output.producer = c.emit(GatherOp(
         id=op_id, nodes=[node.name], inputs=[value.index], input_sizes=[int(np.prod(value.shape))], tables=[None],
-        size=int(index.size), indices=c.array(op_id, "indices", index.reshape(-1).astype(np.int32)),
+        size=int(index.size), indices=c.array(op_id, "indices", np.maximum(flat, 0).astype(np.int32)),
+        sources=c.array(op_id, "sources", np.where(flat < 0, -1, 0).astype(np.int32)) if padded else None,
         output=output.index, element_bytes=4))
     return output
 

@@ -139,7 +139,7 @@ inline size_t derive_conv_fields(ConvOp& c) {
 
 // Epilogue for one accumulator of output channel c at output position `index` (shared by every backend's tails).
 inline uint8_t conv_epilogue(const ConvOp& op, int32_t acc, int c, const uint8_t* skip, size_t index) {
-    const float scaled = static_cast<float>(acc + op.bias[c]) * op.multiplier[c];
+    const float scaled = static_cast<float>(static_cast<int64_t>(acc) + op.bias[c]) * op.multiplier[c];  // exact sum
     const int q = round_onto_grid(scaled, op.output_zero, op.low, op.high);
     if (!op.residual) return static_cast<uint8_t>(q);
     const float conv_real = static_cast<float>(q - op.output_zero) * op.conv_scale;

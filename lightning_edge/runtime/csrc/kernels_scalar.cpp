@@ -64,7 +64,7 @@ void scalar_depthwise(const DepthwiseOp& op, const uint8_t* input, uint8_t* outp
             });
             uint8_t* out = output + static_cast<size_t>(pixel) * op.channels + c0;
             for (int c = 0; c < width; ++c) {
-                const float scaled = static_cast<float>(acc[c] + op.bias[c0 + c]) * op.multiplier[c0 + c];
+                const float scaled = static_cast<float>(static_cast<int64_t>(acc[c]) + op.bias[c0 + c]) * op.multiplier[c0 + c];
                 out[c] = static_cast<uint8_t>(round_onto_grid(scaled, op.output_zero, op.low, op.high));
             }
         }

@@ -32,6 +32,10 @@ class Conv final : public Operator {
         if (c.winograd && c.quads) throw std::invalid_argument("conv: Winograd runs on the int16 layout");
         if (c.winograd && (c.kernel_h != 3 || c.kernel_w != 3 || c.stride_h != 1 || c.stride_w != 1))
             throw std::invalid_argument("conv: Winograd needs a 3x3 kernel with stride 1");
+        // A layer whose bias takes acc + bias beyond int32 (the accumulator alone stays inside) runs the scalar
+        // kernels, whose epilogue adds the bias in int64 (INT8_SPEC rule 5: the sum is exact).
+        wide_ = attrs.has("wide_bias") && attrs.get_int("wide_bias") != 0;
+        if (wide_ && (c.quads || c.winograd)) throw std::invalid_argument("conv: a wide bias runs on the int16 layout");
         const size_t weight_count = derive_conv_fields(c);
         if (c.winograd) context.need_scratch(winograd_scratch_bytes(c));
         if (c.quads) c.weights8 = context.array<int8_t>(attrs, "weights", weight_count);
@@ -55,7 +59,7 @@ class Conv final : public Operator {
 
     void run(const ExecutionContext& context) const override {
         const ConvOp& c = conv_;
-        const Backend& backend = context.backend;
+        const Backend& backend = wide_ ? scalar_backend() : context.backend;
         Scheduler& scheduler = context.scheduler;
         const uint8_t* in = context.tensor(tensors_.inputs[0]);
         const uint8_t* skip = c.residual ? context.tensor(tensors_.inputs[1]) : nullptr;
@@ -81,6 +85,7 @@ class Conv final : public Operator {
     }
 
   private:
+    bool wide_ = false;
     ConvOp conv_{};
 };
 
