@@ -146,6 +146,41 @@ def test_call_points_quantize_under_no_grad_in_eval_and_in_a_copy():
     assert torch.equal(model(x).detach(), expected)
 
 
+class _TwoBranchConcat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3), nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.cat([F.relu(self.a(x)), F.relu(self.b(x))], dim=1).mean((2, 3)))
+
+
+def test_concat_inputs_on_the_concat_grid_widen_its_range():
+    """Its inputs are clamped to the concat's range before the concat sees them; their own ranges count."""
+    torch.manual_seed(0)
+    model, x = prepare_qat(_TwoBranchConcat()), torch.rand(4, 1, 8, 8)
+
+    def largest_branch_value() -> float:
+        with torch.no_grad():
+            return float(torch.cat([F.relu(model.a(x)), F.relu(model.b(x))], 1).max())
+
+    first = largest_branch_value()
+    calibrated = calibrate(model, [x], num_batches=1)
+    assert calibrated is model
+    plan = {point.name: point for point in calibrated.quant_plan.points}
+    concat = next(name for name, point in plan.items() if point.call == "cat")
+    members = [name for name, point in plan.items() if point.source == concat]
+    assert len(members) == 2 and all(plan[name].widens_source for name in members)
+    with torch.no_grad():
+        model.b.weight.mul_(4)
+        model.b.bias.mul_(4)
+    second = largest_branch_value()
+    assert second > 2 * first
+    calibrate(calibrated, [x], num_batches=1)  # a second calibration batch, averaged with the first
+    assert calibrated.activation_quantizers[concat].max_value.item() == pytest.approx((first + second) / 2, rel=0.02)
+
+
 class _ModeDependent(nn.Module):
     """A forward that makes another number of calls in training than its (eval-mode) trace made."""
 

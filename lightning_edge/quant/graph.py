@@ -126,6 +126,7 @@ class Point:
     call: str | None = None        # for where == "call": the canonical name of the call
     call_index: int = -1           # ... its rank among the forward's calls of that name
     element: int | None = None     # ... the element of its tuple result, None for a tensor result
+    widens_source: bool = False    # a concat input on the concat's grid: its range widens the concat's
 
 
 @dataclass
@@ -481,7 +482,7 @@ def _share_concat_grids(
         ):
             continue
         for point in points:
-            point.source = point_nodes[node].name
+            point.source, point.widens_source = point_nodes[node].name, True
     by_name = {point.name: point for point in point_nodes.values()}
     for point in point_nodes.values():  # a concat of concats: every input takes the outermost grid
         while point.source is not None and by_name[point.source].source is not None:

@@ -140,7 +140,7 @@ def _build_quantizers(plan: QuantPlan, config: QuantConfig) -> nn.ModuleDict:
             )
     for point in plan.points:
         if point.source is not None:
-            quantizers[point.name] = SharedQuantizer(quantizers[point.source])
+            quantizers[point.name] = SharedQuantizer(quantizers[point.source], widens=point.widens_source)
     return quantizers
 
 
