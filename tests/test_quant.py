@@ -224,22 +224,31 @@ def test_calibrate_averages_batch_ranges_and_accepts_labelled_batches():
         prepare_qat(calibrated)
 
 
-class _WithSiLU(nn.Module):
+class _WithLocalResponseNorm(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv, self.act, self.fc = nn.Conv2d(1, 4, 3), nn.SiLU(), nn.Linear(4, 2)
+        self.conv, self.norm, self.fc = nn.Conv2d(1, 4, 3), nn.LocalResponseNorm(2), nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+        return self.fc(self.norm(self.conv(x)).mean((2, 3)))
 
 
-class _WithConcat(nn.Module):
+class _WithCumsum(nn.Module):
     def __init__(self):
         super().__init__()
-        self.a, self.b = nn.Conv2d(1, 4, 3), nn.Conv2d(1, 4, 3)
+        self.a = nn.Conv2d(1, 4, 3)
 
     def forward(self, x):
-        return torch.cat([self.a(x), self.b(x)], dim=1)
+        return torch.cumsum(self.a(x), dim=1)
+
+
+class _DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        return self.a(x) if x.sum() > 0 else x
 
 
 class _SharedConv(nn.Module):
@@ -254,12 +263,13 @@ class _SharedConv(nn.Module):
 @pytest.mark.parametrize(
     "model,message",
     [
-        (_WithSiLU(), "module 'act' (SiLU)"),
-        (_WithConcat(), "call_function 'cat'"),
+        (_WithLocalResponseNorm(), "module 'norm' (LocalResponseNorm)"),
+        (_WithCumsum(), "call_function 'cumsum' in the model's forward"),
+        (_DataDependent(), "cannot trace _DataDependent with torch.fx"),
         (_SharedConv(), "module 'conv' (Conv2d) is called 2 times"),
         (nn.Sequential(nn.Conv2d(1, 4, 3)), "bare Sequential"),
     ],
-    ids=["silu", "concat", "shared", "sequential"],
+    ids=["local-response-norm", "cumsum", "data-dependent", "shared", "sequential"],
 )
 def test_unsupported_models_fail_at_prepare_naming_the_op(model, message):
     with pytest.raises(UnsupportedModelError, match=message.replace("(", r"\(").replace(")", r"\)")):

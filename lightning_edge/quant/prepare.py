@@ -3,7 +3,8 @@
 The model keeps its class, forward code and module paths. Convolutions (with the BatchNorm that follows
 folded in), linear layers and lone BatchNorms become their ``lightning_edge.quant.modules`` versions; every
 int8 point of the plan (``graph.build_plan``) gets an :class:`ActivationQuantizer` in the model's
-``activation_quantizers`` dict and a forward hook on its anchor module. The helpers below switch the
+``activation_quantizers`` dict and a forward hook on its anchor module, or, for the result of a functional
+call in ``forward``, a place in the network's ``calls.CallQuantization``. The helpers below switch the
 pieces a QAT schedule needs: fake quantization, observers, BatchNorm statistics; and make DDP ranks agree.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lightning_edge.quant.calls import CallQuantization, call_points
 from lightning_edge.quant.graph import QuantPlan, build_plan
 from lightning_edge.quant.modules import QuantBatchNorm2d, QuantConv2d, QuantLinear
 from lightning_edge.quant.quantizers import OBSERVERS, ActivationQuantizer, SharedQuantizer
@@ -89,10 +91,12 @@ def prepare_qat(
         quantizer = quantizers[point.name]
         if point.where == "output":
             anchor.register_forward_hook(functools.partial(_quantize_output, quantizer))
-        else:
+        elif point.where == "input":
             anchor.register_forward_pre_hook(functools.partial(_quantize_input, quantizer))
+    if call_points(plan):
+        CallQuantization(plan, quantizers).install(model, plan.opaque)
     for fold in plan.folds:
-        model.get_submodule(fold.path).attach_input_quantizer(quantizers[fold.input_point])
+        _quantized_layer(model, fold.path).attach_input_quantizer(quantizers[fold.input_point])
     model.quant_plan = plan
     model.quant_config = config
     quantizers.train(model.training)
@@ -115,6 +119,12 @@ def _replace_layers(model: nn.Module, plan: QuantPlan, config: QuantConfig) -> N
             _set_submodule(model, fold.path, quantized if isinstance(act, nn.Identity) else nn.Sequential(quantized, act))
 
 
+def _quantized_layer(model: nn.Module, path: str) -> nn.Module:
+    """The quantized layer at ``path``: a lone BatchNorm with an activation became ``Sequential(layer, act)``."""
+    layer = model.get_submodule(path)
+    return layer[0] if isinstance(layer, nn.Sequential) else layer
+
+
 def _activation_of(bn: nn.Module) -> nn.Module:
     """What remains of a BatchNorm once folded away: timm's BatchNormAct2d keeps its activation."""
     act = getattr(bn, "act", None)
@@ -130,7 +140,7 @@ def _build_quantizers(plan: QuantPlan, config: QuantConfig) -> nn.ModuleDict:
             )
     for point in plan.points:
         if point.source is not None:
-            quantizers[point.name] = SharedQuantizer(quantizers[point.source])
+            quantizers[point.name] = SharedQuantizer(quantizers[point.source], widens=point.widens_source)
     return quantizers
 
 

@@ -57,6 +57,8 @@ class ActivationQuantizer(nn.Module):
             self.register_buffer("scale", torch.ones(()))
         # Calibration (PTQ) observes in eval mode and averages batches equally; set by ``calibrate``.
         self.calibrating = False
+        # The batch's range over the inputs of a concat that share this grid (``SharedQuantizer(widens=True)``).
+        self._members_range: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         return f"observer={self.observer}, quant_range=({self.quant_min}, {self.quant_max}), nonnegative={self.nonnegative}"
@@ -70,10 +72,27 @@ class ActivationQuantizer(nn.Module):
         """The current (scale, zero_point): float32 and int32 scalars."""
         return self.scale.detach().float().clamp(min=MIN_SCALE), self.zero_point
 
+    @property
+    def observing(self) -> bool:
+        """Whether the next batch updates the range (training or calibrating, observer on)."""
+        return bool(self.fake_quant_enabled) and bool(self.observer_enabled) and (self.training or self.calibrating)
+
+    @torch.no_grad()
+    def note_member_range(self, x: torch.Tensor) -> None:
+        """Widen this batch's range by ``x``: a concat input on this grid, seen before the concat's output.
+
+        The output only holds values already clamped to the current range, so without its inputs' own ranges
+        a shared concat range could never grow.
+        """
+        low, high = torch.aminmax(x.detach().float())
+        if self._members_range is not None:
+            low, high = torch.minimum(low, self._members_range[0]), torch.maximum(high, self._members_range[1])
+        self._members_range = (low, high)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not bool(self.fake_quant_enabled):
             return x
-        observing = bool(self.observer_enabled) and (self.training or self.calibrating)
+        observing = self.observing
         if observing and not bool(self.initialized):
             self._observe(x)
             observing = False
@@ -99,6 +118,10 @@ class ActivationQuantizer(nn.Module):
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
         batch_min, batch_max = torch.aminmax(x.detach().float())
+        if self._members_range is not None:
+            batch_min = torch.minimum(batch_min, self._members_range[0])
+            batch_max = torch.maximum(batch_max, self._members_range[1])
+            self._members_range = None
         if not bool(self.initialized):
             self.min_value.copy_(batch_min)
             self.max_value.copy_(batch_max)
@@ -150,12 +173,17 @@ class SharedQuantizer(nn.Module):
     """Re-applies another quantizer's grid after an op that keeps values on it (max pool, flatten, padding).
 
     Numerically an identity on already-quantized values; it marks, for the export, that the consumer reads
-    an int8 tensor with the source's scale and zero point.
+    an int8 tensor with the source's scale and zero point. With ``widens`` it quantizes an input of a concat
+    onto the concat's grid (the source) and lets its range count in the source's (``note_member_range``).
     """
 
-    def __init__(self, source: ActivationQuantizer):
+    def __init__(self, source: ActivationQuantizer, widens: bool = False):
         super().__init__()
         self._source = [source]  # a plain reference: the source's state belongs to the module that owns it
+        self.widens = bool(widens)
+
+    def extra_repr(self) -> str:
+        return "widens=True" if self.widens else ""
 
     @property
     def source(self) -> ActivationQuantizer:
@@ -169,4 +197,6 @@ class SharedQuantizer(nn.Module):
         return self.source.qparams()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.widens and self.source.observing:
+            self.source.note_member_range(x)
         return self.source._fake_quantize(x) if self.source.active else x
