@@ -309,3 +309,26 @@ def test_a_bias_that_takes_the_accumulator_past_int32_is_added_in_int64(tmp_path
     plan = compile(path, str(tmp_path / "timed.edge"))  # selection keeps to the candidates such a layer can run
     assert any(getattr(op, "wide_bias", False) for op in plan.ops)
     assert_bit_exact(path, tmp_path)
+
+
+def test_an_add_folded_into_a_per_channel_conv_keeps_it_off_the_depthwise_kernel(tmp_path):
+    """RepVGG's identity branch is a lone BatchNorm (a depthwise 1x1 conv in our export's terms); the block's add
+    folds into its epilogue, which the depthwise kernel does not have: selection must not pick it."""
+
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.wide, self.narrow, self.identity = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1, groups=8)
+            self.head = nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = F.relu(self.stem(x))
+            x = F.relu(self.wide(x) + self.narrow(x) + self.identity(x))
+            return self.head(x.mean((2, 3)))
+
+    path = ort_qdq_file(Branches(), tmp_path)
+    plan = compile(path, str(tmp_path / "timed.edge"))
+    assert all(op.skip is None for op in plan.ops if op.kind == "depthwise")
+    assert any(op.kind == "conv" and op.groups == 8 and op.skip is not None for op in plan.ops)
+    assert_bit_exact(path, tmp_path)

@@ -242,6 +242,8 @@ class DepthwiseOp(ConvOp):
         super().validate(tensor_count)
         if not self.channels == self.in_c == self.out_c == self.groups:
             raise PlanError(f"op {self.id}: a depthwise conv has channels = in_c = out_c = groups")
+        if self.skip is not None:
+            raise PlanError(f"op {self.id}: the depthwise kernel has no folded add (skip)")
 
 
 @op_kind

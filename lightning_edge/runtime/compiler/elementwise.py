@@ -236,6 +236,7 @@ def _fold_add(c: GraphCompiler, op: ConvOp, conv: Tensor, skip: Tensor, name: st
     tensor.onnx_shape = conv.onnx_shape
     op.skip, op.skip_grid, op.sum_grid, op.output = skip.index, skip.grid(), tensor.grid(), tensor.index
     op.nodes = op.nodes + nodes
+    op.candidates = [c_ for c_ in op.candidates or [] if c_["primitive"] != "depthwise"]  # its kernel has no add
     c.tensors[conv.index].folded = True
     tensor.producer = c.emit(op)
     return tensor
