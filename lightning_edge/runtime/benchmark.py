@@ -31,13 +31,17 @@ def machine() -> dict[str, object]:
             "flags": list(cpu_flags())}
 
 
-def onnxruntime_session(path: str, threads: int) -> object:
-    """The peer: ONNX Runtime's CPU execution provider on ``path`` with ``threads`` intra-op threads."""
+def onnxruntime_session(path: str, threads: int, optimized: bool = True) -> object:
+    """The peer: ONNX Runtime's CPU execution provider on ``path`` with ``threads`` intra-op threads.
+    ``optimized=False`` turns its graph optimizations off: a QDQ file then runs as written (DequantizeLinear, the
+    float op, QuantizeLinear), the spec's semantics, instead of ONNX Runtime's fused integer kernels."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not optimized:
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 

@@ -242,8 +242,15 @@ class GraphCompiler:
             else:
                 raise CompileError(node, f"op {op} is not supported by the INT8 runtime (supported: "
                                          f"{', '.join(sorted(RULES))}, QuantizeLinear, DequantizeLinear, Identity)")
-        if output_tensor is None:
-            raise CompileError(None, f"output {next(iter(self.outputs))!r} must be a DequantizeLinear of an int8 tensor")
+        if output_tensor is None:  # codes moved after their last DequantizeLinear (a Flatten at the end) are output too
+            name = next(iter(self.outputs))
+            value = self.views.get(name) or (self.pending.get(name) if getattr(self.pending.get(name), "kind", "") == "max_pool"
+                                             else None)
+            if value is None:
+                raise CompileError(None, f"output {name!r} must be a DequantizeLinear of an int8 tensor (or codes moved "
+                                         "after one)")
+            output_tensor = self.activation(None, self.operand(None, name))
+            output_node = value.node.name if value.node is not None else name
         channels, height, width = output_tensor.chw()
         self.emit(self.op(DequantizeOp, [output_node], input=output_tensor.index, grid=output_tensor.grid(),
                           channels=channels, height=height, width=width))
