@@ -1,7 +1,9 @@
 """The C++ kernel paths against the scalar kernels, and the pybind-free engine core on every path, natively
-and (NEON) cross-compiled under qemu-user."""
+and (NEON) cross-compiled under qemu-user; the two builds' digests of every tensor of the engine plan and of
+the float64 functions the float ops use must be identical (another libm, another CPU's conversions)."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +17,10 @@ HARNESS = ROOT / "tests" / "native" / "check_kernels.cpp"
 # Every C++ file but the Python bindings: the kernels, the engine core and each op's registered file.
 CORE_FILES = sorted(str(path) for path in SOURCES.glob("*.cpp") if path.name != "bindings.cpp")
 FLAGS = ["-O2", "-std=c++17", "-ffp-contract=off", "-pthread", f"-I{SOURCES}"]
+# The op kinds the sources register: the harness's plan must use each of them.
+KINDS = sum(path.read_text().count("EDGE_REGISTER_OP(\"") for path in SOURCES.glob("op_*.cpp"))
+NEEDS_CROSS = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64") is None,
+                                 reason="needs Debian's g++-aarch64-linux-gnu and qemu-user (scripts/setup.sh installs them as root)")
 
 
 def build_and_run(compiler: str, output: Path, runner: list[str], extra: list[str]) -> str:
@@ -25,15 +31,30 @@ def build_and_run(compiler: str, output: Path, runner: list[str], extra: list[st
     return result.stdout
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
-def test_native_kernel_paths_match_scalar(tmp_path):
-    out = build_and_run("g++", tmp_path / "check", [], [])
+def digests(out: str) -> dict[str, str]:
+    """The harness's "tensor <i> <hex>", "output <hex>" and "function <name> <hex>" lines, by name."""
+    return {m[1]: m[2] for m in re.finditer(r"^((?:tensor \d+|output|function \S+)) ([0-9a-f]{16})$", out, re.M)}
+
+
+@pytest.fixture(scope="module")
+def native_output(tmp_path_factory) -> str:
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    return build_and_run("g++", tmp_path_factory.mktemp("native") / "check", [], [])
+
+
+def test_native_kernel_paths_match_scalar(native_output):
+    out = native_output
     assert "400 random convolutions" in out and out.count(": 0 mismatches") == 2
-    assert "engine plan (7 op kinds) on scalar" in out
+    assert f"engine plan ({KINDS} op kinds) on scalar" in out
+    assert len(digests(out)) > KINDS
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64") is None,
-                    reason="needs Debian's g++-aarch64-linux-gnu and qemu-user (scripts/setup.sh installs them as root)")
-def test_neon_kernels_match_scalar_under_qemu(tmp_path):
+@NEEDS_CROSS
+def test_neon_kernels_match_scalar_under_qemu(native_output, tmp_path):
     out = build_and_run("aarch64-linux-gnu-g++", tmp_path / "check_arm", ["qemu-aarch64"], ["-static"])
-    assert "scalar, neon: 0 mismatches" in out and "engine plan (7 op kinds) on scalar, neon: 0 mismatches" in out
+    assert "scalar, neon: 0 mismatches" in out and f"engine plan ({KINDS} op kinds) on scalar, neon: 0 mismatches" in out
+    native, arm = digests(native_output), digests(out)
+    assert native.keys() == arm.keys()
+    differing = [name for name in native if native[name] != arm[name]]
+    assert not differing, f"aarch64 computes other bits than x86 for: {', '.join(differing)}"

@@ -4,9 +4,17 @@
 // registered op kind built from Attributes and run on each path, and the plan checks a bad file relies on.
 // The scalar path is itself checked against the numpy reference by the Python tests; this binary is what
 // runs the NEON path, cross-compiled for aarch64 and run under qemu-user (tests/test_native_kernels.py).
+// It prints a digest of every tensor of that plan and of each float64 function the float ops round to
+// float32: ops without ISA-specific kernels run the same C++ everywhere, so what can differ on an ARM device
+// is the libm and the CPU's conversions, and the test compares the x86 build's digests with the aarch64 one's.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
+#include <memory>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -14,6 +22,7 @@
 #include "conv_driver.h"
 #include "cpu_features.h"
 #include "engine.h"
+#include "float_math.h"
 
 using namespace edge;
 
@@ -122,18 +131,53 @@ std::vector<uint8_t> run_conv(const Backend& backend, Case k, bool k_major) {
     return output;
 }
 
-// A quantize -> conv 3x3 -> depthwise 3x3/2 -> conv 1x1 + residual -> add -> max pool -> average pool ->
-// dequantize plan with random weights, packed for one path, and the arrays it names.
+// A plan with every registered op kind, with random weights packed for one path, and the arrays it names:
+// quantize -> conv 3x3 -> depthwise 3x3/2 -> conv 1x1 + residual -> add -> max pool -> average pool, then
+// table -> binary (x the pooled vector, broadcast) -> concat (one input requantized) -> gather (padding) ->
+// window average pool, then a float region: to_float -> float_expression -> float_layer_norm ->
+// float_softmax -> float_matmul -> float_reduce -> float32 gather -> to_codes, then dequantize.
 struct Plan {
     std::vector<OpDescription> ops;
-    std::vector<size_t> sizes{3 * 9 * 9, 8 * 9 * 9, 8 * 5 * 5, 8 * 5 * 5, 8 * 5 * 5, 8 * 2 * 2, 8};
-    std::vector<std::vector<int16_t>> conv_weights;
-    std::vector<std::vector<int32_t>> ints;
-    std::vector<std::vector<float>> floats;
+    std::vector<size_t> sizes{3 * 9 * 9, 8 * 9 * 9, 8 * 5 * 5, 8 * 5 * 5, 8 * 5 * 5, 8 * 2 * 2, 8,  // bytes per sample
+                              8 * 5 * 5, 8 * 5 * 5, 16 * 5 * 5, 16 * 6 * 6, 16 * 3 * 3,
+                              4 * 16 * 3 * 3, 4 * 16 * 3 * 3, 4 * 16 * 3 * 3, 4 * 16 * 3 * 3, 4 * 16 * 3 * 4, 4 * 16 * 3,
+                              4 * 16 * 4, 16 * 4};
+    std::vector<std::shared_ptr<const void>> owned;  // what `arrays` points into, shared by copies of the plan
     ArrayTable arrays;
+
+    // Keeps `values` with the plan as the array `key`.
+    template <class T>
+    void keep(const std::string& key, std::vector<T> values) {
+        auto stored = std::make_shared<const std::vector<T>>(std::move(values));
+        arrays[key] = {stored->data(), dtype_of<T>(), stored->size()};
+        owned.push_back(stored);
+    }
 };
 
 Grid random_grid() { return Grid{0.01f * uniform(5, 10), uniform(100, 150), 0, 255}; }
+
+// `count` values lo + (hi - lo) * u / 2^20 for uniform integers u: no libm on the way.
+std::vector<float> random_floats(size_t count, float lo, float hi) {
+    std::vector<float> values(count);
+    for (auto& v : values) v = lo + (hi - lo) * static_cast<float>(uniform(0, 1 << 20)) / static_cast<float>(1 << 20);
+    return values;
+}
+
+// The dequantization (q - zero) * scale of every code of each of `scales`, as a binary or float_expression
+// operand's float32 table.
+std::vector<float> dequantization_tables(const std::vector<float>& scales, int zero) {
+    std::vector<float> tables;
+    for (float scale : scales)
+        for (int q = 0; q < 256; ++q) tables.push_back(static_cast<float>(q - zero) * scale);
+    return tables;
+}
+
+// A list field as packing flattens it: key.count, key.0, key.1, ...
+Attributes& set_list(Attributes& a, const std::string& key, const std::vector<int>& values) {
+    a.set_int(key + ".count", static_cast<int>(values.size()));
+    for (size_t i = 0; i < values.size(); ++i) a.set_int(list_item(key, static_cast<int>(i)), values[i]);
+    return a;
+}
 
 Attributes conv_op(Plan& p, const std::string& name, int in_hw, int in_c, int out_c, int kernel, int input, int output,
                    bool k_major, std::mt19937& weights_rng) {
@@ -144,14 +188,14 @@ Attributes conv_op(Plan& p, const std::string& name, int in_hw, int in_c, int ou
     derive_conv_fields(c);
     std::vector<int8_t> codes(static_cast<size_t>(out_c) * c.taps * in_c);
     for (auto& v : codes) v = static_cast<int8_t>(std::uniform_int_distribution<int>(-128, 127)(weights_rng));
-    p.conv_weights.push_back(pack(c, codes, k_major));
-    p.ints.emplace_back(out_c), p.floats.emplace_back(out_c);
+    std::vector<int32_t> bias(out_c);
+    std::vector<float> multiplier(out_c);
     for (int i = 0; i < out_c; ++i)
-        p.ints.back()[i] = std::uniform_int_distribution<int>(-20000, 20000)(weights_rng),
-        p.floats.back()[i] = 1.0f / std::uniform_int_distribution<int>(300, 3000)(weights_rng);
-    p.arrays[name + ".w"] = {p.conv_weights.back().data(), Dtype::Int16, p.conv_weights.back().size()};
-    p.arrays[name + ".b"] = {p.ints.back().data(), Dtype::Int32, p.ints.back().size()};
-    p.arrays[name + ".m"] = {p.floats.back().data(), Dtype::Float32, p.floats.back().size()};
+        bias[i] = std::uniform_int_distribution<int>(-20000, 20000)(weights_rng),
+        multiplier[i] = 1.0f / std::uniform_int_distribution<int>(300, 3000)(weights_rng);
+    p.keep(name + ".w", pack(c, codes, k_major));
+    p.keep(name + ".b", bias);
+    p.keep(name + ".m", multiplier);
     Attributes a;
     a.set_int("in_h", in_hw).set_int("in_w", in_hw).set_int("in_c", in_c).set_int("out_h", in_hw).set_int("out_w", in_hw);
     a.set_int("out_c", out_c).set_int("kernel_h", kernel).set_int("kernel_w", kernel).set_int("stride_h", 1).set_int("stride_w", 1);
@@ -162,23 +206,76 @@ Attributes conv_op(Plan& p, const std::string& name, int in_hw, int in_c, int ou
     return a;
 }
 
+// plan.FLOAT_OPCODES, in its order: the float_expression program below names its steps.
+const std::vector<std::string> kFloatOpcodes{
+    "input", "constant", "add", "sub", "mul", "div", "max", "min", "neg", "abs", "relu", "clip", "leaky_relu", "prelu",
+    "hard_sigmoid", "hard_swish", "sigmoid", "tanh", "exp", "log", "sqrt", "erf", "pow", "softplus", "mish", "gelu",
+    "reciprocal", "floor", "ceil"};
+
+// f(x, y) for x the float32 input (16, 3, 3), y the pooled codes read NHWC through their table, c a
+// per-channel constant broadcast over (3, 3) and k a scalar: sigmoid, tanh, erf, exp, both gelus, softplus,
+// mish, log and sqrt (each in float64, rounded once), summed so that each one's bits reach the output.
+Attributes float_expression_op(Plan& p, const Grid& codes_grid) {
+    struct Step {
+        const char* opcode;
+        int dst, a, b;
+        float imm0;
+    };
+    const std::vector<Step> steps{
+        {"input", 0, 0, 0, 0}, {"input", 1, 1, 0, 0}, {"constant", 2, 0, 0, 0}, {"constant", 3, 1, 0, 0},
+        {"mul", 4, 0, 2, 0},                                  // x * c
+        {"sigmoid", 5, 4, 0, 0}, {"tanh", 6, 1, 0, 0}, {"erf", 7, 4, 0, 0},
+        {"mul", 8, 4, 3, 0}, {"exp", 9, 8, 0, 0},             // exp(x * c * k)
+        {"gelu", 10, 1, 0, 0}, {"gelu", 11, 4, 0, 1},         // imm0: 0 erf, 1 tanh
+        {"softplus", 12, 1, 0, 0}, {"mish", 13, 8, 0, 0},
+        {"log", 14, 12, 0, 0}, {"sqrt", 15, 5, 0, 0},         // of positive values: NaN signs are per CPU
+        {"add", 16, 5, 6, 0}, {"add", 17, 16, 7, 0}, {"add", 18, 17, 9, 0}, {"add", 19, 18, 10, 0},
+        {"sub", 20, 19, 11, 0}, {"add", 21, 20, 12, 0}, {"add", 22, 21, 13, 0}, {"add", 23, 22, 14, 0},
+        {"add", 24, 23, 15, 0}};
+    std::vector<int32_t> program;
+    std::vector<float> immediates;
+    for (const Step& s : steps) {
+        const int op = static_cast<int>(std::find(kFloatOpcodes.begin(), kFloatOpcodes.end(), s.opcode) - kFloatOpcodes.begin());
+        program.insert(program.end(), {op, s.dst, s.a, s.b, 0});
+        immediates.insert(immediates.end(), {s.imm0, 0.0f});
+    }
+    p.keep("e.program", program);
+    p.keep("e.immediates", immediates);
+    p.keep("e.table", dequantization_tables({codes_grid.scale}, codes_grid.zero));
+    p.keep("e.x_strides", std::vector<int32_t>{9, 3, 1});     // NCHW
+    p.keep("e.y_strides", std::vector<int32_t>{1, 48, 16});   // NHWC codes read at (c, h, w)
+    p.keep("e.c", random_floats(16, 0.5f, 1.5f));
+    p.keep("e.c_strides", std::vector<int32_t>{1, 0, 0});
+    p.keep("e.k", std::vector<float>{0.125f});
+    p.keep("e.k_strides", std::vector<int32_t>{0, 0, 0});
+    Attributes a;
+    set_list(a, "inputs", {12, 11});
+    set_list(a, "shape", {16, 3, 3});
+    a.set_int("tables.count", 2).set_string("tables.1", "e.table");
+    a.set_int("strides.count", 2).set_string("strides.0", "e.x_strides").set_string("strides.1", "e.y_strides");
+    a.set_int("constants.count", 2).set_string("constants.0", "e.c").set_string("constants.1", "e.k");
+    a.set_int("constant_strides.count", 2).set_string("constant_strides.0", "e.c_strides").set_string("constant_strides.1", "e.k_strides");
+    a.set_string("program", "e.program").set_string("immediates", "e.immediates");
+    a.set_int("registers", 25).set_int("result", 24).set_int("output", 13);
+    return a;
+}
+
 Plan make_plan(bool k_major) {
     Plan p;
-    p.ints.reserve(16);  // `taps` below stays a valid reference while the plan grows
     std::mt19937 weights_rng(99);  // every path gets the same weights and grids
     std::mt19937 saved = rng;
     rng.seed(7);
     auto add = [&](const char* kind, Attributes a) { p.ops.push_back({kind, std::move(a)}); };
     add("quantize", Attributes().set_int("channels", 3).set_int("height", 9).set_int("width", 9).set_grid("grid", random_grid()).set_int("output", 0));
     add("conv", conv_op(p, "a", 9, 3, 8, 3, 0, 1, k_major, weights_rng));
-    p.ints.emplace_back(9 * 8), p.ints.emplace_back(8), p.floats.emplace_back(8);
-    std::vector<int32_t>& taps = p.ints[p.ints.size() - 2];
+    std::vector<int32_t> taps(9 * 8), bias(8);
+    std::vector<float> multiplier(8);
     for (auto& v : taps) v = uniform(-128, 127);
-    for (auto& v : p.ints.back()) v = uniform(-2000, 2000);
-    for (auto& v : p.floats.back()) v = 1.0f / uniform(200, 2000);
-    p.arrays["d.w"] = {taps.data(), Dtype::Int32, taps.size()};
-    p.arrays["d.b"] = {p.ints.back().data(), Dtype::Int32, 8};
-    p.arrays["d.m"] = {p.floats.back().data(), Dtype::Float32, 8};
+    for (auto& v : bias) v = uniform(-2000, 2000);
+    for (auto& v : multiplier) v = 1.0f / uniform(200, 2000);
+    p.keep("d.w", taps);
+    p.keep("d.b", bias);
+    p.keep("d.m", multiplier);
     add("depthwise", Attributes().set_int("in_h", 9).set_int("in_w", 9).set_int("channels", 8).set_int("out_h", 5).set_int("out_w", 5)
         .set_int("kernel_h", 3).set_int("kernel_w", 3).set_int("stride_h", 2).set_int("stride_w", 2).set_int("pad_top", 1).set_int("pad_left", 1)
         .set_string("weights", "d.w").set_string("bias", "d.b").set_string("multiplier", "d.m")
@@ -193,23 +290,134 @@ Plan make_plan(bool k_major) {
         .set_int("input", 4).set_int("output", 5));
     add("average_pool", Attributes().set_int("channels", 8).set_int("height", 2).set_int("width", 2).set_float("multiplier", 0.2)
         .set_grid("input_grid", random_grid()).set_grid("output_grid", random_grid()).set_int("input", 5).set_int("output", 6));
-    add("dequantize", Attributes().set_int("channels", 8).set_int("height", 1).set_int("width", 1).set_grid("grid", random_grid()).set_int("input", 6));
+
+    std::vector<uint8_t> tables(8 * 256), requantize(256), gather_table(256);
+    for (auto& v : tables) v = static_cast<uint8_t>(uniform(0, 255));
+    for (int q = 0; q < 256; ++q) requantize[q] = static_cast<uint8_t>(std::clamp((q - 120) * 7 / 10 + 128, 0, 255));
+    for (auto& v : gather_table) v = static_cast<uint8_t>(uniform(0, 255));
+    p.keep("t.tables", tables);
+    add("table", Attributes().set_int("channels", 8).set_int("size", 200).set_int("table_count", 8).set_string("tables", "t.tables")
+        .set_int("input", 4).set_int("output", 7));
+    p.keep("b.input", dequantization_tables({0.05f}, 128));
+    p.keep("b.other", dequantization_tables(random_floats(8, 0.02f, 0.1f), 120));
+    Attributes binary = Attributes().set_string("operation", "mul").set_int("height", 5).set_int("width", 5).set_int("channels", 8)
+        .set_string("input_table", "b.input").set_int("input_table_count", 1).set_string("other_table", "b.other")
+        .set_int("other_table_count", 8).set_grid("output_grid", Grid{0.2f, 128, 0, 255}).set_int("input", 7).set_int("other", 6)
+        .set_int("output", 8);
+    set_list(binary, "input_shape", {5, 5, 8});
+    add("binary", set_list(binary, "other_shape", {1, 1, 8}));
+    p.keep("c.table", requantize);
+    Attributes concat = Attributes().set_int("pixels", 25).set_int("channels", 16).set_int("tables.count", 2)
+        .set_string("tables.1", "c.table").set_int("output", 9);
+    set_list(concat, "inputs", {8, 3});
+    add("concat", set_list(concat, "input_channels", {8, 8}));
+    std::vector<int32_t> indices(16 * 6 * 6, 0), sources(16 * 6 * 6, -1);  // 5x5x16 padded by a row and column in front
+    for (int y = 1; y < 6; ++y)
+        for (int x = 1; x < 6; ++x)
+            for (int c = 0; c < 16; ++c) {
+                const int j = (y * 6 + x) * 16 + c;
+                indices[j] = ((y - 1) * 5 + x - 1) * 16 + c, sources[j] = 0;
+            }
+    p.keep("g.indices", indices);
+    p.keep("g.sources", sources);
+    p.keep("g.table", gather_table);
+    Attributes gather = Attributes().set_int("size", 16 * 6 * 6).set_int("input_sizes.0", 16 * 5 * 5).set_int("tables.count", 1)
+        .set_string("tables.0", "g.table").set_string("indices", "g.indices").set_string("sources", "g.sources").set_int("pad", 17)
+        .set_int("output", 10);
+    add("gather", set_list(gather, "inputs", {9}));
+    const Grid pooled = random_grid();
+    add("window_average_pool", Attributes().set_int("channels", 16).set_int("height", 6).set_int("width", 6).set_int("out_h", 3)
+        .set_int("out_w", 3).set_int("kernel_h", 3).set_int("kernel_w", 3).set_int("stride_h", 2).set_int("stride_w", 2)
+        .set_int("pad_top", 1).set_int("pad_left", 1).set_int("pad_bottom", 1).set_int("pad_right", 1).set_int("count_include_pad", 1)
+        .set_grid("input_grid", random_grid()).set_grid("output_grid", pooled).set_int("input", 10).set_int("output", 11));
+
+    add("to_float", Attributes().set_int("channels", 16).set_int("height", 3).set_int("width", 3).set_grid("grid", pooled)
+        .set_int("input", 11).set_int("output", 12));
+    add("float_expression", float_expression_op(p, pooled));
+    p.keep("l.scale", random_floats(9, 0.5f, 2.0f));
+    p.keep("l.bias", random_floats(9, -1.0f, 1.0f));
+    add("float_layer_norm", Attributes().set_int("outer", 16).set_int("inner", 9).set_float("epsilon", 1e-5)
+        .set_string("scale", "l.scale").set_string("bias", "l.bias").set_int("input", 13).set_int("output", 14));
+    add("float_softmax", Attributes().set_int("outer", 16).set_int("axis", 3).set_int("inner", 3).set_int("log", 0)
+        .set_int("input", 14).set_int("output", 15));
+    p.keep("m.b", random_floats(3 * 4, -1.0f, 1.0f));
+    add("float_matmul", Attributes().set_int("batch", 16).set_int("m", 3).set_int("k", 3).set_int("n", 4).set_int("a", 15)
+        .set_int("a_batch_stride", 9).set_string("b_constant", "m.b").set_int("b_batch_stride", 0).set_int("output", 16));
+    Attributes reduce = Attributes().set_string("operation", "mean").set_int("input", 16).set_int("output", 17);
+    set_list(reduce, "shape", {16, 3, 4});
+    add("float_reduce", set_list(reduce, "axes", {2}));  // over n: softmax made every column of a sum to 1
+    std::vector<int32_t> moved(16 * 4, 0), moved_sources(16 * 4, -1);  // (16, 3) -> (16, 4), a column of float32(1)
+    for (int c = 0; c < 16; ++c)
+        for (int j = 0; j < 3; ++j) moved[c * 4 + j] = c * 3 + j, moved_sources[c * 4 + j] = 0;
+    p.keep("f.indices", moved);
+    p.keep("f.sources", moved_sources);
+    Attributes moves = Attributes().set_int("element_bytes", 4).set_int("size", 16 * 4).set_int("input_sizes.0", 16 * 3)
+        .set_int("tables.count", 1).set_string("indices", "f.indices").set_string("sources", "f.sources").set_int("pad", 1)
+        .set_int("output", 18);
+    add("gather", set_list(moves, "inputs", {17}));
+    const Grid result{0.005f, 128, 0, 255};
+    add("to_codes", Attributes().set_int("channels", 16).set_int("height", 4).set_int("width", 1).set_grid("grid", result)
+        .set_int("input", 18).set_int("output", 19));
+    add("dequantize", Attributes().set_int("channels", 16).set_int("height", 4).set_int("width", 1).set_grid("grid", result).set_int("input", 19));
     rng = saved;
     return p;
 }
 
-// Every uint8 tensor the plan writes, then its float output, on `kernels` with `threads` threads, on a
-// fixed batch of 3.
-std::vector<float> run_plan(const std::string& kernels, int threads) {
+// What a plan run leaves, by name: every tensor it writes ("tensor <index>", the bytes of the whole batch,
+// in op order), then its float output ("output").
+using Trace = std::vector<std::pair<std::string, std::vector<uint8_t>>>;
+
+// The trace of the plan on `kernels` with `threads` threads, on a fixed batch of 3 whose values come from
+// integers only (std::normal_distribution calls logf, which could itself differ between the two builds).
+Trace run_plan(const std::string& kernels, int threads) {
     Plan p = make_plan(kernels == "neon");
     Engine engine(p.ops, p.sizes, p.arrays, threads, kernels);
     std::mt19937 input_rng(5);
-    std::normal_distribution<float> normal(0.0f, 2.0f);
-    std::vector<float> x(3 * 3 * 9 * 9), out(3 * 8, -1.0f), seen;
-    for (auto& v : x) v = normal(input_rng);
-    engine.trace(x.data(), 3, out.data(), [&](int, const uint8_t* codes, size_t bytes) { seen.insert(seen.end(), codes, codes + bytes); });
-    seen.insert(seen.end(), out.begin(), out.end());
-    return seen;
+    std::vector<float> x(3 * 3 * 9 * 9), out(3 * 16 * 4, -1.0f);
+    for (auto& v : x) v = static_cast<float>(std::uniform_int_distribution<int>(-4000, 4000)(input_rng)) / 1000.0f;
+    Trace trace;
+    engine.trace(x.data(), 3, out.data(), [&](int index, const uint8_t* data, size_t bytes) {
+        trace.push_back({"tensor " + std::to_string(index), std::vector<uint8_t>(data, data + bytes)});
+    });
+    const auto* bytes = reinterpret_cast<const uint8_t*>(out.data());
+    trace.push_back({"output", std::vector<uint8_t>(bytes, bytes + out.size() * sizeof(float))});
+    return trace;
+}
+
+// 64-bit FNV-1a: the digest the x86 and aarch64 builds print for tests/test_native_kernels.py to compare.
+uint64_t fnv1a(const uint8_t* data, size_t bytes) {
+    uint64_t hash = 14695981039346656037ull;
+    for (size_t i = 0; i < bytes; ++i) hash = (hash ^ data[i]) * 1099511628211ull;
+    return hash;
+}
+
+// "function <name> <digest>" for each float64 function the float-region ops round to float32, on every
+// 65536th float32 bit pattern and on [-16, 16] in steps of 1/1024: a libm that rounds one differently shows
+// up by name. A NaN result hashes as one value: its sign is the CPU's (x86's default NaN is negative,
+// AArch64's positive), which no op looks at.
+void print_function_digests() {
+    std::vector<float> xs;
+    for (uint64_t bits = 0; bits < (uint64_t{1} << 32); bits += 65536) {
+        const uint32_t pattern = static_cast<uint32_t>(bits);
+        float v;
+        std::memcpy(&v, &pattern, sizeof v);
+        xs.push_back(v);
+    }
+    for (int i = -16 * 1024; i <= 16 * 1024; ++i) xs.push_back(static_cast<float>(i) / 1024.0f);
+    const std::vector<std::pair<const char*, double (*)(double)>> functions{
+        {"sigmoid", sigmoid}, {"tanh", [](double v) { return std::tanh(v); }}, {"exp", [](double v) { return std::exp(v); }},
+        {"log", [](double v) { return std::log(v); }}, {"sqrt", [](double v) { return std::sqrt(v); }},
+        {"erf", [](double v) { return std::erf(v); }}, {"pow_1.5", [](double v) { return std::pow(v, 1.5); }},
+        {"softplus", softplus}, {"mish", mish}, {"gelu_erf", gelu_erf}, {"gelu_tanh", gelu_tanh}};
+    for (const auto& [name, f] : functions) {
+        std::vector<float> ys;
+        for (float v : xs) {
+            const double y = f(v);
+            ys.push_back(std::isnan(y) ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(y));
+        }
+        const uint64_t digest = fnv1a(reinterpret_cast<const uint8_t*>(ys.data()), ys.size() * sizeof(float));
+        std::printf("function %s %016llx\n", name, static_cast<unsigned long long>(digest));
+    }
 }
 
 // Whether building `p` on the scalar path throws std::invalid_argument with `message` in it.
@@ -225,16 +433,24 @@ bool refuses(const Plan& p, const std::string& message) {
     return false;
 }
 
-// The engine core on every path against scalar, and its checks; returns the number of failures.
+// The engine core on every path against scalar, and its checks; returns the number of failures. Prints the
+// digests of the scalar run's tensors, which every other path matches byte for byte.
 int check_engine() {
     int failures = 0;
-    const std::vector<std::string> kinds = registered_operators();
-    const std::vector<std::string> expected{"add", "average_pool", "conv", "depthwise", "dequantize", "max_pool", "quantize"};
-    if (kinds != expected) {
-        std::printf("registered op kinds: %zu, not the 7 the engine has (static registration lost at link time?)\n", kinds.size());
-        ++failures;
+    const std::vector<std::string> kinds = registered_operators();  // sorted
+    std::set<std::string> used;
+    for (const OpDescription& op : make_plan(false).ops) used.insert(op.kind);
+    if (std::vector<std::string>(used.begin(), used.end()) != kinds) {  // a kind without a case, or lost at link time
+        std::printf("registered op kinds:");
+        for (const std::string& kind : kinds) std::printf(" %s", kind.c_str());
+        std::printf("\nthe plan's op kinds:");
+        for (const std::string& kind : used) std::printf(" %s", kind.c_str());
+        std::printf("\n");
+        return 1;
     }
-    const std::vector<float> reference = run_plan("scalar", 1);
+    const Trace reference = run_plan("scalar", 1);
+    for (const auto& [name, bytes] : reference)
+        std::printf("%s %016llx\n", name.c_str(), static_cast<unsigned long long>(fnv1a(bytes.data(), bytes.size())));
     if (run_plan("scalar", 3) != reference) {
         std::printf("engine: scalar on 3 threads differs from 1 thread\n");
         ++failures;
@@ -305,5 +521,6 @@ int main() {
     for (auto [backend, k_major] : paths) std::printf(", %s", backend->name);
     std::printf(": %d mismatches\n", failures);
     failures += check_engine();
+    print_function_digests();
     return failures ? 1 : 0;
 }
