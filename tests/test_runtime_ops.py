@@ -332,3 +332,19 @@ def test_an_add_folded_into_a_per_channel_conv_keeps_it_off_the_depthwise_kernel
     assert all(op.skip is None for op in plan.ops if op.kind == "depthwise")
     assert any(op.kind == "conv" and op.groups == 8 and op.skip is not None for op in plan.ops)
     assert_bit_exact(path, tmp_path)
+
+
+@pytest.mark.parametrize("stride,padding,output_padding,groups", [(2, 1, 1, 1), (2, 0, 0, 2), (1, 1, 0, 4), (3, 2, 1, 1)])
+def test_transposed_convs_run_as_spread_inputs_and_flipped_kernels(stride, padding, output_padding, groups, tmp_path):
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.up = nn.ConvTranspose2d(8, 8, 3, stride=stride, padding=padding, output_padding=output_padding,
+                                         groups=groups)
+
+        def forward(self, x):
+            return self.up(F.relu(self.stem(x)))
+
+    # ONNX Runtime's quantizer cannot give a grouped ConvTranspose per-channel scales: per tensor there
+    assert_bit_exact(ort_qdq_file(Decoder(), tmp_path, per_channel=groups == 1), tmp_path, kinds={"gather", "conv"})

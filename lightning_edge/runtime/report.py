@@ -42,7 +42,7 @@ def layer_table(plan: Plan, rows: list[dict[str, Any]]) -> str:
     total_bytes = sum(row["bytes"] for row in rows)
     total_stored = sum(row["stored_bytes"] for row in rows)
     selection = plan.selection
-    lines.append(f"total: {total_macs / 1e6:.1f} MMACs per image, {total_bytes / 1024:.1f} KiB of weights dense, "
+    lines.append(f"total: {total_macs / 1e6:.1f} MMACs per image, {total_bytes / 1024:.1f} KiB of arrays (weights, tables, indices) dense, "
                  f"{total_stored / 1024:.1f} KiB stored"
                  + (f"; kernels timed at batch {selection['batch']} with {selection['threads']} threads "
                     f"({selection['kernels']}, {selection['machine']})" if selection else ""))

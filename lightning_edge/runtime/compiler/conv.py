@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_edge.runtime.compiler.graph import CompileError, GraphCompiler, Pending, Tensor, finisher, rule
+from lightning_edge.runtime.compiler.graph import CompileError, GraphCompiler, MoveView, Pending, Tensor, finisher, rule
 from lightning_edge.runtime.packing import INT32_MAX
 from lightning_edge.runtime.plan import ConvOp
 from lightning_edge.runtime.reference import ReferenceError, _attributes, symmetric_codes
@@ -80,6 +80,54 @@ def _dilated(codes: np.ndarray, dilations: list[int]) -> np.ndarray:
     dilated = np.zeros((out_c, group_in, (kernel_h - 1) * dilations[0] + 1, (kernel_w - 1) * dilations[1] + 1), codes.dtype)
     dilated[:, :, :: dilations[0], :: dilations[1]] = codes
     return dilated
+
+
+@rule("ConvTranspose")
+def conv_transpose(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
+    """ConvTranspose as the conv it is (INT8_SPEC rule 16): the input spread out by the stride with codes of real 0
+    (its zero point) between its pixels and around them, then a stride-1 conv with the kernel flipped and its in
+    and out channels swapped per group. The accumulators are the same exact integers."""
+    from lightning_edge.runtime.compiler.movement import materialize
+
+    x = c.activation(node, operands[0])
+    if len(x.shape) != 3:
+        raise CompileError(node, f"ConvTranspose reads a tensor of shape {x.shape}; it needs (C, H, W)")
+    attributes = _attributes(node)
+    if attributes.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or "output_shape" in attributes \
+            or any(d != 1 for d in attributes.get("dilations", [1, 1])):
+        raise CompileError(node, "ConvTranspose with auto_pad, output_shape or dilation is not supported; export "
+                                 "explicit pads")
+    codes, weight_scale = weight(c, node, operands[1])
+    in_c, group_out, kernel_h, kernel_w = codes.shape
+    groups = int(attributes.get("group", 1))
+    channels, height, width = x.shape
+    if in_c != channels or in_c % groups:
+        raise CompileError(node, f"weight shape {codes.shape} with group={groups} does not fit {channels} input channels")
+    strides = list(attributes.get("strides", [1, 1]))
+    top, left, bottom, right = list(attributes.get("pads", [0, 0, 0, 0]))
+    extra = list(attributes.get("output_padding", [0, 0]))
+    spread = np.full((1, channels, (height - 1) * strides[0] + 1, (width - 1) * strides[1] + 1), -1, np.int64)
+    spread[:, :, :: strides[0], :: strides[1]] = MoveView.of(x).index
+    before, after = (kernel_h - 1 - top, kernel_w - 1 - left), (kernel_h - 1 - bottom + extra[0], kernel_w - 1 - right + extra[1])
+    padded = np.pad(spread, ((0, 0), (0, 0), (max(before[0], 0), max(after[0], 0)), (max(before[1], 0), max(after[1], 0))),
+                    constant_values=-1)
+    padded = padded[:, :, max(-before[0], 0): padded.shape[2] - max(-after[0], 0), max(-before[1], 0): padded.shape[3] - max(-after[1], 0)]
+    if padded.shape[2] < kernel_h or padded.shape[3] < kernel_w:
+        raise CompileError(node, "its padding leaves no output")
+    spread_input = materialize(c, MoveView(node, [x], padded, 0.0), (x.scale, x.zero, x.low, x.high),
+                               f"{node.output[0]}/spread")
+    group_in = in_c // groups
+    flipped = codes[:, :, ::-1, ::-1].reshape(groups, group_in, group_out, kernel_h, kernel_w)
+    conv_codes = flipped.transpose(0, 2, 1, 3, 4).reshape(groups * group_out, group_in, kernel_h, kernel_w)
+    out_c = groups * group_out
+    out_h, out_w = padded.shape[2] - kernel_h + 1, padded.shape[3] - kernel_w + 1
+    scale = np.tile(weight_scale, groups).astype(np.float32)
+    fields = {"in_h": padded.shape[2], "in_w": padded.shape[3], "in_c": channels, "out_h": out_h, "out_w": out_w,
+              "out_c": out_c, "kernel_h": kernel_h, "kernel_w": kernel_w, "stride_h": 1, "stride_w": 1, "pad_top": 0,
+              "pad_left": 0, "groups": groups}
+    bias = _bias(c, node, operands[2] if len(operands) > 2 else None, x.scale, scale, out_c)
+    return Pending(node, "conv", [spread_input], {**fields, "codes": np.ascontiguousarray(conv_codes.transpose(0, 2, 3, 1)).reshape(out_c, -1),
+                                                  "weight_scale": scale, "bias": bias})
 
 
 @rule("Gemm")
