@@ -75,6 +75,8 @@ def _qat_plan(args: argparse.Namespace) -> int:
         print(f"  layer  {fold.path:<28} {fold.kind}{folded}{' + ' + fold.activation if fold.activation else ''}")
     for point in plan.points:
         anchor = f"{point.where} of {point.anchor or 'the model'}"
+        if point.where == "call":
+            anchor = f"{point.call!r} call {point.call_index} in the forward of {point.anchor or 'the model'}"
         print(f"  tensor {point.name:<28} {point.description} ({anchor})")
     return 0
 

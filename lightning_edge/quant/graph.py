@@ -229,7 +229,7 @@ def _value_kinds(graph: fx.Graph) -> dict[fx.Node, str]:
             values[node] = "data"
         elif node.op == "get_attr":
             values[node] = "constant"
-        elif node.op == "output" or _CALL_KINDS.get(call_name(node.target)) == "meta" or node.target is getattr:
+        elif node.op == "output" or _CALL_KINDS.get(call_name(node.target)) == "meta":
             values[node] = "meta"
         else:
             sources = {values[source] for source in node.all_input_nodes}
