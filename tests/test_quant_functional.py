@@ -133,6 +133,14 @@ def test_functional_network_trains_calibrates_exports_and_onnxruntime_agrees(tmp
     assert sum(node.op_type == "QuantizeLinear" for node in onnx.load(path).graph.node) >= len(points) - 1
     agreement, steps = fake_quant_agreement(calibrated, path, x)
     assert agreement >= 0.97 and (steps <= 1.01).mean() >= 0.95 and steps.max() <= 3.01
+    # and it compiles for our runtime, which runs it bit-exact to the reference on every kernel path
+    from lightning_edge.runtime import available_kernels, compile, load
+    from lightning_edge.runtime.reference import ReferenceModel
+
+    compile(path, str(tmp_path / "functional.edge"))
+    expected = ReferenceModel(path).run(x.numpy())[0]
+    for kernels in available_kernels():
+        assert np.array_equal(load(tmp_path / "functional.edge", kernels=kernels).run(x.numpy()), expected), kernels
 
 
 def test_call_points_quantize_under_no_grad_in_eval_and_in_a_copy():
