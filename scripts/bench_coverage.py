@@ -56,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds for the speed comparison")
     parser.add_argument("--out", default="outputs/bench/coverage")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only time again the files a previous run left in --out (e.g. on a quieter machine)")
     return parser.parse_args()
 
 
@@ -178,7 +180,6 @@ def runtime_check(path: str, folder: Path, source: str, x: np.ndarray, expected:
                   args: argparse.Namespace) -> dict:
     """Compile; where it compiles, bit-exactness against the reference and speed against ONNX Runtime at batch 1."""
     from lightning_edge.runtime import compile, load
-    from lightning_edge.runtime.benchmark import alternating, median_ms, onnxruntime_session
 
     edge = str(folder / f"{source}.edge")
     try:
@@ -197,14 +198,40 @@ def runtime_check(path: str, folder: Path, source: str, x: np.ndarray, expected:
             exact[kernels] = bool(np.array_equal(got.reshape(expected.shape), expected))
         record["bit_exact_paths"] = exact
         record["bit_exact"] = all(exact.values())
+    record.update(speed(path, session, x[:1], args))
+    return record
+
+
+def speed(path: str, session, one: np.ndarray, args: argparse.Namespace) -> dict:
+    """Batch-1 latency of ours against ONNX Runtime on the same file, 2 threads, alternating blocks."""
+    from lightning_edge.runtime.benchmark import alternating, median_ms, onnxruntime_session
+
     peer = onnxruntime_session(path, args.threads)
-    one = x[:1]
     name = peer.get_inputs()[0].name
     times = alternating({"ours": lambda: session.run(one), "ort": lambda: peer.run(None, {name: one})},
                         rounds=args.rounds, calls=8, discard=2)
-    record["ms"] = {key: median_ms(value) for key, value in times.items()}
-    record["speedup_vs_ort"] = record["ms"]["ort"] / record["ms"]["ours"]
-    return record
+    ms = {key: median_ms(value) for key, value in times.items()}
+    p99 = {key: float(np.percentile(value, 99)) * 1e3 for key, value in times.items()}
+    return {"ms": ms, "p99_ms": p99, "speedup_vs_ort": ms["ort"] / ms["ours"]}
+
+
+def remeasure_speed(args: argparse.Namespace, out: Path) -> None:
+    """--speed-only: time again the files an earlier run left in OUT (on a quieter machine), keeping the rest."""
+    from lightning_edge.runtime import load
+
+    payload = json.loads((out / "results.json").read_text())
+    for record in payload["results"]:
+        if not record.get("compiles") or record["model"] not in args.models:
+            continue
+        folder = out / record["model"]
+        session = load(str(folder / f"{record['source']}.edge"), threads=args.threads)
+        one = np.random.default_rng(2).standard_normal((1, *session.input_shape)).astype(np.float32)
+        record.update(speed(str(folder / f"{record['source']}.onnx"), session, one, args))
+        print(f"{record['model']:26s} {record['source']:4s} ours {record['ms']['ours']:8.3f} ms  ORT "
+              f"{record['ms']['ort']:8.3f} ms  x{record['speedup_vs_ort']:.2f}", flush=True)
+    payload["speed_command"] = "python scripts/bench_coverage.py " + " ".join(sys.argv[1:])
+    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    (out / "results.md").write_text(_markdown(payload, args) + "\n")
 
 
 def check_network(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
@@ -272,6 +299,16 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _markdown(payload: dict, args: argparse.Namespace) -> str:
+    info = payload["machine"]
+    flags = ", ".join(info["flags"]) or "none the kernels use"
+    speed = f"; speed timed again by `{payload['speed_command']}`" if "speed_command" in payload else ""
+    return (f"`{payload['command']}` ({payload['seconds']:.0f} s; {payload['size']}x{payload['size']}, "
+            f"{payload['inputs']} inputs{speed})\n\n"
+            f"Machine: {info['cpu']}, {info['cores']} cores, kernels {', '.join(info['kernels'])}; flags {flags}.\n\n"
+            + table(payload["results"]))
+
+
 def main() -> None:
     args = parse_args()
     from lightning_edge.runtime import available_kernels
@@ -281,6 +318,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
     print(f"kernels {available_kernels()}, CPU flags {info['flags']}", flush=True)
+    if args.speed_only:
+        remeasure_speed(args, out)
+        return
     results: list[dict] = []
     started = time.perf_counter()
     for name in args.models:
@@ -297,10 +337,7 @@ def main() -> None:
     payload = {"command": command.strip(), "machine": info, "size": args.size, "inputs": args.inputs, "results": results,
                "seconds": round(time.perf_counter() - started, 1)}
     (out / "results.json").write_text(json.dumps(payload, indent=2))
-    flags = ", ".join(info["flags"]) or "none the kernels use"
-    markdown = (f"`{payload['command']}` ({payload['seconds']:.0f} s; {args.size}x{args.size}, {args.inputs} inputs)\n\n"
-                f"Machine: {info['cpu']}, {info['cores']} cores, kernels {', '.join(info['kernels'])}; flags {flags}.\n\n"
-                + table(results) + "\n")
+    markdown = _markdown(payload, args) + "\n"
     (out / "results.md").write_text(markdown)
     print(markdown)
 

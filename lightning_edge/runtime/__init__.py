@@ -6,9 +6,20 @@
   (``session``); needs only numpy and the extension built by ``pip install``.
 - ``reference``: INT8_SPEC.md in plain numpy, the oracle the kernels are tested against bit for bit.
 """
-from lightning_edge.runtime.compiler import CompileError, compile
+from typing import Any
+
 from lightning_edge.runtime.edge_format import EdgeFormatError
 from lightning_edge.runtime.native import available_kernels
 from lightning_edge.runtime.session import Session, load
 
 __all__ = ["CompileError", "EdgeFormatError", "Session", "available_kernels", "compile", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    """``compile`` and ``CompileError`` are imported when first used: a device that only loads .edge files never
+    imports the compiler and its numpy reference."""
+    if name in ("compile", "CompileError"):
+        from lightning_edge.runtime import compiler
+
+        return getattr(compiler, name)
+    raise AttributeError(f"module 'lightning_edge.runtime' has no attribute {name!r}")
