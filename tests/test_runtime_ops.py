@@ -124,39 +124,33 @@ def test_concat_channel_shuffle_split_and_slice_move_codes(tmp_path):
 
 
 class Pools(nn.Module):
-    """Windowed average pools (padding counted or not), max pooling in ceil mode, zero padding, nearest upsampling."""
+    """Windowed average pools (padding counted or not), max pooling in ceil mode, zero padding, nearest upsampling
+    and a strided slice; the head takes the mean over the plane and (``plane_max``) the max over it, which has no
+    integer form (a float region) but a ReduceMax."""
 
-    def __init__(self):
+    def __init__(self, plane_max: bool):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3)
         self.average = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False, ceil_mode=True)
         self.average_padded = nn.AvgPool2d(2, stride=2, padding=1, count_include_pad=True)
         self.maximum = nn.MaxPool2d(3, stride=2, ceil_mode=True)
         self.head = nn.Linear(8 * 2, 10)
+        self.plane_max = plane_max
 
     def forward(self, x):
         x = F.relu(self.conv(x))                       # 14x14
         a = self.average(x)                            # 8x8 (ceil)
         b = self.maximum(F.pad(x, (1, 1, 1, 1)))       # 16x16 -> 8x8 (ceil)
-        x = self.average_padded(a + F.interpolate(b, scale_factor=1.0, mode="nearest"))  # 5x5
-        return self.head(torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1))
+        x = self.average_padded(a + F.interpolate(b, scale_factor=2.0, mode="nearest")[:, :, ::2, ::2])  # 5x5
+        return self.head(torch.cat([x.mean((2, 3)), x.amax((2, 3)) if self.plane_max else x.mean((2, 3)) * 0.5], dim=1))
 
 
 def test_a_max_over_the_plane_runs_in_a_float_region(tmp_path):
-    assert_bit_exact(ort_qdq_file(Pools(), tmp_path), tmp_path, kinds={"float_reduce", "to_float", "to_codes"})
-
-
-class PoolsWithoutMax(Pools):
-    def forward(self, x):
-        x = F.relu(self.conv(x))
-        a = self.average(x)
-        b = self.maximum(F.pad(x, (1, 1, 1, 1)))
-        x = self.average_padded(a + F.interpolate(b, scale_factor=2.0, mode="nearest")[:, :, ::2, ::2])
-        return self.head(torch.cat([x.mean((2, 3)), x.mean((2, 3)) * 0.5], dim=1))
+    assert_bit_exact(ort_qdq_file(Pools(plane_max=True), tmp_path), tmp_path, kinds={"float_reduce", "to_float", "to_codes"})
 
 
 def test_windowed_average_and_ceil_mode_max_pools(tmp_path):
-    kinds = assert_bit_exact(ort_qdq_file(PoolsWithoutMax(), tmp_path), tmp_path)
+    kinds = assert_bit_exact(ort_qdq_file(Pools(plane_max=False), tmp_path), tmp_path)
     assert {"window_average_pool", "max_pool"} <= kinds
 
 

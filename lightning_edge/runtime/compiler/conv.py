@@ -39,9 +39,7 @@ def explicit_pads(node: Any, in_hw: tuple[int, int], kernel_hw: tuple[int, int],
 
 @rule("Conv")
 def conv(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
-    x = c.activation(node, operands[0])
-    if len(x.shape) != 3:
-        raise CompileError(node, f"Conv reads a tensor of shape {x.shape}; it needs (C, H, W)")
+    x = c.image(node, operands[0])
     attributes = _attributes(node)
     codes, weight_scale = weight(c, node, operands[1])
     if codes.ndim != 4:
@@ -89,9 +87,7 @@ def conv_transpose(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
     and out channels swapped per group. The accumulators are the same exact integers."""
     from lightning_edge.runtime.compiler.movement import materialize
 
-    x = c.activation(node, operands[0])
-    if len(x.shape) != 3:
-        raise CompileError(node, f"ConvTranspose reads a tensor of shape {x.shape}; it needs (C, H, W)")
+    x = c.image(node, operands[0])
     attributes = _attributes(node)
     if attributes.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or "output_shape" in attributes \
             or any(d != 1 for d in attributes.get("dilations", [1, 1])):

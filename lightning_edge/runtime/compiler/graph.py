@@ -327,6 +327,13 @@ class GraphCompiler:
                                      "pair before it")
         raise CompileError(node, f"reads {operand!r}, which is not a dequantized int8 activation")
 
+    def image(self, node: Any, operand: Any) -> Tensor:
+        """``operand`` as codes of a (C, H, W) image, or a CompileError naming the shape it has."""
+        tensor = self.activation(node, operand)
+        if len(tensor.shape) != 3 or tensor.onnx_shape is not None:
+            raise CompileError(node, f"{node.op_type} reads a tensor of shape {tensor.onnx()}; it needs (batch, C, H, W)")
+        return tensor
+
     def is_constant(self, name: str) -> bool:
         return name in self.constants or name in self.dequantized_constants
 

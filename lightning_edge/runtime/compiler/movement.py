@@ -203,10 +203,10 @@ def _gather(c: GraphCompiler, view: MoveView, storage: np.ndarray, shape: tuple[
 # ---------------------------------------------------------------------------------------------- max pooling
 @rule("MaxPool")
 def max_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
-    x = c.activation(node, operands[0])
+    x = c.image(node, operands[0])
     attributes = _attributes(node)
-    if len(node.output) > 1 and node.output[1] or len(x.shape) != 3:
-        raise CompileError(node, "only MaxPool of a (C, H, W) tensor without indices is supported")
+    if len(node.output) > 1 and node.output[1]:
+        raise CompileError(node, "MaxPool's indices output is not supported")
     kernel, strides, dilations, begin, end = _pool_geometry(attributes, x.shape[1:])
     if any(d != 1 for d in dilations):
         raise CompileError(node, "dilated max pooling is not supported")

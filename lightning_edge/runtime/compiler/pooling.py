@@ -16,9 +16,7 @@ from lightning_edge.runtime.reference import _attributes, _padding, _pool_geomet
 
 @rule("GlobalAveragePool")
 def global_average_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
-    x = c.activation(node, operands[0])
-    if len(x.shape) != 3:
-        raise CompileError(node, f"GlobalAveragePool reads a tensor of shape {x.shape}")
+    x = c.image(node, operands[0])
     return Pending(node, "average_pool", [x], {"keepdims": True})
 
 
@@ -47,9 +45,7 @@ def average_pool_op(c: GraphCompiler, result: Pending, name: str, nodes: list[st
 
 @rule("AveragePool")
 def average_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
-    x = c.activation(node, operands[0])
-    if len(x.shape) != 3:
-        raise CompileError(node, f"AveragePool reads a tensor of shape {x.shape}")
+    x = c.image(node, operands[0])
     attributes = _attributes(node)
     channels, height, width = x.shape
     kernel, strides, dilations, begin, end = _pool_geometry(attributes, (height, width))
