@@ -149,9 +149,18 @@ class WindowFields:
             raise PlanError(f"op {op_id}: padding ({self.pad_top}, {self.pad_left}) must be smaller than the kernel")
 
 
+@dataclass(kw_only=True)
+class ImageFields:
+    """An image's size per sample: codes stored (H, W, C), float32 (C, H, W); a vector is (F, 1, 1)."""
+
+    channels: int
+    height: int
+    width: int
+
+
 @op_kind
 @dataclass(kw_only=True)
-class QuantizeOp(Op):
+class QuantizeOp(ImageFields, Op):
     """float32 NCHW input -> uint8 NHWC codes on ``grid``: ``clamp(round_half_even(x / s) + z)``."""
 
     KIND = "quantize"
@@ -159,14 +168,11 @@ class QuantizeOp(Op):
     POSITIVE = ("channels", "height", "width")
     output: int
     grid: Grid
-    channels: int
-    height: int
-    width: int
 
 
 @op_kind
 @dataclass(kw_only=True)
-class DequantizeOp(Op):
+class DequantizeOp(ImageFields, Op):
     """uint8 NHWC codes on ``grid`` -> the float32 NCHW output: ``float32(q - z) * s``."""
 
     KIND = "dequantize"
@@ -174,9 +180,6 @@ class DequantizeOp(Op):
     POSITIVE = ("channels", "height", "width")
     input: int
     grid: Grid
-    channels: int
-    height: int
-    width: int
 
 
 @op_kind
@@ -265,16 +268,13 @@ class AddOp(Op):
 
 @op_kind
 @dataclass(kw_only=True)
-class AveragePoolOp(Op):
+class AveragePoolOp(ImageFields, Op):
     """Global average pooling: the exact sum of ``q - z`` over the plane times ``multiplier``, requantized."""
 
     KIND = "average_pool"
     POSITIVE = ("channels", "height", "width")
     input: int
     output: int
-    channels: int
-    height: int
-    width: int
     multiplier: float                   # float32(s_x) / (float32(s_y) * float32(height * width))
     input_grid: Grid
     output_grid: Grid
@@ -282,16 +282,13 @@ class AveragePoolOp(Op):
 
 @op_kind
 @dataclass(kw_only=True)
-class MaxPoolOp(WindowFields, Op):
+class MaxPoolOp(WindowFields, ImageFields, Op):
     """Max pooling on codes (exact; the output keeps the input's grid)."""
 
     KIND = "max_pool"
     POSITIVE = ("channels", "height", "width", "out_h", "out_w")
     input: int
     output: int
-    channels: int
-    height: int
-    width: int
     out_h: int
     out_w: int
 
@@ -424,7 +421,7 @@ class GatherOp(Op):
 
 @op_kind
 @dataclass(kw_only=True)
-class WindowAveragePoolOp(WindowFields, Op):
+class WindowAveragePoolOp(WindowFields, ImageFields, Op):
     """Average pooling over windows: the exact sum of ``q - z`` over the window's elements inside the input,
     times ``float32(s_x) / (float32(s_y) * float32(count))``, requantized; ``count`` is the elements inside
     the input, or the whole window when ``count_include_pad`` (padding counts as real 0)."""
@@ -433,9 +430,6 @@ class WindowAveragePoolOp(WindowFields, Op):
     POSITIVE = ("channels", "height", "width", "out_h", "out_w")
     input: int
     output: int
-    channels: int
-    height: int
-    width: int
     out_h: int
     out_w: int
     pad_bottom: int = 0                 # explicit padding (a ceil_mode overhang is not padding)
@@ -452,31 +446,25 @@ class WindowAveragePoolOp(WindowFields, Op):
 # ------------------------------------------------------------------------------------------- float regions
 @op_kind
 @dataclass(kw_only=True)
-class ToFloatOp(Op):
+class ToFloatOp(ImageFields, Op):
     """Codes into a float region: u8 (C, H, W) NHWC (or (F,)) -> f32 in ONNX order, ``float32(q - z) * s``."""
 
     KIND = "to_float"
     POSITIVE = ("channels", "height", "width")
     input: int
     output: int
-    channels: int
-    height: int
-    width: int
     grid: Grid
 
 
 @op_kind
 @dataclass(kw_only=True)
-class ToCodesOp(Op):
+class ToCodesOp(ImageFields, Op):
     """Out of a float region: f32 (C, H, W) in ONNX order -> u8 NHWC codes, ``clamp(round_half_even(x / s) + z)``."""
 
     KIND = "to_codes"
     POSITIVE = ("channels", "height", "width")
     input: int
     output: int
-    channels: int
-    height: int
-    width: int
     grid: Grid
 
 
