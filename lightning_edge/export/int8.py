@@ -46,7 +46,7 @@ def export_int8(network: nn.Module, example: torch.Tensor, directory: str, name:
 
         edge_path = os.path.join(directory, f"{name}.edge")
         plan = compile(path, edge_path, tune_batch=int(example.shape[0]) if example.ndim == 4 else 1)
-        result["edge"] = {"path": edge_path, "bytes": os.path.getsize(edge_path), "kernels": plan["selection"]["kernels"]}
+        result["edge"] = {"path": edge_path, "bytes": os.path.getsize(edge_path), "kernels": plan.selection["kernels"]}
         if loader is not None:
             result["edge"]["runtime"] = evaluate_edge(edge_path, loader, reference=network, max_batches=max_batches)
             log.info("INT8 runtime on the test set: %s", result["edge"]["runtime"])
