@@ -1136,6 +1136,7 @@ class ReferenceModel:
         hi = source.hi if high == math.inf else min(source.hi, math.floor(high))
         tensor = QTensor(np.clip(source.codes, lo, hi).astype(source.codes.dtype), source.scale, source.zero_point, lo, hi)
         self.values[node.output[0]] = tensor
+        self.tensors[node.output[0]] = tensor  # its DequantizeLinear reads the clipped codes
 
     def _clip_bounds(self, node: Any) -> tuple[float, float]:
         attributes = _attributes(node)
