@@ -6,7 +6,8 @@
 Per network (random weights, BatchNorm statistics from two random batches; timm or torchvision, nothing is
 downloaded): the FP32 ONNX file (opset 17, TorchScript exporter), ONNX Runtime's ``quantize_static`` QDQ file
 (per-channel int8 weights, uint8 activations, calibrated on random batches) and our QAT export
-(``prepare_qat`` + ``calibrate`` + ``to_onnx``; its errors are recorded). Per file:
+(``prepare_qat`` + ``calibrate`` + ``to_onnx``, with ``input_shape`` for the networks of ``SIZED``; its errors
+are recorded). Per file:
 
 - the op types in the graph;
 - the reference (``lightning_edge.runtime.reference``) against ONNX Runtime on the same file over ``--inputs``
@@ -43,6 +44,9 @@ TORCHVISION = {
     "lraspp_mobilenet_v3_large": {"weights": None, "weights_backbone": None},
 }
 MODELS = TIMM + list(TORCHVISION)
+# Forwards that branch on their input's size (MobileViT resizes when H or W is not a multiple of its patch):
+# prepare_qat refuses them without a size and traces them at the one given (QuantConfig.input_shape).
+SIZED = ("mobilevit_xxs",)
 SOURCES = ("fp32", "ort", "qat")
 
 
@@ -134,7 +138,8 @@ def build_files(name: str, args: argparse.Namespace, folder: Path) -> tuple[dict
             from lightning_edge.export import to_onnx
             from lightning_edge.quant import calibrate, prepare_qat
 
-            prepared = prepare_qat(copy.deepcopy(model))
+            config = {"input_shape": (3, args.size, args.size)} if name in SIZED else None
+            prepared = prepare_qat(copy.deepcopy(model), config)
             calibrated = calibrate(prepared, [torch.from_numpy(batch) for batch in calibration], num_batches=len(calibration))
             paths["qat"] = to_onnx(calibrated, torch.zeros(1, 3, args.size, args.size), str(folder / "qat.onnx"))
         except Exception as error:  # noqa: BLE001

@@ -276,10 +276,10 @@ def test_every_family_takes_magnitude_masks_and_still_runs(name):
 @requires_fashion_mnist
 def test_on_fashion_mnist_pruned_networks_stay_close_to_the_dense_one():
     """Real data, small budget: a ResNet-20 trained 400 steps, then 200 more steps three ways at a lower learning
-    rate (dense, GMP to 80%, channel pruning of 40% of the MACs with KD from the dense network), each tested on
-    2,000 test images. The README's full-length runs hold the issue's thresholds (1 and 1.5 points); at this
-    budget the gaps are wider (measured: dense 85.60%, GMP 83.40%, channels 82.30%), and each pruned network
-    must stay within 4 points of the dense one."""
+    rate (dense, GMP to 80%, channel pruning of 40% of the MACs with KD from the dense network; both prunings
+    end at step 100 and recover for 100 steps), each tested on the 10,000 test images. The README's full-length
+    runs hold the issue's thresholds (1 and 1.5 points); at this budget the gaps are wider, and each pruned
+    network must stay within 4 points of the dense one."""
     import copy
     from functools import partial
 
@@ -295,7 +295,7 @@ def test_on_fashion_mnist_pruned_networks_stay_close_to_the_dense_one():
     torch.manual_seed(0)
     data = FashionMNISTDataModule(batch_size=64, eval_batch_size=500, crop_padding=2, val_size=1000)
     settings = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, limit_val_batches=0, max_epochs=1, limit_test_batches=4)
+                    enable_model_summary=False, limit_val_batches=0, max_epochs=1)
     dense = ClassificationModule(create_model("cifar_resnet20", num_classes=10, in_chans=1), optimizer=sgd(0.1),
                                  scheduler=cosine_with_warmup)
     pl.Trainer(limit_train_batches=400, **settings).fit(dense, datamodule=data)
@@ -308,11 +308,12 @@ def test_on_fashion_mnist_pruned_networks_stay_close_to_the_dense_one():
         return trainer.test(module, datamodule=data, verbose=False)[0]["test/acc"], module.net
 
     dense_acc, _ = go_on([])
-    gmp_acc, gmp_net = go_on([GradualMagnitudePruning(final_sparsity=0.8, end_step=150, frequency=15)])
+    gmp_acc, gmp_net = go_on([GradualMagnitudePruning(final_sparsity=0.8, end_step=100, frequency=10)])
     teacher = copy.deepcopy(dense.net).eval()
     channel_acc, channel_net = go_on([KnowledgeDistillation(teacher=teacher, losses=["kd"]),
                                       ChannelPruning(target_macs=0.4, steps=4, end_step=100)])
     assert dense_acc > 0.8  # real learning (chance is 0.1)
     assert sparsity_report(prunable_layers(gmp_net))["total"] == pytest.approx(0.8, abs=1e-3)
     assert count_macs(channel_net, (1, 28, 28)) <= 0.6 * count_macs(dense.net, (1, 28, 28))
+    print(f"dense {dense_acc:.2%}, GMP {gmp_acc:.2%}, channels {channel_acc:.2%}")
     assert gmp_acc >= dense_acc - 0.04 and channel_acc >= dense_acc - 0.04, (dense_acc, gmp_acc, channel_acc)

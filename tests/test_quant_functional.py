@@ -264,7 +264,7 @@ def _agreement_and_relative_error(model: nn.Module, path: str, x: torch.Tensor, 
     return agreement, float(np.sqrt(np.mean(steps ** 2))) / max(spread, 1e-12)
 
 
-def check_network(build, size: int, tmp_path) -> set[str]:
+def check_network(build, size: int, tmp_path, config: dict | None = None) -> set[str]:
     """Prepare, train a step, calibrate, export, and compare ONNX Runtime with torch; return the float ops.
 
     Random networks are chaotic: a code that moves by one step (a float sum that differs in its last bit
@@ -273,7 +273,7 @@ def check_network(build, size: int, tmp_path) -> set[str]:
     (op by op, ResNets, RegNets, RepVGG, SqueezeNet and ConvNeXt agree exactly here).
     """
     torch.manual_seed(0)
-    model = prepare_qat(with_statistics(build(), size))
+    model = prepare_qat(with_statistics(build(), size), config)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     _first(model(torch.randn(2, 3, size, size))).square().mean().backward()
@@ -301,8 +301,9 @@ SLOW = [
     *(name for name, *_ in FAST),
     "resnet18", "resnet50", "mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "efficientnet_lite0",
     "mnasnet_100", "regnetx_002", "densenet121", "repvgg_a0", "lcnet_050", "convnext_atto",
-    "googlenet", "lraspp_mobilenet_v3_large",
+    "googlenet", "lraspp_mobilenet_v3_large", "mobilevit_xxs",
 ]
+SIZED = ("mobilevit_xxs",)  # forwards that branch on their input's size: traced at the size they run at
 
 
 @pytest.mark.parametrize("name,source,size,ops", FAST, ids=[item[0] for item in FAST])
@@ -315,13 +316,34 @@ def test_edge_cnn_prepares_trains_exports_and_onnxruntime_agrees(name, source, s
 def test_every_target_network_prepares_trains_exports_and_onnxruntime_agrees(name, tmp_path):
     torchvision_names = ("shufflenet_v2_x0_5", "squeezenet1_1", "googlenet", "lraspp_mobilenet_v3_large")
     source = _torchvision if name in torchvision_names else _timm
-    check_network(source(name), 96, tmp_path)
+    check_network(source(name), 96, tmp_path, {"input_shape": (3, 96, 96)} if name in SIZED else None)
 
 
-def test_mobilevit_is_refused_with_the_trace_error():
-    """timm's MobileViT resizes its feature map only when its size asks for it: data-dependent control flow."""
-    with pytest.raises(UnsupportedModelError, match="cannot trace ByobNet with torch.fx.*control flow"):
+def test_mobilevit_needs_its_input_shape_and_traces_with_it():
+    """timm's MobileViT resizes its feature map only when its size asks for it: Python control flow on sizes.
+    Without a size the trace stops and says which option gives one; with it, the attention blocks are quantized."""
+    with pytest.raises(UnsupportedModelError, match=r"cannot trace ByobNet with torch.fx.*control flow.*input_shape"):
         prepare_qat(_timm("mobilevit_xxs")())
+    from lightning_edge.quant import build_plan
+
+    names = [point.name for point in build_plan(_timm("mobilevit_xxs")(), input_shape=(3, 64, 64)).points]
+    assert any("transformer" in name and "attn" in name for name in names), names
+    model = prepare_qat(_timm("mobilevit_xxs")(), {"input_shape": (3, 64, 64)})
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_a_shaped_trace_finds_the_same_int8_points_as_a_plain_one():
+    """Sizes only decide Python branches: on a network without them both traces give one plan."""
+    from lightning_edge.quant import build_plan
+
+    plain, shaped = build_plan(FunctionalNet()), build_plan(FunctionalNet(), input_shape=(1, 28, 28))
+    assert plain.points and plain.points == shaped.points and plain.folds == shaped.folds
+
+
+def test_a_bad_input_shape_is_refused():
+    with pytest.raises(ValueError, match="input_shape must be positive sizes"):
+        prepare_qat(FunctionalNet(), {"input_shape": (1, 0, 28)})
 
 
 def _ddp_rank(rank: int, world_size: int, port: int, out: str) -> None:

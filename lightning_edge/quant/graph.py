@@ -20,16 +20,22 @@ code, so feature taps, pruning and checkpoints keep working. From the trace come
 
 Functions and tensor methods are recognised by their canonical name (``call_name``), the same for the
 trace's targets and for what a ``TorchFunctionMode`` sees at run time. A network with an op the INT8
-runtime cannot run, or one fx cannot trace, fails here, naming the op and the module it is in.
+runtime cannot run, or one fx cannot trace, fails here, naming the op and the module it is in. A forward that
+branches on its input's size (timm's MobileViT) traces when the size is given: ``QuantConfig(input_shape=...)``.
 """
 from __future__ import annotations
 
+import copy
+import inspect
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
+from torch.fx.experimental.meta_tracer import MetaTracer
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 # Modules by role. Leaves of the trace (torch.nn modules, BatchNorms, DropPath) are classified by type; every
@@ -173,15 +179,46 @@ class _RecordingTracer(fx.Tracer):
         return output
 
 
-def trace(model: nn.Module) -> tuple[fx.Graph, list[_ModuleCall], dict[str, nn.Module]]:
-    """The flat fx graph of ``model`` and every module call in it; a clear error when it cannot be traced."""
-    tracer = _RecordingTracer()
+class _ShapeTracer(_RecordingTracer, MetaTracer):
+    """The recording trace with sizes known: each value carries a meta tensor of its shape (``MetaTracer``), so
+    ``x.shape`` is plain numbers and a forward that branches on its input's size traces the branch it takes.
+
+    While ``MetaTracer`` computes a leaf module's meta output it calls the module again; that call must run the
+    module plainly, not record it a second time.
+    """
+
+    def call_module(self, module: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        if getattr(self, "_disable_module_getattr", False):
+            return forward(*args, **kwargs)
+        return super().call_module(module, forward, args, kwargs)
+
+
+def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None
+          ) -> tuple[fx.Graph, list[_ModuleCall], dict[str, nn.Module]]:
+    """The flat fx graph of ``model`` and every module call in it; a clear error when it cannot be traced.
+
+    With ``input_shape`` (C, H, W) the trace knows every tensor's size (on a meta-device copy of the model,
+    so nothing is computed), and Python code that branches on sizes is specialised to that input size.
+    """
+    placeholder = _forward_input_name(model)
     try:
-        graph = tracer.trace(model)
+        if input_shape is None:
+            tracer = _RecordingTracer()
+            graph = tracer.trace(model)
+        else:
+            tracer = _ShapeTracer()
+            meta_model = copy.deepcopy(model).to("meta")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # MetaTracer warns for every size it cannot infer; the trace says more
+                graph = tracer.trace(meta_model, meta_args={placeholder: torch.zeros(1, *input_shape, device="meta")})
+            tracer.calls = [_ModuleCall(call.path, model.get_submodule(call.path), call.input_node, call.output_node)
+                            for call in tracer.calls]
     except Exception as error:  # fx raises many types for data-dependent control flow
+        hint = ("prepare_qat needs a forward without data-dependent Python control flow; if it branches only on "
+                "its input's size, give the size: QuantConfig(input_shape=(C, H, W))") if input_shape is None else (
+                "prepare_qat needs a forward whose Python control flow depends on sizes at most")
         raise UnsupportedModelError(
-            f"cannot trace {type(model).__name__} with torch.fx to find its int8 tensors: {error}. "
-            "prepare_qat needs a forward without data-dependent Python control flow"
+            f"cannot trace {type(model).__name__} with torch.fx to find its int8 tensors: {error}. {hint}"
         ) from error
     # The root's own call is not recorded by call_module; add it so its input can anchor a point.
     placeholders = [node for node in graph.nodes if node.op == "placeholder"]
@@ -189,6 +226,14 @@ def trace(model: nn.Module) -> tuple[fx.Graph, list[_ModuleCall], dict[str, nn.M
     result = outputs[0].args[0] if outputs and isinstance(outputs[0].args[0], fx.Node) else None
     tracer.calls.append(_ModuleCall("", model, placeholders[0] if placeholders else None, result))
     return graph, tracer.calls, dict(model.named_modules())
+
+
+def _forward_input_name(model: nn.Module) -> str:
+    """The name of ``forward``'s first argument: the placeholder a shaped trace gives its meta tensor."""
+    parameters = list(inspect.signature(model.forward).parameters)
+    if not parameters:
+        raise UnsupportedModelError(f"{type(model).__name__}.forward takes no input; prepare_qat needs one tensor")
+    return parameters[0]
 
 
 def _where(node: fx.Node, modules: dict[str, nn.Module]) -> str:
@@ -353,14 +398,15 @@ def _data_operands(node: fx.Node, values: dict[fx.Node, str]) -> list[fx.Node]:
     return [item for item in node.all_input_nodes if values[item] == "data"]
 
 
-def build_plan(model: nn.Module) -> QuantPlan:
-    """Trace ``model`` and decide its folds, int8 points and their anchors (see the module docstring)."""
+def build_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> QuantPlan:
+    """Trace ``model`` (at ``input_shape`` when given, see ``trace``) and decide its folds, int8 points and their
+    anchors (see the module docstring)."""
     if isinstance(model, CONTAINERS):
         raise UnsupportedModelError(
             f"prepare_qat needs a network class with its own forward, got a bare {type(model).__name__}; "
             "wrap it: class Net(nn.Module) holding it as self.body and returning self.body(x)"
         )
-    graph, calls, modules = trace(model)
+    graph, calls, modules = trace(model, input_shape)
     call_count = Counter(call.path for call in calls)
     values = _value_kinds(graph)
     kinds = {node: classify(node, modules, values) for node in graph.nodes}

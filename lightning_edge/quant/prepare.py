@@ -38,14 +38,23 @@ class QuantConfig:
         activation_bits: 8 (codes 0..255) or 7 (0..127: the runtime's u8 x s8 products can never saturate).
         weight_bits: 8 gives symmetric codes -127..127.
         averaging_constant: weight of each new batch in the moving-average ranges.
+        input_shape: (C, H, W) of one input, for a network whose forward branches on its input's size (timm's
+            MobileViT resizes only when H or W is not a multiple of its patch): the trace is specialised to this
+            size, and the network must then run at it. None (the default) traces without sizes.
     """
 
     observer: str = "minmax"
     activation_bits: int = 8
     weight_bits: int = 8
     averaging_constant: float = 0.01
+    input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.input_shape is not None:
+            shape = tuple(self.input_shape)  # a checkpoint or a Hydra config gives a list
+            if not shape or not all(isinstance(size, int) and size > 0 for size in shape):
+                raise ValueError(f"input_shape must be positive sizes (C, H, W) of one input, got {self.input_shape!r}")
+            object.__setattr__(self, "input_shape", shape)
         if self.observer not in OBSERVERS:
             raise ValueError(f"unknown observer {self.observer!r}; choose one of {', '.join(OBSERVERS)}")
         activation_range(self.activation_bits)
@@ -62,7 +71,11 @@ class QuantConfig:
         return cls(**dict(config))
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values (a list for ``input_shape``), as a checkpoint or a YAML file stores them."""
+        values = asdict(self)
+        if self.input_shape is not None:
+            values["input_shape"] = list(self.input_shape)
+        return values
 
 
 def prepare_qat(
@@ -77,7 +90,7 @@ def prepare_qat(
     if is_prepared(model):
         raise ValueError(f"{type(model).__name__} is already prepared for quantization (it has {QUANTIZERS_ATTRIBUTE})")
     config = QuantConfig.create(config)
-    plan = build_plan(model)
+    plan = build_plan(model, config.input_shape)
     if not inplace:
         model = copy.deepcopy(model)
     if hasattr(model, QUANTIZERS_ATTRIBUTE):
