@@ -65,7 +65,7 @@ def _qat_plan(args: argparse.Namespace) -> int:
     from lightning_edge.quant import build_plan
 
     model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, image_size=args.image_size)
-    plan = build_plan(model)
+    plan = build_plan(model, (args.in_chans, args.image_size, args.image_size) if args.sized else None)
     if args.json:
         print(json.dumps({"layers": [vars(fold) for fold in plan.folds], "tensors": [vars(point) for point in plan.points]}, indent=2))
         return 0
@@ -248,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     qat_plan = commands.add_parser("qat-plan", help="the int8 layers and tensors prepare_qat finds in a model")
     _add_model_arguments(qat_plan)
     qat_plan.add_argument("--json", action="store_true")
+    qat_plan.add_argument("--sized", action="store_true",
+                          help="trace at --image-size (QuantConfig.input_shape): for forwards that branch on sizes")
     qat_plan.set_defaults(handler=_qat_plan)
     prune_plan = commands.add_parser("prune-plan", help="channel groups of a model and the widths a MAC target leaves")
     _add_model_arguments(prune_plan)

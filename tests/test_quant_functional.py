@@ -341,7 +341,13 @@ def test_a_shaped_trace_finds_the_same_int8_points_as_a_plain_one():
     assert plain.points and plain.points == shaped.points and plain.folds == shaped.folds
 
 
-def test_a_bad_input_shape_is_refused():
+def test_input_shape_round_trips_and_a_bad_one_is_refused():
+    """A checkpoint or a Hydra config stores the shape as a list; it comes back as the same config."""
+    from lightning_edge.quant import QuantConfig
+
+    config = QuantConfig(input_shape=[1, 28, 28])
+    assert config.input_shape == (1, 28, 28) and config.as_dict()["input_shape"] == [1, 28, 28]
+    assert QuantConfig.create(config.as_dict()) == config
     with pytest.raises(ValueError, match="input_shape must be positive sizes"):
         prepare_qat(FunctionalNet(), {"input_shape": (1, 0, 28)})
 

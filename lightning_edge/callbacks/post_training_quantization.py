@@ -27,11 +27,12 @@ class PostTrainingQuantization(Callback):
         activation_bits: 8 or 7 (see ``QuantConfig``).
         weight_bits: 8.
         network: the module to quantize (as for ``QuantizationAwareTraining``).
+        input_shape: (C, H, W) for a forward that branches on its input's size (``QuantConfig.input_shape``).
     """
 
     def __init__(
         self, num_batches: int = 32, split: str = "val", activation_bits: int = 8, weight_bits: int = 8,
-        network: str | nn.Module | None = None,
+        network: str | nn.Module | None = None, input_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if num_batches < 1:
@@ -40,7 +41,7 @@ class PostTrainingQuantization(Callback):
             raise ValueError(f"unknown calibration split {split!r}; choose one of {', '.join(SPLITS)}")
         self.num_batches = int(num_batches)
         self.split = split
-        self.config = QuantConfig(activation_bits=activation_bits, weight_bits=weight_bits)
+        self.config = QuantConfig(activation_bits=activation_bits, weight_bits=weight_bits, input_shape=input_shape)
         self.network_spec = network
         self.network: nn.Module | None = None
 

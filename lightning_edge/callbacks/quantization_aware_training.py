@@ -47,6 +47,8 @@ class QuantizationAwareTraining(Callback):
         freeze_observers_epoch: from this epoch on, activation ranges stay fixed (torchvision: 4). None: never.
         network: the module to quantize: an attribute path of the LightningModule or the module itself;
             None finds ``net`` / ``model`` / ``student`` / ``network``, else the whole LightningModule.
+        input_shape: (C, H, W) for a network whose forward branches on its input's size (timm's MobileViT):
+            the trace is specialised to it (``QuantConfig.input_shape``). None: traced without sizes.
     """
 
     def __init__(
@@ -59,9 +61,10 @@ class QuantizationAwareTraining(Callback):
         freeze_bn_epoch: int | None = None,
         freeze_observers_epoch: int | None = None,
         network: str | nn.Module | None = None,
+        input_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
-        self.config = QuantConfig(observer, activation_bits, weight_bits, averaging_constant)
+        self.config = QuantConfig(observer, activation_bits, weight_bits, averaging_constant, input_shape)
         for name, value in (("start_epoch", start_epoch), ("freeze_bn_epoch", freeze_bn_epoch),
                             ("freeze_observers_epoch", freeze_observers_epoch)):
             if value is not None and int(value) < 0:
