@@ -11,6 +11,7 @@
     lightning-edge inspect F.edge            per layer: op, fused ONNX nodes, chosen kernel, MACs, bytes
     lightning-edge run F.edge --input x.npy  run a .edge file on a .npy batch (float32 NCHW)
     lightning-edge bench F.edge [--onnx F.onnx]  latency at batch 1 and 32, against ONNX Runtime if given
+    lightning-edge compare F.edge F.onnx     per input, the first tensor whose codes differ from ONNX Runtime's
     lightning-edge train [OVERRIDES...]      the same as `python train.py OVERRIDES...`
 """
 from __future__ import annotations
@@ -155,6 +156,27 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lightning_edge.runtime import load
+    from lightning_edge.runtime.compare import first_differences
+
+    if args.input:
+        x = np.load(args.input)
+    else:
+        x = np.random.default_rng(0).standard_normal((8, *load(args.edge, threads=1).input_shape)).astype(np.float32)
+    session = "ONNX Runtime unfused" if args.unfused else "ONNX Runtime"
+    found = first_differences(args.edge, args.onnx, x, optimized=not args.unfused)
+    for index, difference in enumerate(found):
+        if difference is None:
+            print(f"input {index}: every stored tensor equals {session}'s")
+        else:
+            print(f"input {index}: codes part at {difference.tensor} (tensor {difference.compared} compared): "
+                  f"{difference.differing} of {difference.size} codes differ, by at most {difference.largest}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -292,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--batch", type=int, nargs="+", default=[1, 32])
             command.add_argument("--rounds", type=int, default=8)
             command.add_argument("--layers", action="store_true", help="also time each op inside whole runs")
+    compare = commands.add_parser("compare", help="the first tensor where a .edge file's codes part from ONNX Runtime's")
+    compare.add_argument("edge")
+    compare.add_argument("onnx", help="the QDQ file the .edge came from")
+    compare.add_argument("--input", help=".npy file, float32 (batch, C, H, W); default: 8 random inputs")
+    compare.add_argument("--unfused", action="store_true",
+                         help="ONNX Runtime without graph optimizations (the file's QDQ arithmetic as written)")
+    compare.set_defaults(handler=_compare)
     commands.add_parser("train", help="run train.py with Hydra overrides", add_help=False)
     return parser
 

@@ -15,6 +15,8 @@ are recorded). Per file:
   difference relative to the largest output (agreement: within 5%); ONNX Runtime runs both as users run it (its
   fused integer kernels) and unfused (``ORT_DISABLE_ALL``: the file's QDQ arithmetic as written), and where
   the two disagree on some inputs, the agreement on the inputs where they agree is reported too;
+- where a file misses the agreement: per ONNX Runtime session, the first stored tensor at which its codes part
+  from ours, input by input (``lightning_edge.runtime.compare``);
 - whether ``lightning_edge.runtime.compile`` accepts it (else its message); where it does, whether
   ``load(edge).run`` equals the reference bit for bit, and its speed against ONNX Runtime at batch 1
   (2 threads, alternating blocks, lightning_edge.runtime.benchmark.alternating).
@@ -247,6 +249,22 @@ def remeasure_speed(args: argparse.Namespace, out: Path) -> None:
     (out / "results.md").write_text(_markdown(payload, args) + "\n")
 
 
+def where_codes_part(edge: Path, path: str, x: np.ndarray, threads: int) -> dict:
+    """For a file that misses the agreement: per ONNX Runtime session, on how many inputs any stored tensor's codes
+    differ from ours, and the first tensors where they start to (lightning_edge.runtime.compare)."""
+    from collections import Counter
+
+    from lightning_edge.runtime.compare import first_differences
+
+    found = {}
+    for key, optimized in (("fused", True), ("unfused", False)):
+        differences = [d for d in first_differences(str(edge), path, x, optimized=optimized, threads=threads) if d]
+        first = Counter(d.tensor for d in differences).most_common(3)
+        found[key] = {"inputs_with_a_difference": len(differences), "first_tensors": dict(first),
+                      "largest_first_difference": max((d.differing for d in differences), default=0)}
+    return found
+
+
 def check_network(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
     folder = out / name
     try:
@@ -267,6 +285,8 @@ def check_network(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
         if source != "fp32":
             try:
                 record.update(runtime_check(path, folder, source, x, expected, args))
+                if record.get("compiles") and not record.get("agrees", True):
+                    record["first_differences"] = where_codes_part(folder / f"{source}.edge", path, x, args.threads)
             except Exception as error:  # noqa: BLE001
                 record["runtime_error"] = f"{type(error).__name__}: {error}".splitlines()[0][:400]
         results.append(record)
@@ -300,7 +320,10 @@ def _runtime_cell(r: dict) -> str:
     if not r.get("compiles"):
         return "no: " + r.get("compile_error", "").replace("|", "/")[:200]
     exact = {True: "bit-exact", False: "**differs**", None: "not compared"}[r.get("bit_exact")]
-    return f"yes, {exact}, {r['ms']['ours']:.2f} ms vs ORT {r['ms']['ort']:.2f} ms (x{r['speedup_vs_ort']:.2f})"
+    parts = "".join(f"; codes part from ORT {key} on {d['inputs_with_a_difference']} inputs, first at "
+                    + ", ".join(f"{name.split('/')[-2]} ({count})" for name, count in d["first_tensors"].items())
+                    for key, d in r.get("first_differences", {}).items() if d["inputs_with_a_difference"])
+    return f"yes, {exact}, {r['ms']['ours']:.2f} ms vs ORT {r['ms']['ort']:.2f} ms (x{r['speedup_vs_ort']:.2f}){parts}"
 
 
 def table(results: list[dict]) -> str:
