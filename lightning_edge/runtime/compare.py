@@ -44,6 +44,9 @@ def first_differences(edge_path: str | os.PathLike, onnx_path: str | os.PathLike
                        for attribute in node.attribute if attribute.name == "value"})
     quantize_nodes = [node for node in model.graph.node if node.op_type == "QuantizeLinear"]
     quantized = [node.output[0] for node in quantize_nodes]
+    if not quantized:
+        raise ValueError(f"{os.fspath(onnx_path)} has no QuantizeLinear: compare finds where int8 codes differ; "
+                         "for a float file compare the outputs (lightning-edge run --output)")
     outputs = {output.name for output in model.graph.output}
     for node in quantize_nodes:  # a QuantizeLinear's codes have its zero point's type (uint8 without one)
         code_type = code_types.get(node.input[2], TensorProto.UINT8) if len(node.input) > 2 else TensorProto.UINT8
