@@ -468,6 +468,108 @@ class ToCodesOp(ImageFields, Op):
     grid: Grid
 
 
+@op_kind
+@dataclass(kw_only=True)
+class FloatInputOp(ImageFields, Op):
+    """The float32 NCHW input as an f32 tensor (a plain FP32 file, or a float region reading the input): a copy."""
+
+    KIND = "float_input"
+    INPUTS = ()
+    POSITIVE = ("channels", "height", "width")
+    output: int
+
+
+@op_kind
+@dataclass(kw_only=True)
+class FloatOutputOp(ImageFields, Op):
+    """An f32 tensor as the float32 output (a float region at the graph's end): a copy; (F, 1, 1) for a vector."""
+
+    KIND = "float_output"
+    OUTPUT = None
+    POSITIVE = ("channels", "height", "width")
+    input: int
+
+
+@dataclass(kw_only=True)
+class FloatWindowFields:
+    """A float op's sliding window over an f32 (C, H, W) tensor: kernel, stride, dilation and top/left padding,
+    each padding smaller than the dilated kernel (the C++ op indexes nothing outside the image either way)."""
+
+    kernel_h: int
+    kernel_w: int
+    stride_h: int = 1
+    stride_w: int = 1
+    dilation_h: int = 1
+    dilation_w: int = 1
+    pad_top: int = 0
+    pad_left: int = 0
+
+    def check_float_window(self, op_id: str, *pads: int) -> None:
+        values = (self.kernel_h, self.kernel_w, self.stride_h, self.stride_w, self.dilation_h, self.dilation_w)
+        if not all(0 < v <= MAX_DIMENSION for v in values):
+            raise PlanError(f"op {op_id}: kernel, stride and dilation must be positive dimensions")
+        extent_h, extent_w = (self.kernel_h - 1) * self.dilation_h + 1, (self.kernel_w - 1) * self.dilation_w + 1
+        for pad, extent in zip((self.pad_top, self.pad_left, *pads), (extent_h, extent_w, extent_h, extent_w)):
+            if not 0 <= pad < extent:
+                raise PlanError(f"op {op_id}: padding {pad} must be smaller than the dilated window ({extent})")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class FloatConvOp(FloatWindowFields, Op):
+    """A float32 convolution (groups, depthwise, stride, padding, dilation, bias) of an f32 (in_c, in_h, in_w)
+    tensor: float32 products summed in float64 with the bias, rounded once (INT8_SPEC rule 17)."""
+
+    KIND = "float_conv"
+    ARRAYS = ("weights", "bias")
+    POSITIVE = ("in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "groups")
+    input: int
+    output: int
+    in_c: int
+    in_h: int
+    in_w: int
+    out_c: int
+    out_h: int
+    out_w: int
+    groups: int = 1
+    weights: str                        # float32 (out_c, in_c / groups, kernel_h, kernel_w), ONNX's layout
+    bias: str | None = None             # float32 (out_c,)
+    macs: int = 0
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        self.check_float_window(self.id)
+        if self.in_c % self.groups or self.out_c % self.groups:
+            raise PlanError(f"op {self.id}: {self.in_c} -> {self.out_c} channels do not divide into {self.groups} groups")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class FloatPoolOp(FloatWindowFields, ImageFields, Op):
+    """MaxPool or AveragePool of an f32 (C, H, W) tensor: the window maximum (padding never wins), or the float64
+    sum over the window's elements inside the input divided by the count, rounded once; ``count`` is the elements
+    inside the input, or with ``count_include_pad`` inside the input and its explicit padding (``pad_bottom``,
+    ``pad_right``; a ceil_mode overhang is not padding)."""
+
+    KIND = "float_pool"
+    OPERATIONS: ClassVar[tuple[str, ...]] = ("max", "average")
+    POSITIVE = ("channels", "height", "width", "out_h", "out_w")
+    operation: str
+    input: int
+    output: int
+    out_h: int
+    out_w: int
+    pad_bottom: int = 0
+    pad_right: int = 0
+    count_include_pad: bool = False
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        self.check_float_window(self.id, self.pad_bottom, self.pad_right)
+        if self.operation not in self.OPERATIONS:
+            raise PlanError(f"op {self.id}: operation {self.operation!r} is not one of {self.OPERATIONS}")
+
+
 # Instructions of a float expression: (opcode, destination, a, b, c) registers, immediates (imm0, imm1).
 FLOAT_OPCODES = ("input", "constant", "add", "sub", "mul", "div", "max", "min", "neg", "abs", "relu", "clip",
                  "leaky_relu", "prelu", "hard_sigmoid", "hard_swish", "sigmoid", "tanh", "exp", "log", "sqrt", "erf",

@@ -198,6 +198,10 @@ class GraphCompiler:
             raise CompileError(None, f"input {input_info.name!r} has dynamic sizes {dims}; give compile(..., "
                                      "input_shape=(C, H, W)) (lightning-edge compile --input-shape C H W)")
         self.input_name, self.input_shape = input_info.name, shape
+        if any(reader.op_type != "QuantizeLinear" for reader in self._readers_through_identity(self.input_name)):
+            from lightning_edge.runtime.compiler.float_region import float_input
+
+            self.floats[self.input_name] = float_input(self)  # a float region reads the input (a plain FP32 file)
         output_tensor = output_node = None
         for node in self.graph.node:
             op = node.op_type
@@ -242,8 +246,12 @@ class GraphCompiler:
             else:
                 raise CompileError(node, f"op {op} is not supported by the INT8 runtime (supported: "
                                          f"{', '.join(sorted(RULES))}, QuantizeLinear, DequantizeLinear, Identity)")
+        name = next(iter(self.outputs))
+        if output_tensor is None and (name in self.floats or name in self.expressions):
+            from lightning_edge.runtime.compiler.float_region import float_output
+
+            return self._plan(float_output(self, name))
         if output_tensor is None:  # codes moved after their last DequantizeLinear (a Flatten at the end) are output too
-            name = next(iter(self.outputs))
             value = self.views.get(name) or (self.pending.get(name) if getattr(self.pending.get(name), "kind", "") == "max_pool"
                                              else None)
             if value is None:
@@ -254,14 +262,25 @@ class GraphCompiler:
         channels, height, width = output_tensor.chw()
         self.emit(self.op(DequantizeOp, [output_node], input=output_tensor.index, grid=output_tensor.grid(),
                           channels=channels, height=height, width=width))
+        return self._plan(list(output_tensor.shape))
+
+    def _plan(self, output_shape: list[int]) -> tuple[Plan, dict[str, np.ndarray]]:
+        """The plan of the ops emitted, once the output op is: each op's ``fuses`` filled in."""
         op_types = {node.name: node.op_type for node in self.graph.node}
         for op in self.ops:  # what each op does, in ONNX terms (lightning-edge inspect shows it)
             compute = [op_types[name] for name in op.nodes
                        if op_types[name] not in ("QuantizeLinear", "DequantizeLinear") and name not in self.code_clips]
             op.fuses = "+".join(compute or [op_types[name] for name in op.nodes])  # quantize / dequantize
-        plan = Plan(source=self.source, input_shape=list(self.input_shape), output_shape=list(output_tensor.shape),
+        plan = Plan(source=self.source, input_shape=list(self.input_shape), output_shape=list(output_shape),
                     tensors=self.tensors, ops=self.ops)
         return plan, self.arrays
+
+    def _readers_through_identity(self, name: str) -> list[Any]:
+        """The nodes reading ``name``, an Identity seen through to its own readers."""
+        found = []
+        for reader in self.readers.get(name, []):
+            found += self._readers_through_identity(reader.output[0]) if reader.op_type == "Identity" else [reader]
+        return found
 
     def _shape(self, node: Any) -> np.ndarray:
         """Shape of an activation, known at compile time (batch 1, as every view is built)."""
@@ -431,7 +450,7 @@ class GraphCompiler:
     def _quantize(self, node: Any) -> Tensor | MoveView:
         grid, shift = self.grid_of(node)
         source = node.input[0]
-        if source == self.input_name:
+        if source == self.input_name and source not in self.floats:
             if any(isinstance(op, QuantizeOp) for op in self.ops):
                 raise CompileError(node, "the input is quantized twice")
             channels, height, width = self.input_shape

@@ -202,7 +202,12 @@ def _gather(c: GraphCompiler, view: MoveView, storage: np.ndarray, shape: tuple[
 
 # ---------------------------------------------------------------------------------------------- max pooling
 @rule("MaxPool")
-def max_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
+def max_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
+    """Max pooling on codes, or on float values a float_pool op."""
+    from lightning_edge.runtime.compiler.float_region import float_pool, runs_in_float
+
+    if runs_in_float(c, node, operands):
+        return float_pool(c, node, operands)
     x = c.image(node, operands[0])
     attributes = _attributes(node)
     if len(node.output) > 1 and node.output[1]:

@@ -14,11 +14,16 @@ Engine::Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor
     : backend_(choose_backend(kernels)), scheduler_(threads) {
     BuildContext build(backend_, tensor_sizes, arrays);
     for (const OpDescription& op : ops) ops_.push_back(find_operator(op.kind)(op.attributes, build));
-    if (ops.empty() || ops.front().kind != "quantize" || ops.back().kind != "dequantize")
-        throw std::invalid_argument("a plan starts with its one quantize op and ends with its one dequantize op");
+    // The ends read the plan's input (quantize its codes, float_input its float32 values) and write its output.
+    auto reads_input = [](const OpDescription& op) { return op.kind == "quantize" || op.kind == "float_input"; };
+    auto writes_output = [](const OpDescription& op) { return op.kind == "dequantize" || op.kind == "float_output"; };
+    if (ops.size() < 2 || !reads_input(ops.front()) || !writes_output(ops.back()))
+        throw std::invalid_argument("a plan starts with its one quantize (or float_input) op and ends with its one "
+                                    "dequantize (or float_output) op");
     for (size_t i = 1; i + 1 < ops.size(); ++i)
-        if (ops[i].kind == "quantize" || ops[i].kind == "dequantize")
-            throw std::invalid_argument("a plan has one quantize op (first) and one dequantize op (last)");
+        if (reads_input(ops[i]) || writes_output(ops[i]))
+            throw std::invalid_argument("a plan has one input op (quantize or float_input, first) and one output op "
+                                        "(dequantize or float_output, last)");
     std::vector<OpTensors> uses;
     for (const auto& op : ops_) uses.push_back(op->tensors());
     memory_ = std::make_unique<MemoryPlanner>(std::move(tensor_sizes), uses, build.workspace_per_sample(),

@@ -26,7 +26,8 @@ struct OpDescription {
 class Engine {
   public:
     // Builds and checks every op (std::invalid_argument on the first problem), then the plan as a whole:
-    // one quantize op first, one dequantize op last, no tensor read before it is written or written twice.
+    // one input op first (quantize, or float_input for a float32 input), one output op last (dequantize, or
+    // float_output), no tensor read before it is written or written twice.
     // `arrays` must outlive the engine; tensor sizes are codes per sample.
     Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor_sizes, const ArrayTable& arrays, int threads,
            const std::string& kernels);

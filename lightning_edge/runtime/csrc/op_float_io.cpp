@@ -1,0 +1,63 @@
+// The plan's float32 ends, for what a plain FP32 file (or a float region at the graph's edge) reads and writes:
+// float_input copies the float32 NCHW input into an f32 tensor (ONNX order: the same layout) and float_output
+// copies an f32 tensor to the float32 output. They take the places of quantize and dequantize (engine.cpp).
+#include <cstring>
+
+#include "float_region.h"
+#include "op_registry.h"
+
+namespace edge {
+
+namespace {
+
+// channels * height * width of the float tensor at the plan's boundary, checked.
+size_t boundary_size(const Attributes& attrs, const char* what) {
+    return element_count({attrs.get_int("channels"), attrs.get_int("height"), attrs.get_int("width")}, what);
+}
+
+class FloatInput final : public Operator {
+  public:
+    FloatInput(const Attributes& attrs, BuildContext& context) {
+        size_ = boundary_size(attrs, "float_input");
+        tensors_.output = context.tensor_index(attrs, "output", f32_bytes(size_));
+    }
+
+    void run(const ExecutionContext& context) const override {
+        if (!context.input) return;
+        std::memcpy(context.tensor(tensors_.output), context.input, f32_bytes(size_) * context.batch);
+    }
+
+  private:
+    size_t size_;
+};
+
+class FloatOutput final : public Operator {
+  public:
+    FloatOutput(const Attributes& attrs, BuildContext& context) {
+        size_ = boundary_size(attrs, "float_output");
+        tensors_.inputs = {context.tensor_index(attrs, "input", f32_bytes(size_))};
+    }
+
+    void run(const ExecutionContext& context) const override {
+        if (!context.output) return;
+        std::memcpy(context.output, context.tensor(tensors_.inputs[0]), f32_bytes(size_) * context.batch);
+    }
+
+  private:
+    size_t size_;
+};
+
+std::unique_ptr<Operator> make_float_input(const Attributes& attrs, BuildContext& context) {
+    return std::make_unique<FloatInput>(attrs, context);
+}
+
+std::unique_ptr<Operator> make_float_output(const Attributes& attrs, BuildContext& context) {
+    return std::make_unique<FloatOutput>(attrs, context);
+}
+
+}  // namespace
+
+EDGE_REGISTER_OP("float_input", make_float_input);
+EDGE_REGISTER_OP("float_output", make_float_output);
+
+}  // namespace edge
