@@ -58,7 +58,7 @@ def to_float(c: GraphCompiler, node: Any, operand: Any) -> FloatTensor:
     if isinstance(operand, Expression):  # evaluated once however many ops read it (the entry keeps its id alive)
         key = ("expression", id(operand))
         if key not in c.float_copies:
-            c.float_copies[key] = (operand, float_expression(c, operand, f"{operand.node.output[0]}"))
+            c.float_copies[key] = (operand, _evaluated(c, operand))
         return c.float_copies[key][1]
     tensor = c.activation(node, operand)
     if tensor.flat_order is not None:
@@ -91,6 +91,16 @@ def float_output(c: GraphCompiler, name: str) -> list[int]:
     channels, height, width = _image(value.shape)
     c.emit(c.op(FloatOutputOp, [], input=value.index, channels=channels, height=height, width=width))
     return [channels, height, width] if (height, width) != (1, 1) else [channels]
+
+
+def _evaluated(c: GraphCompiler, expression: Expression) -> FloatTensor:
+    """An expression as a float tensor: one float_expression op, or, where moves came after the function (a Flatten
+    of a Relu), the function's tensor moved."""
+    from lightning_edge.runtime.compiler.movement import is_move
+
+    if is_move(expression.node):
+        return move_float(c, expression.node, [to_float(c, expression.node, expression.operands[0])])[expression.node.output[0]]
+    return float_expression(c, expression, f"{expression.node.output[0]}")
 
 
 def to_codes(c: GraphCompiler, quantizer: Any, value: FloatTensor, grid: tuple[float, int, int, int]) -> Tensor:
@@ -453,33 +463,41 @@ def float_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
     return output
 
 
-def move_float(c: GraphCompiler, node: Any, value: FloatTensor) -> dict[str, FloatTensor]:
-    """Data movement of a float tensor: the same numbering trick as codes, as a float32 gather (or no op at all)."""
-    numbers = np.arange(int(np.prod(value.shape)), dtype=np.int64).reshape(value.shape)
-    inputs = [numbers] + [c.constant(node, name) if name else None for name in node.input[1:]]
+def move_float(c: GraphCompiler, node: Any, values: list[FloatTensor]) -> dict[str, FloatTensor]:
+    """Data movement of float tensors (one, or a Concat's several): the same numbering trick as codes (input i's
+    elements numbered ``i << 32 | element``), as a float32 gather (or no op at all)."""
+    numbers = [(i << MoveView.SLOT_SHIFT) + np.arange(int(np.prod(v.shape)), dtype=np.int64).reshape(v.shape)
+               for i, v in enumerate(values)]
+    data = len(values) if node.op_type == "Concat" else 1
+    inputs = numbers + [c.constant(node, name) if name else None for name in node.input[data:]]
     if node.op_type == "Pad" and _attributes(node).get("mode", "constant") == "constant":
         constant = inputs[2] if len(inputs) > 2 and inputs[2] is not None else 0.0
         if float(np.asarray(constant).reshape(-1)[0]) != 0.0:
             raise CompileError(node, "a float-region Pad with a constant other than 0 is not supported")
-        inputs = [numbers, inputs[1], np.array(-1, np.int64), *inputs[3:]]  # padding: element -1, the value 0
+        inputs = [numbers[0], inputs[1], np.array(-1, np.int64), *inputs[3:]]  # padding: element -1, the value 0
     result = FLOAT_OPS[node.op_type](node, inputs, _attributes(node))
-    return {name: float_gather(c, node, value, np.asarray(index), name)
+    return {name: float_gather(c, node, values, np.asarray(index), name)
             for name, index in zip(node.output, result if isinstance(result, tuple) else (result,))}
 
 
-def float_gather(c: GraphCompiler, node: Any, value: FloatTensor, index: np.ndarray, name: str) -> FloatTensor:
-    """``value``'s elements picked by ``index`` (element numbers, in the result's ONNX shape): the same tensor seen
-    with another shape where nothing moves, else a float32 gather."""
-    if index.size == int(np.prod(value.shape)) and np.array_equal(index.reshape(-1), np.arange(index.size)):
-        return FloatTensor(value.index, tuple(index.shape), value.producer)
+def float_gather(c: GraphCompiler, node: Any, value: FloatTensor | list[FloatTensor], index: np.ndarray,
+                 name: str) -> FloatTensor:
+    """Elements of ``value`` (one tensor or several) picked by ``index`` (``input << 32 | element`` numbers, -1 for
+    padding, in the result's ONNX shape): the same tensor seen with another shape where nothing moves, else a
+    float32 gather."""
+    values = value if isinstance(value, list) else [value]
+    first = values[0]
+    if index.size == int(np.prod(first.shape)) and np.array_equal(index.reshape(-1), np.arange(index.size)):
+        return FloatTensor(first.index, tuple(index.shape), first.producer)
     output = new_float(c, name, tuple(index.shape))
     op_id = c.new_id()
     flat = index.reshape(-1)
-    padded = (flat < 0).any()
+    slots = np.where(flat < 0, -1, flat >> MoveView.SLOT_SHIFT).astype(np.int32)
+    elements = np.where(flat < 0, 0, flat & 0xFFFFFFFF).astype(np.int32)
     output.producer = c.emit(GatherOp(
-        id=op_id, nodes=[node.name], inputs=[value.index], input_sizes=[int(np.prod(value.shape))], tables=[None],
-        size=int(index.size), indices=c.array(op_id, "indices", np.maximum(flat, 0).astype(np.int32)),
-        sources=c.array(op_id, "sources", np.where(flat < 0, -1, 0).astype(np.int32)) if padded else None,
+        id=op_id, nodes=[node.name], inputs=[v.index for v in values], input_sizes=[int(np.prod(v.shape)) for v in values],
+        tables=[None] * len(values), size=int(index.size), indices=c.array(op_id, "indices", elements),
+        sources=c.array(op_id, "sources", slots) if len(values) > 1 or (slots < 0).any() else None,
         output=output.index, element_bytes=4))
     return output
 

@@ -342,8 +342,9 @@ class GraphCompiler:
             raise CompileError(node, f"reads the float result of {operand.node.name!r} ({operand.node.op_type}); "
                                      "the runtime needs a QuantizeLinear/DequantizeLinear pair between them")
         if hasattr(operand, "shape") and hasattr(operand, "index") and not isinstance(operand, np.ndarray):
-            raise CompileError(node, "reads a float-region tensor; an int8 op needs a QuantizeLinear/DequantizeLinear "
-                                     "pair before it")
+            what = f"op {node.op_type} runs" if node is not None else "this op runs"
+            raise CompileError(node, f"{what} on int8 codes only in the runtime (it has no float32 form yet) and reads a "
+                                     "float32 tensor; quantize the model (a QuantizeLinear/DequantizeLinear pair before it)")
         raise CompileError(node, f"reads {operand!r}, which is not a dequantized int8 activation")
 
     def image(self, node: Any, operand: Any) -> Tensor:
