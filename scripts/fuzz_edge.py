@@ -152,13 +152,13 @@ def main() -> int:
         return 0
     rng = np.random.default_rng(args.seed)
     kernels = available_kernels()
-    x = rng.standard_normal((2, 1, 12, 12)).astype(np.float32)
     counts = {"loaded and ran": 0, "refused": 0, "other": 0}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         seed = Path(args.seed_edge) if args.seed_edge else seed_file(Path(folder))
         original = seed.read_bytes()
         plan, tensors = read_edge(seed)
+        x = rng.standard_normal((2, *plan["input"]["shape"])).astype(np.float32)  # any seed's input (an FP32 file's too)
         mutated_path = Path(folder) / "mutated.edge"
         for trial in range(args.files):
             try:
