@@ -100,6 +100,26 @@ def test_timm_fp32_file_runs_in_float(tmp_path, name):
     check_runs(tmp_path / f"{name}.onnx", tmp_path / f"{name}.edge", x)
 
 
+class Activations(nn.Module):
+    """Elementwise functions of float tensors after a conv: each one a step of a float expression."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.gate = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, g = self.conv(x), self.gate(x)
+        functions = [nn.functional.hardswish(y), nn.functional.hardsigmoid(g) * y, nn.functional.silu(y),
+                     nn.functional.gelu(g), nn.functional.leaky_relu(y, 0.1), torch.tanh(g) - torch.sigmoid(y),
+                     torch.clamp(y, -0.5, 0.25), nn.functional.mish(g)]
+        return sum(functions)
+
+
+def test_fp32_elementwise_functions_run_as_float_expressions(tmp_path):
+    x = export(Activations(), tmp_path / "model.onnx", (2, 3, 7, 7))
+    check_runs(tmp_path / "model.onnx", tmp_path / "model.edge", x)
+
+
 class Upsample(nn.Module):
     def __init__(self):
         super().__init__()

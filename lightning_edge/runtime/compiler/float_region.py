@@ -26,7 +26,7 @@ _OPCODE = {name: index for index, name in enumerate(FLOAT_OPCODES)}
 _DIRECT = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min", "Neg": "neg", "Abs": "abs",
            "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Erf": "erf",
            "Pow": "pow", "Softplus": "softplus", "Mish": "mish", "Reciprocal": "reciprocal", "Floor": "floor",
-           "Ceil": "ceil", "HardSwish": "hard_swish", "PRelu": "prelu"}
+           "Ceil": "ceil", "PRelu": "prelu"}
 
 
 @dataclass
@@ -228,6 +228,8 @@ class _Program:
         if op == "HardSigmoid":
             return self.emit("hard_sigmoid", self.register_of(operands[0]),
                              immediates=(np.float32(attributes.get("alpha", 0.2)), np.float32(attributes.get("beta", 0.5))))
+        if op == "HardSwish":  # x * HardSigmoid(x) with ONNX's fixed alpha and beta (reference.hard_swish)
+            return self.emit("hard_swish", self.register_of(operands[0]), immediates=(np.float32(1.0 / 6.0), 0.5))
         if op == "Gelu":
             return self.emit("gelu", self.register_of(operands[0]),
                              immediates=(1.0 if attributes.get("approximate", "none") == "tanh" else 0.0, 0))
