@@ -173,13 +173,14 @@ class QuantizeOp(ImageFields, Op):
 @op_kind
 @dataclass(kw_only=True)
 class DequantizeOp(ImageFields, Op):
-    """uint8 NHWC codes on ``grid`` -> the float32 NCHW output: ``float32(q - z) * s``."""
+    """uint8 NHWC codes on ``grid`` -> the float32 NCHW output number ``index``: ``float32(q - z) * s``."""
 
     KIND = "dequantize"
     OUTPUT = None
     POSITIVE = ("channels", "height", "width")
     input: int
     grid: Grid
+    index: int = 0                      # which of the plan's outputs (graph output order)
 
 
 @op_kind
@@ -482,12 +483,14 @@ class FloatInputOp(ImageFields, Op):
 @op_kind
 @dataclass(kw_only=True)
 class FloatOutputOp(ImageFields, Op):
-    """An f32 tensor as the float32 output (a float region at the graph's end): a copy; (F, 1, 1) for a vector."""
+    """An f32 tensor as the float32 output number ``index`` (a float region at the graph's end): a copy; (F, 1, 1)
+    for a vector."""
 
     KIND = "float_output"
     OUTPUT = None
     POSITIVE = ("channels", "height", "width")
     input: int
+    index: int = 0                      # which of the plan's outputs (graph output order)
 
 
 @dataclass(kw_only=True)
@@ -691,10 +694,16 @@ class FloatReduceOp(Op):
             raise PlanError(f"op {self.id}: a {self.operation!r} reduction over {self.axes} of {self.shape}")
 
 
+OUTPUT_KINDS = ("dequantize", "float_output")  # the ops that write the plan's outputs, last in the plan
+
+
 @dataclass
 class Plan:
     """A compiled network: its tensors and ops in execution order, the input and output shapes, and how
-    primitive selection timed the kernels (``selection``)."""
+    primitive selection timed the kernels (``selection``).
+
+    ``outputs`` names every output and its shape per sample, in graph output order (each written by the output op
+    of that ``index``); ``output_shape`` is the first one's."""
 
     source: str
     input_shape: list[int]
@@ -704,10 +713,20 @@ class Plan:
     selection: dict[str, Any] | None = None
     format: str = PLAN_FORMAT
     version: int = PLAN_VERSION
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # [{"name": str, "shape": [int, ...]}, ...]
+
+    def __post_init__(self) -> None:
+        if not self.outputs:
+            self.outputs = [{"name": "output", "shape": list(self.output_shape)}]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [entry["name"] for entry in self.outputs]
 
     def to_dict(self) -> dict[str, Any]:
         data = {"format": self.format, "version": self.version, "source": self.source,
                 "input": {"shape": list(self.input_shape)}, "output": {"shape": list(self.output_shape)},
+                "outputs": [{"name": entry["name"], "shape": list(entry["shape"])} for entry in self.outputs],
                 "tensors": [{k: v for k, v in asdict(t).items() if k != "folded" or v} for t in self.tensors],
                 "ops": [op.to_dict() for op in self.ops]}
         if self.selection is not None:
@@ -738,12 +757,16 @@ class Plan:
             if not isinstance(shape, list) or not all(_is_int(d) and 0 < d <= MAX_DIMENSION for d in shape):
                 raise PlanError(f"the plan's {key} shape {shape!r} is not a list of positive dimensions")
             shapes[key] = shape
+        outputs = _outputs(data, shapes["output"])
+        indices = sorted(op.index for op in ops if op.KIND in OUTPUT_KINDS)
+        if indices != list(range(len(outputs))):
+            raise PlanError(f"the plan's output ops write outputs {indices}, not each of its {len(outputs)} outputs once")
         selection = data.get("selection")
         if selection is not None and not isinstance(selection, dict):
             raise PlanError("the plan's selection record is not an object")
         source = data.get("source", "?")
         return cls(source=source if isinstance(source, str) else "?", input_shape=shapes["input"],
-                   output_shape=shapes["output"], tensors=tensors, ops=ops, selection=selection)
+                   output_shape=shapes["output"], tensors=tensors, ops=ops, selection=selection, outputs=outputs)
 
     def op_ids(self) -> list[str]:
         return [op.id for op in self.ops]
@@ -755,6 +778,22 @@ def _list(data: dict, key: str) -> list:
     if not isinstance(value, list) or not value:
         raise PlanError(f"the plan's {key!r} is not a non-empty list")
     return value
+
+
+def _outputs(data: dict, first_shape: list[int]) -> list[dict[str, Any]]:
+    """The plan's ``outputs`` list (names and shapes), checked; a plan without one has its single ``output``."""
+    entries = data.get("outputs", [{"name": "output", "shape": first_shape}])
+    if not isinstance(entries, list) or not entries:
+        raise PlanError("the plan's 'outputs' is not a non-empty list")
+    outputs = []
+    for index, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not isinstance(shape, list) \
+                or not all(_is_int(d) and 0 < d <= MAX_DIMENSION for d in shape):
+            raise PlanError(f"the plan's output {index} is not a name and a list of positive dimensions")
+        outputs.append({"name": name, "shape": shape})
+    return outputs
 
 
 def _is_int(value: Any) -> bool:

@@ -1,4 +1,5 @@
-"""Load a .edge file and run it: ``load(path, threads=None) -> Session``; ``Session.run(x) -> np.ndarray``.
+"""Load a .edge file and run it: ``load(path, threads=None) -> Session``; ``Session.run(x) -> np.ndarray`` (a list
+of arrays in graph output order for a model with several outputs; ``run(x, as_dict=True)``: a dict by output name).
 
 numpy and the compiled kernels only (no torch, no onnx). The .edge container is checked by
 ``edge_format.read_edge``; the plan inside it is then checked field by field (``plan.Plan.from_dict``) and
@@ -40,6 +41,8 @@ class Session:
             self._engine = module.Engine(ops, sizes, arrays, threads or default_threads(), resolved)
             first = plan.ops[0]
             self.input_shape = (first.channels, first.height, first.width)
+            if self._engine.output_count != len(plan.outputs):
+                raise ValueError(f"the plan names {len(plan.outputs)} outputs, its ops write {self._engine.output_count}")
             if list(self.input_shape) != list(plan.input_shape):
                 raise ValueError(f"input shape {plan.input_shape} is not the quantize op's {list(self.input_shape)}")
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError, ArithmeticError, AttributeError) as error:
@@ -54,19 +57,31 @@ class Session:
     def threads(self) -> int:
         return self._engine.threads
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """float32 (batch, C, H, W) in, the model's float32 output (batch, classes) or (batch, C, H, W) out."""
-        return self._engine.run(self._checked(x))
+    @property
+    def output_names(self) -> list[str]:
+        """The model's outputs, in graph output order (what ``run`` returns them in)."""
+        return self.plan.output_names
+
+    def run(self, x: np.ndarray, as_dict: bool = False) -> np.ndarray | list[np.ndarray] | dict[str, np.ndarray]:
+        """float32 (batch, C, H, W) in; out, each output in float32 as (batch, classes) or (batch, C, H, W): the one
+        array of a one-output model, else a list in graph output order; with ``as_dict``, a dict by output name."""
+        return self._outputs(self._engine.run(self._checked(x)), as_dict)
+
+    def _outputs(self, arrays: list[np.ndarray], as_dict: bool) -> Any:
+        if as_dict:
+            return dict(zip(self.output_names, arrays))
+        return arrays[0] if len(arrays) == 1 else list(arrays)
 
     def profile(self, x: np.ndarray, repeats: int = 10) -> list[float]:
         """Median seconds of each plan op inside ``repeats`` whole runs of ``x`` (after a warm-up run)."""
         return list(self._engine.profile(self._checked(x), repeats))
 
-    def trace(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Output plus every tensor the plan stores, by its ONNX name (the QuantizeLinear output), NCHW: uint8 codes
+    def trace(self, x: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
+        """Output (as ``run`` returns it) plus every tensor the plan stores, by its ONNX name (the QuantizeLinear output), NCHW: uint8 codes
         (those of int8-activation files shifted by +128, the runtime's uint8 form), and float32 values of float regions."""
         x = self._checked(x)
-        output, codes = self._engine.trace(x)
+        outputs, codes = self._engine.trace(x)
+        output = self._outputs(outputs, False)
         tensors = {}
         for info, flat in zip(self.plan.tensors, codes):
             if flat is None:

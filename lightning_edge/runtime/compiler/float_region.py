@@ -84,12 +84,11 @@ def float_input(c: GraphCompiler) -> FloatTensor:
     return result
 
 
-def float_output(c: GraphCompiler, name: str) -> list[int]:
-    """The float value of graph output ``name`` as the plan's output (its last op); returns the output's shape,
-    (C, H, W) for an image, else (F,) (the engine's output is (batch, F) for anything but an image)."""
-    value = to_float(c, None, c.expressions[name]) if name in c.expressions else c.floats[name]
+def float_output(c: GraphCompiler, value: FloatTensor, index: int = 0) -> list[int]:
+    """A float tensor as the plan's output ``index`` (an op at the plan's end); returns the output's shape, (C, H, W)
+    for an image, else (F,) (the engine's output is (batch, F) for anything else)."""
     channels, height, width = _image(value.shape)
-    c.emit(c.op(FloatOutputOp, [], input=value.index, channels=channels, height=height, width=width))
+    c.emit(c.op(FloatOutputOp, [], input=value.index, channels=channels, height=height, width=width, index=index))
     return [channels, height, width] if (height, width) != (1, 1) else [channels]
 
 

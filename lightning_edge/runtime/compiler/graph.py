@@ -181,8 +181,8 @@ class GraphCompiler:
 
     # -------------------------------------------------------------- driver
     def build(self) -> tuple[Plan, dict[str, np.ndarray]]:
-        if len(self.graph.input) != 1 or len(self.graph.output) != 1:
-            raise CompileError(None, "the runtime runs graphs with one input and one output")
+        if len(self.graph.input) != 1:
+            raise CompileError(None, f"the runtime runs graphs with one input, not {len(self.graph.input)}")
         input_info = self.graph.input[0]
         dims = [d.dim_value for d in input_info.type.tensor_type.shape.dim]
         if len(dims) != 4:
@@ -202,7 +202,7 @@ class GraphCompiler:
             from lightning_edge.runtime.compiler.float_region import float_input
 
             self.floats[self.input_name] = float_input(self)  # a float region reads the input (a plain FP32 file)
-        output_tensor = output_node = None
+        dequantized_outputs: dict[str, tuple[Tensor, str]] = {}  # graph outputs that DequantizeLinear writes
         for node in self.graph.node:
             op = node.op_type
             if op == "Constant":
@@ -219,7 +219,7 @@ class GraphCompiler:
                     raise CompileError(node, f"dequantizes {node.input[0]!r}, which is not a quantized activation")
                 self.dequantized[node.output[0]] = node.input[0]
                 if node.output[0] in self.outputs:
-                    output_tensor, output_node = self.activation(node, self.quantized[node.input[0]]), node.name
+                    dequantized_outputs[node.output[0]] = (self.activation(node, self.quantized[node.input[0]]), node.name)
             elif op == "QuantizeLinear":
                 self.quantized[node.output[0]] = self._quantize(node)
             elif op in ("Relu", "Clip") and node.input[0] in self.pending:
@@ -246,33 +246,51 @@ class GraphCompiler:
             else:
                 raise CompileError(node, f"op {op} is not supported by the INT8 runtime (supported: "
                                          f"{', '.join(sorted(RULES))}, QuantizeLinear, DequantizeLinear, Identity)")
-        name = next(iter(self.outputs))
-        if output_tensor is None and (name in self.floats or name in self.expressions):
+        # every output's value first (a float function or moved codes may need an op), then the output ops, last
+        values = [self._output_value(output.name, dequantized_outputs) for output in self.graph.output]
+        outputs = [{"name": output.name, "shape": self._output(value, index)}
+                   for index, (output, value) in enumerate(zip(self.graph.output, values))]
+        return self._plan(outputs)
+
+    def _output(self, value: tuple[Any, str | None], index: int) -> list[int]:
+        """Emit the op writing an output value as the plan's output ``index``: a ``dequantize`` of codes, or a
+        ``float_output`` of a float tensor. Returns its shape per sample."""
+        tensor, node_name = value
+        if node_name is None:
             from lightning_edge.runtime.compiler.float_region import float_output
 
-            return self._plan(float_output(self, name))
-        if output_tensor is None:  # codes moved after their last DequantizeLinear (a Flatten at the end) are output too
+            return float_output(self, tensor, index)
+        channels, height, width = tensor.chw()
+        self.emit(self.op(DequantizeOp, [node_name], input=tensor.index, grid=tensor.grid(), channels=channels,
+                          height=height, width=width, index=index))
+        return list(tensor.shape)
+
+    def _output_value(self, name: str, dequantized: dict[str, tuple[Tensor, str]]) -> tuple[Any, str | None]:
+        """Graph output ``name`` as (codes, the node that dequantizes them), or (a float tensor, None)."""
+        if name not in dequantized and (name in self.floats or name in self.expressions):
+            from lightning_edge.runtime.compiler.float_region import to_float
+
+            return to_float(self, None, self.expressions[name]) if name in self.expressions else self.floats[name], None
+        if name in dequantized:
+            return dequantized[name]
+        else:  # codes moved after their last DequantizeLinear (a Flatten at the end) are output too
             value = self.views.get(name) or (self.pending.get(name) if getattr(self.pending.get(name), "kind", "") == "max_pool"
                                              else None)
-            if value is None:
+            if value is None and name not in self.dequantized:
                 raise CompileError(None, f"output {name!r} must be a DequantizeLinear of an int8 tensor (or codes moved "
-                                         "after one)")
-            output_tensor = self.activation(None, self.operand(None, name))
-            output_node = value.node.name if value.node is not None else name
-        channels, height, width = output_tensor.chw()
-        self.emit(self.op(DequantizeOp, [output_node], input=output_tensor.index, grid=output_tensor.grid(),
-                          channels=channels, height=height, width=width))
-        return self._plan(list(output_tensor.shape))
+                                         "after one), or a float value")
+        tensor = self.activation(None, self.operand(None, name))
+        return tensor, value.node.name if value is not None and value.node is not None else self.producers[name].name
 
-    def _plan(self, output_shape: list[int]) -> tuple[Plan, dict[str, np.ndarray]]:
-        """The plan of the ops emitted, once the output op is: each op's ``fuses`` filled in."""
+    def _plan(self, outputs: list[dict[str, Any]]) -> tuple[Plan, dict[str, np.ndarray]]:
+        """The plan of the ops emitted, once the output ops are: each op's ``fuses`` filled in."""
         op_types = {node.name: node.op_type for node in self.graph.node}
         for op in self.ops:  # what each op does, in ONNX terms (lightning-edge inspect shows it)
             compute = [op_types[name] for name in op.nodes
                        if op_types[name] not in ("QuantizeLinear", "DequantizeLinear") and name not in self.code_clips]
             op.fuses = "+".join(compute or [op_types[name] for name in op.nodes])  # quantize / dequantize
-        plan = Plan(source=self.source, input_shape=list(self.input_shape), output_shape=list(output_shape),
-                    tensors=self.tensors, ops=self.ops)
+        plan = Plan(source=self.source, input_shape=list(self.input_shape), output_shape=list(outputs[0]["shape"]),
+                    tensors=self.tensors, ops=self.ops, outputs=outputs)
         return plan, self.arrays
 
     def _readers_through_identity(self, name: str) -> list[Any]:

@@ -127,35 +127,37 @@ class PyEngine {
 
     std::string backend() const { return engine_->backend(); }
     int threads() const { return engine_->threads(); }
+    int output_count() const { return engine_->output_count(); }
 
-    // Runs the plan on a float32 NCHW batch; returns the dequantized float32 output.
-    py::array_t<float> run(FloatBatch x) {
+    // Runs the plan on a float32 NCHW batch; returns the float32 outputs, a list in output order.
+    py::list run(FloatBatch x) {
         const int batch = engine_->check_input(shape_of(x));
-        py::array_t<float> result(to_shape(engine_->output_shape(batch)));
-        float* out = result.mutable_data();
+        Engine::Outputs out;
+        py::list results = outputs(batch, out);
         py::gil_scoped_release release;
         engine_->run(x.data(), batch, out);
-        return result;
+        return results;
     }
 
     // Like run, but also returns every uint8 tensor (NHWC, one array per plan tensor) for layer-by-layer checks.
     py::tuple trace(FloatBatch x) {
         const int batch = engine_->check_input(shape_of(x));
-        py::array_t<float> result(to_shape(engine_->output_shape(batch)));
+        Engine::Outputs out;
+        py::list results = outputs(batch, out);
         py::list tensors;
         for (int t = 0; t < engine_->tensor_count(); ++t) tensors.append(py::none());
-        engine_->trace(x.data(), batch, result.mutable_data(), [&](int index, const uint8_t* codes, size_t bytes) {
+        engine_->trace(x.data(), batch, out, [&](int index, const uint8_t* codes, size_t bytes) {
             py::array_t<uint8_t> copy(static_cast<py::ssize_t>(bytes));
             std::memcpy(copy.mutable_data(), codes, bytes);
             tensors[index] = copy;
         });
-        return py::make_tuple(result, tensors);
+        return py::make_tuple(results, tensors);
     }
 
     std::vector<double> profile(FloatBatch x, int repeats) {
         const int batch = engine_->check_input(shape_of(x));
-        py::array_t<float> result(to_shape(engine_->output_shape(batch)));
-        float* out = result.mutable_data();
+        Engine::Outputs out;
+        py::list results = outputs(batch, out);
         py::gil_scoped_release release;
         return engine_->profile(x.data(), batch, out, repeats);
     }
@@ -166,6 +168,17 @@ class PyEngine {
     }
 
   private:
+    // One new float32 array per output at `batch`, its buffer added to `out`.
+    py::list outputs(int batch, Engine::Outputs& out) const {
+        py::list results;
+        for (int i = 0; i < engine_->output_count(); ++i) {
+            py::array_t<float> result(to_shape(engine_->output_shape(batch, i)));
+            out.push_back(result.mutable_data());
+            results.append(result);
+        }
+        return results;
+    }
+
     std::vector<py::array> keep_;
     std::unique_ptr<Engine> engine_;
 };
@@ -183,7 +196,8 @@ PYBIND11_MODULE(_engine, m) {
         .def("profile", &edge::PyEngine::profile, py::arg("x"), py::arg("repeats") = 10)
         .def("time_op", &edge::PyEngine::time_op, py::arg("index"), py::arg("batch"), py::arg("repeats") = 20)
         .def_property_readonly("backend", &edge::PyEngine::backend)
-        .def_property_readonly("threads", &edge::PyEngine::threads);
+        .def_property_readonly("threads", &edge::PyEngine::threads)
+        .def_property_readonly("output_count", &edge::PyEngine::output_count);
     m.def("int8_peak_ops", [](int threads, double seconds) {
         py::gil_scoped_release release;
         return edge::int8_peak_ops(threads, seconds);

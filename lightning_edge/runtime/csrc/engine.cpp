@@ -18,20 +18,31 @@ Engine::Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor
     auto reads_input = [](const OpDescription& op) { return op.kind == "quantize" || op.kind == "float_input"; };
     auto writes_output = [](const OpDescription& op) { return op.kind == "dequantize" || op.kind == "float_output"; };
     if (ops.size() < 2 || !reads_input(ops.front()) || !writes_output(ops.back()))
-        throw std::invalid_argument("a plan starts with its one quantize (or float_input) op and ends with its one "
-                                    "dequantize (or float_output) op");
-    for (size_t i = 1; i + 1 < ops.size(); ++i)
+        throw std::invalid_argument("a plan starts with its one quantize (or float_input) op and ends with its "
+                                    "dequantize (or float_output) ops");
+    size_t first_output = ops.size() - 1;
+    while (first_output > 1 && writes_output(ops[first_output - 1])) --first_output;
+    for (size_t i = 1; i < first_output; ++i)
         if (reads_input(ops[i]) || writes_output(ops[i]))
-            throw std::invalid_argument("a plan has one input op (quantize or float_input, first) and one output op "
-                                        "(dequantize or float_output, last)");
+            throw std::invalid_argument("a plan has one input op (quantize or float_input, first) and its output ops "
+                                        "(dequantize or float_output) last");
+    outputs_.assign(ops.size() - first_output, {0, 0, 0});
+    std::vector<bool> seen(outputs_.size(), false);
+    for (size_t i = first_output; i < ops.size(); ++i) {  // each already read and checked by its factory
+        const Attributes& a = ops[i].attributes;
+        const int index = output_index(a);
+        if (index >= static_cast<int>(outputs_.size()) || seen[index])
+            throw std::invalid_argument("the output ops' indices must be 0 to " + std::to_string(outputs_.size() - 1) +
+                                        ", each once");
+        seen[index] = true;
+        outputs_[index] = {a.get_int("channels"), a.get_int("height"), a.get_int("width")};
+    }
     std::vector<OpTensors> uses;
     for (const auto& op : ops_) uses.push_back(op->tensors());
     memory_ = std::make_unique<MemoryPlanner>(std::move(tensor_sizes), uses, build.workspace_per_sample(),
                                               build.scratch_per_thread(), scheduler_.threads());
-    const Attributes& first = ops.front().attributes;  // both already read and checked by their factories
-    const Attributes& last = ops.back().attributes;
+    const Attributes& first = ops.front().attributes;  // already read and checked by its factory
     in_c_ = first.get_int("channels"), in_h_ = first.get_int("height"), in_w_ = first.get_int("width");
-    out_c_ = last.get_int("channels"), out_h_ = last.get_int("height"), out_w_ = last.get_int("width");
 }
 
 int Engine::check_input(const std::vector<long>& shape) const {
@@ -46,20 +57,31 @@ void Engine::check_batch(int batch) const {
     if (batch < 1 || batch > (1 << 20)) throw std::invalid_argument("batch size must be at least 1 and at most 2^20");
 }
 
-std::vector<long> Engine::output_shape(int batch) const {
-    if (out_h_ == 1 && out_w_ == 1) return {batch, out_c_};
-    return {batch, out_c_, out_h_, out_w_};
+std::vector<long> Engine::output_shape(int batch, int index) const {
+    if (index < 0 || index >= output_count()) throw std::out_of_range("output index");
+    const auto [channels, height, width] = outputs_[index];
+    if (height == 1 && width == 1) return {batch, channels};
+    return {batch, channels, height, width};
 }
 
-void Engine::run(const float* x, int batch, float* out) {
+void Engine::check_outputs(const Outputs& out) const {
+    if (static_cast<int>(out.size()) != output_count())
+        throw std::invalid_argument("the plan has " + std::to_string(output_count()) + " outputs, " +
+                                    std::to_string(out.size()) + " buffers were given");
+}
+
+void Engine::run(const float* x, int batch, const Outputs& out) {
     check_batch(batch);
-    const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out);
+    check_outputs(out);
+    const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out.data());
     for (const auto& op : ops_) op->run(ctx);
 }
 
-void Engine::trace(const float* x, int batch, float* out, const std::function<void(int, const uint8_t*, size_t)>& tensor) {
+void Engine::trace(const float* x, int batch, const Outputs& out,
+                   const std::function<void(int, const uint8_t*, size_t)>& tensor) {
     check_batch(batch);
-    const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out);
+    check_outputs(out);
+    const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out.data());
     for (const auto& op : ops_) {
         op->run(ctx);
         const int written = op->tensors().output;
@@ -67,10 +89,11 @@ void Engine::trace(const float* x, int batch, float* out, const std::function<vo
     }
 }
 
-std::vector<double> Engine::profile(const float* x, int batch, float* out, int repeats) {
+std::vector<double> Engine::profile(const float* x, int batch, const Outputs& out, int repeats) {
     check_batch(batch);
+    check_outputs(out);
     if (repeats < 1) throw std::invalid_argument("repeats must be positive");
-    const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out);
+    const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out.data());
     std::vector<std::vector<double>> times(ops_.size());
     for (int r = 0; r <= repeats; ++r)
         for (size_t i = 0; i < ops_.size(); ++i) {

@@ -4,6 +4,7 @@
 // from Attributes by hand.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <string>
@@ -26,8 +27,8 @@ struct OpDescription {
 class Engine {
   public:
     // Builds and checks every op (std::invalid_argument on the first problem), then the plan as a whole:
-    // one input op first (quantize, or float_input for a float32 input), one output op last (dequantize, or
-    // float_output), no tensor read before it is written or written twice.
+    // one input op first (quantize, or float_input for a float32 input), the output ops last (dequantize or
+    // float_output, their indices 0 .. outputs - 1 once each), no tensor read before it is written or written twice.
     // `arrays` must outlive the engine; tensor sizes are codes per sample.
     Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor_sizes, const ArrayTable& arrays, int threads,
            const std::string& kernels);
@@ -42,22 +43,33 @@ class Engine {
     // The batch size of a float32 input of this shape; std::invalid_argument unless it is (batch, C, H, W)
     // with the quantize op's C, H, W and 1 <= batch <= 2^20.
     int check_input(const std::vector<long>& shape) const;
-    // (batch, classes) when the output is 1x1, else (batch, C, H, W).
-    std::vector<long> output_shape(int batch) const;
+    // How many outputs the plan writes (its output ops), and output `index`'s shape: (batch, classes) when it
+    // is 1x1, else (batch, C, H, W).
+    int output_count() const { return static_cast<int>(outputs_.size()); }
+    std::vector<long> output_shape(int batch, int index = 0) const;
 
-    // Runs the plan on `batch` float32 NCHW samples at x; writes the dequantized float32 output to out.
-    void run(const float* x, int batch, float* out);
+    // Where each output goes, by output index: output_count() buffers of output_shape(batch, i) floats.
+    using Outputs = std::vector<float*>;
+
+    // Runs the plan on `batch` float32 NCHW samples at x; writes each float32 output to its buffer in out
+    // (std::invalid_argument unless there is one per output). The float* forms are for one-output plans.
+    void run(const float* x, int batch, const Outputs& out);
+    void run(const float* x, int batch, float* out) { run(x, batch, Outputs{out}); }
     // Like run, and calls tensor(index, codes, bytes) after each op with the uint8 tensor it wrote.
-    void trace(const float* x, int batch, float* out, const std::function<void(int, const uint8_t*, size_t)>& tensor);
+    void trace(const float* x, int batch, const Outputs& out, const std::function<void(int, const uint8_t*, size_t)>& tensor);
+    void trace(const float* x, int batch, float* out, const std::function<void(int, const uint8_t*, size_t)>& tensor) {
+        trace(x, batch, Outputs{out}, tensor);
+    }
     // Median seconds each op takes inside whole runs (`repeats` runs after one warm-up): per-layer cost.
-    std::vector<double> profile(const float* x, int batch, float* out, int repeats);
+    std::vector<double> profile(const float* x, int batch, const Outputs& out, int repeats);
     // Seconds per call of op `index` alone at `batch`, the median of `repeats` after a warm-up, on
     // deterministic pseudo-random input codes: what primitive selection compares.
     double time_op(int index, int batch, int repeats);
 
   private:
     void check_batch(int batch) const;
-    ExecutionContext context(Arena& arena, int batch, const float* x, float* out) {
+    void check_outputs(const Outputs& out) const;
+    ExecutionContext context(Arena& arena, int batch, const float* x, float* const* out) {
         return ExecutionContext{scheduler_, backend_, *memory_, arena, batch, x, out};
     }
 
@@ -65,7 +77,8 @@ class Engine {
     Scheduler scheduler_;
     std::vector<std::unique_ptr<Operator>> ops_;
     std::unique_ptr<MemoryPlanner> memory_;
-    int in_c_, in_h_, in_w_, out_c_, out_h_, out_w_;
+    int in_c_, in_h_, in_w_;
+    std::vector<std::array<int, 3>> outputs_;  // (C, H, W) of each output, by index
 };
 
 }  // namespace edge

@@ -1,6 +1,6 @@
 // The plan's float32 ends, for what a plain FP32 file (or a float region at the graph's edge) reads and writes:
 // float_input copies the float32 NCHW input into an f32 tensor (ONNX order: the same layout) and float_output
-// copies an f32 tensor to the float32 output. They take the places of quantize and dequantize (engine.cpp).
+// copies an f32 tensor to float32 output `index`. They take the places of quantize and dequantize (engine.cpp).
 #include <cstring>
 
 #include "float_region.h"
@@ -35,16 +35,19 @@ class FloatOutput final : public Operator {
   public:
     FloatOutput(const Attributes& attrs, BuildContext& context) {
         size_ = boundary_size(attrs, "float_output");
+        index_ = output_index(attrs);
         tensors_.inputs = {context.tensor_index(attrs, "input", f32_bytes(size_))};
     }
 
     void run(const ExecutionContext& context) const override {
-        if (!context.output) return;
-        std::memcpy(context.output, context.tensor(tensors_.inputs[0]), f32_bytes(size_) * context.batch);
+        float* result = context.output(index_);
+        if (!result) return;
+        std::memcpy(result, context.tensor(tensors_.inputs[0]), f32_bytes(size_) * context.batch);
     }
 
   private:
     size_t size_;
+    int index_;
 };
 
 std::unique_ptr<Operator> make_float_input(const Attributes& attrs, BuildContext& context) {
