@@ -366,7 +366,8 @@ Plan make_plan(bool k_major) {
 
 // The float32 ends and layers of a plain FP32 file, which take the place of quantize and dequantize: float_input
 // -> float_conv (3 -> 6 channels in 3 groups, 3x3 dilated by 2, stride 2, padded) -> float_pool max (3x3/2, a
-// ceil-mode row) -> float_pool average (2x2/1, padding counted) -> float_output.
+// ceil-mode row) -> float_pool average (2x2/1, padding counted) -> two float_output ops: output 0 the average
+// pool, output 1 the max pool (several outputs, written by index).
 Plan make_float_plan() {
     Plan p;
     p.sizes = {4 * 3 * 9 * 9, 4 * 6 * 5 * 5, 4 * 6 * 3 * 3, 4 * 6 * 4 * 4};
@@ -389,7 +390,10 @@ Plan make_float_plan() {
     };
     add("float_pool", pool("max", 5, 3, 3, 2, 1, 0).set_int("input", 1).set_int("output", 2));
     add("float_pool", pool("average", 3, 4, 2, 1, 1, 1).set_int("input", 2).set_int("output", 3));
-    add("float_output", Attributes().set_int("channels", 6).set_int("height", 4).set_int("width", 4).set_int("input", 3));
+    add("float_output", Attributes().set_int("channels", 6).set_int("height", 3).set_int("width", 3).set_int("input", 2)
+        .set_int("index", 1));
+    add("float_output", Attributes().set_int("channels", 6).set_int("height", 4).set_int("width", 4).set_int("input", 3)
+        .set_int("index", 0));
     rng = saved;
     return p;
 }
@@ -405,15 +409,21 @@ Trace run_plan(const std::string& kernels, int threads, bool float_plan = false)
     Plan p = float_plan ? make_float_plan() : make_plan(kernels == "neon");
     Engine engine(p.ops, p.sizes, p.arrays, threads, kernels);
     std::mt19937 input_rng(5);
-    std::vector<float> x(3 * 3 * 9 * 9), out(float_plan ? 3 * 6 * 4 * 4 : 3 * 16 * 4, -1.0f);
+    std::vector<float> x(3 * 3 * 9 * 9), out(float_plan ? 3 * 6 * 4 * 4 : 3 * 16 * 4, -1.0f), second(3 * 6 * 3 * 3, -1.0f);
     for (auto& v : x) v = static_cast<float>(std::uniform_int_distribution<int>(-4000, 4000)(input_rng)) / 1000.0f;
     Trace trace;
     const std::string prefix = float_plan ? "float " : "";
-    engine.trace(x.data(), 3, out.data(), [&](int index, const uint8_t* data, size_t bytes) {
+    Engine::Outputs outputs{out.data()};
+    if (float_plan) outputs.push_back(second.data());
+    engine.trace(x.data(), 3, outputs, [&](int index, const uint8_t* data, size_t bytes) {
         trace.push_back({prefix + "tensor " + std::to_string(index), std::vector<uint8_t>(data, data + bytes)});
     });
     const auto* bytes = reinterpret_cast<const uint8_t*>(out.data());
     trace.push_back({prefix + "output", std::vector<uint8_t>(bytes, bytes + out.size() * sizeof(float))});
+    if (float_plan) {
+        bytes = reinterpret_cast<const uint8_t*>(second.data());
+        trace.push_back({prefix + "output 1", std::vector<uint8_t>(bytes, bytes + second.size() * sizeof(float))});
+    }
     return trace;
 }
 
@@ -526,6 +536,24 @@ int check_engine() {
     bad = make_float_plan();
     std::swap(bad.ops[0], bad.ops[4]);
     failures += !refuses(bad, "a plan starts with its one quantize (or float_input) op");
+    bad = make_float_plan();
+    bad.ops[4].attributes.set_int("index", 0);
+    failures += !refuses(bad, "the output ops' indices must be 0 to 1, each once");
+    bad = make_float_plan();
+    std::swap(bad.ops[3], bad.ops[4]);
+    failures += !refuses(bad, "its output ops (dequantize or float_output) last");
+    {
+        Plan p = make_float_plan();
+        Engine engine(p.ops, p.sizes, p.arrays, 1, "scalar");
+        std::vector<float> x(3 * 9 * 9), out(6 * 4 * 4);
+        try {
+            engine.run(x.data(), 1, out.data());  // one buffer for two outputs
+            std::printf("a run with one output buffer for two outputs was accepted\n");
+            ++failures;
+        } catch (const std::invalid_argument& error) {
+            failures += std::string(error.what()).find("the plan has 2 outputs, 1 buffers were given") == std::string::npos;
+        }
+    }
     std::printf(": %d mismatches\n", failures);
     return failures;
 }
