@@ -161,13 +161,14 @@ class ImageFields:
 @op_kind
 @dataclass(kw_only=True)
 class QuantizeOp(ImageFields, Op):
-    """float32 NCHW input -> uint8 NHWC codes on ``grid``: ``clamp(round_half_even(x / s) + z)``."""
+    """float32 NCHW input number ``index`` -> uint8 NHWC codes on ``grid``: ``clamp(round_half_even(x / s) + z)``."""
 
     KIND = "quantize"
     INPUTS = ()
     POSITIVE = ("channels", "height", "width")
     output: int
     grid: Grid
+    index: int = 0                      # which of the plan's inputs (graph input order)
 
 
 @op_kind
@@ -472,12 +473,14 @@ class ToCodesOp(ImageFields, Op):
 @op_kind
 @dataclass(kw_only=True)
 class FloatInputOp(ImageFields, Op):
-    """The float32 NCHW input as an f32 tensor (a plain FP32 file, or a float region reading the input): a copy."""
+    """The float32 NCHW input number ``index`` as an f32 tensor (a plain FP32 file, or a float region reading the
+    input): a copy."""
 
     KIND = "float_input"
     INPUTS = ()
     POSITIVE = ("channels", "height", "width")
     output: int
+    index: int = 0                      # which of the plan's inputs (graph input order)
 
 
 @op_kind
@@ -694,6 +697,7 @@ class FloatReduceOp(Op):
             raise PlanError(f"op {self.id}: a {self.operation!r} reduction over {self.axes} of {self.shape}")
 
 
+INPUT_KINDS = ("quantize", "float_input")      # the ops that read the plan's inputs, first in the plan
 OUTPUT_KINDS = ("dequantize", "float_output")  # the ops that write the plan's outputs, last in the plan
 
 
@@ -702,8 +706,8 @@ class Plan:
     """A compiled network: its tensors and ops in execution order, the input and output shapes, and how
     primitive selection timed the kernels (``selection``).
 
-    ``outputs`` names every output and its shape per sample, in graph output order (each written by the output op
-    of that ``index``); ``output_shape`` is the first one's."""
+    ``inputs`` and ``outputs`` name every input and output and its shape per sample, in graph order (each read or
+    written by the input or output op of that ``index``); ``input_shape`` and ``output_shape`` are the first ones'."""
 
     source: str
     input_shape: list[int]
@@ -714,10 +718,17 @@ class Plan:
     format: str = PLAN_FORMAT
     version: int = PLAN_VERSION
     outputs: list[dict[str, Any]] = field(default_factory=list)  # [{"name": str, "shape": [int, ...]}, ...]
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.outputs:
             self.outputs = [{"name": "output", "shape": list(self.output_shape)}]
+        if not self.inputs:
+            self.inputs = [{"name": "input", "shape": list(self.input_shape)}]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [entry["name"] for entry in self.inputs]
 
     @property
     def output_names(self) -> list[str]:
@@ -726,6 +737,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         data = {"format": self.format, "version": self.version, "source": self.source,
                 "input": {"shape": list(self.input_shape)}, "output": {"shape": list(self.output_shape)},
+                "inputs": [{"name": entry["name"], "shape": list(entry["shape"])} for entry in self.inputs],
                 "outputs": [{"name": entry["name"], "shape": list(entry["shape"])} for entry in self.outputs],
                 "tensors": [{k: v for k, v in asdict(t).items() if k != "folded" or v} for t in self.tensors],
                 "ops": [op.to_dict() for op in self.ops]}
@@ -757,7 +769,10 @@ class Plan:
             if not isinstance(shape, list) or not all(_is_int(d) and 0 < d <= MAX_DIMENSION for d in shape):
                 raise PlanError(f"the plan's {key} shape {shape!r} is not a list of positive dimensions")
             shapes[key] = shape
-        outputs = _outputs(data, shapes["output"])
+        inputs, outputs = _boundary(data, "inputs", shapes["input"]), _boundary(data, "outputs", shapes["output"])
+        indices = sorted(op.index for op in ops if op.KIND in INPUT_KINDS)
+        if indices != list(range(len(inputs))):
+            raise PlanError(f"the plan's input ops read inputs {indices}, not each of its {len(inputs)} inputs once")
         indices = sorted(op.index for op in ops if op.KIND in OUTPUT_KINDS)
         if indices != list(range(len(outputs))):
             raise PlanError(f"the plan's output ops write outputs {indices}, not each of its {len(outputs)} outputs once")
@@ -766,7 +781,8 @@ class Plan:
             raise PlanError("the plan's selection record is not an object")
         source = data.get("source", "?")
         return cls(source=source if isinstance(source, str) else "?", input_shape=shapes["input"],
-                   output_shape=shapes["output"], tensors=tensors, ops=ops, selection=selection, outputs=outputs)
+                   output_shape=shapes["output"], tensors=tensors, ops=ops, selection=selection, outputs=outputs,
+                   inputs=inputs)
 
     def op_ids(self) -> list[str]:
         return [op.id for op in self.ops]
@@ -780,18 +796,19 @@ def _list(data: dict, key: str) -> list:
     return value
 
 
-def _outputs(data: dict, first_shape: list[int]) -> list[dict[str, Any]]:
-    """The plan's ``outputs`` list (names and shapes), checked; a plan without one has its single ``output``."""
-    entries = data.get("outputs", [{"name": "output", "shape": first_shape}])
+def _boundary(data: dict, key: str, first_shape: list[int]) -> list[dict[str, Any]]:
+    """The plan's ``inputs`` or ``outputs`` list (names and shapes), checked; a plan without one has its single
+    ``input`` or ``output``."""
+    entries = data.get(key, [{"name": key[:-1], "shape": first_shape}])
     if not isinstance(entries, list) or not entries:
-        raise PlanError("the plan's 'outputs' is not a non-empty list")
+        raise PlanError(f"the plan's {key!r} is not a non-empty list")
     outputs = []
     for index, entry in enumerate(entries):
         name = entry.get("name") if isinstance(entry, dict) else None
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not isinstance(shape, list) \
                 or not all(_is_int(d) and 0 < d <= MAX_DIMENSION for d in shape):
-            raise PlanError(f"the plan's output {index} is not a name and a list of positive dimensions")
+            raise PlanError(f"the plan's {key[:-1]} {index} is not a name and a list of positive dimensions")
         outputs.append({"name": name, "shape": shape})
     return outputs
 

@@ -535,13 +535,18 @@ int check_engine() {
     failures += !refuses(bad, "tensor 'output' has 216 elements per sample, the op needs 288");
     bad = make_float_plan();
     std::swap(bad.ops[0], bad.ops[4]);
-    failures += !refuses(bad, "a plan starts with its one quantize (or float_input) op");
+    failures += !refuses(bad, "a plan starts with its quantize (or float_input) ops");
+    bad = make_float_plan();  // a second input op for input 0
+    bad.sizes.push_back(bad.sizes[0]);
+    bad.ops.insert(bad.ops.begin() + 1, {"float_input", Attributes().set_int("channels", 3).set_int("height", 9)
+                                                            .set_int("width", 9).set_int("output", 4)});
+    failures += !refuses(bad, "the input ops' indices must be 0 to 1, each once");
     bad = make_float_plan();
     bad.ops[4].attributes.set_int("index", 0);
     failures += !refuses(bad, "the output ops' indices must be 0 to 1, each once");
     bad = make_float_plan();
     std::swap(bad.ops[3], bad.ops[4]);
-    failures += !refuses(bad, "its output ops (dequantize or float_output) last");
+    failures += !refuses(bad, "its input ops (quantize or float_input) first and its output ops");
     {
         Plan p = make_float_plan();
         Engine engine(p.ops, p.sizes, p.arrays, 1, "scalar");

@@ -29,8 +29,9 @@ a ``float_output`` where it is a float value; Conv is a ``float_conv``, MaxPool 
 GlobalAveragePool a ``float_reduce``, Gemm a ``float_matmul`` plus its bias in the float expression after it,
 elementwise ops float expressions and moves float gathers, all summing in float64 (INT8_SPEC rule 17).
 
-A graph has one input and any number of outputs: each output is an op at the plan's end (``dequantize`` or
-``float_output``) with its index in graph output order; the plan keeps their names and shapes.
+A graph has any number of inputs and outputs: each input is an op at the plan's start (``quantize`` or
+``float_input``) and each output one at its end (``dequantize`` or ``float_output``), with its index in graph
+order; the plan keeps their names and shapes.
 
 Anything else stops with :class:`CompileError` naming the node and op, before anything is written.
 """

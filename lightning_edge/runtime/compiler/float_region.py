@@ -75,12 +75,13 @@ def to_float(c: GraphCompiler, node: Any, operand: Any) -> FloatTensor:
     return result
 
 
-def float_input(c: GraphCompiler) -> FloatTensor:
-    """The plan's input as a float tensor (its first op): what a float region reading the input, or a QuantizeLinear
-    of it (then a ``to_codes``), starts from."""
-    channels, height, width = c.input_shape
-    result = new_float(c, c.input_name, (1, channels, height, width))
-    result.producer = c.emit(c.op(FloatInputOp, [], output=result.index, channels=channels, height=height, width=width))
+def float_input(c: GraphCompiler, name: str, index: int) -> FloatTensor:
+    """Graph input ``name``, the plan's input ``index``, as a float tensor (an op at the plan's start): what a float
+    region reading it, or a QuantizeLinear of it (then a ``to_codes``), starts from."""
+    channels, height, width = c.input_shapes[index]
+    result = new_float(c, name, (1, channels, height, width))
+    result.producer = c.emit(c.op(FloatInputOp, [], output=result.index, channels=channels, height=height, width=width,
+                                  index=index))
     return result
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from lightning_edge.runtime.plan import DequantizeOp, Grid, Op, Plan, QuantizeOp, TensorRecord
+from lightning_edge.runtime.plan import DequantizeOp, FloatInputOp, Grid, Op, Plan, QuantizeOp, TensorRecord
 from lightning_edge.runtime.reference import FLOAT_OPS, _attributes, float_op, quantize
 
 
@@ -181,27 +181,22 @@ class GraphCompiler:
 
     # -------------------------------------------------------------- driver
     def build(self) -> tuple[Plan, dict[str, np.ndarray]]:
-        if len(self.graph.input) != 1:
-            raise CompileError(None, f"the runtime runs graphs with one input, not {len(self.graph.input)}")
-        input_info = self.graph.input[0]
-        dims = [d.dim_value for d in input_info.type.tensor_type.shape.dim]
-        if len(dims) != 4:
-            raise CompileError(None, f"input {input_info.name!r} must be (batch, C, H, W); got rank {len(dims)}")
-        shape = tuple(dims[1:])
-        if self.requested_shape is not None:
-            if len(self.requested_shape) != 3 or min(self.requested_shape) <= 0 or \
-                    any(d > 0 and d != r for d, r in zip(shape, self.requested_shape)):
-                raise CompileError(None, f"input_shape {self.requested_shape} does not fit input {input_info.name!r} "
-                                         f"of shape {dims}")
-            shape = self.requested_shape
-        if any(d <= 0 for d in shape):
-            raise CompileError(None, f"input {input_info.name!r} has dynamic sizes {dims}; give compile(..., "
-                                     "input_shape=(C, H, W)) (lightning-edge compile --input-shape C H W)")
-        self.input_name, self.input_shape = input_info.name, shape
-        if any(reader.op_type != "QuantizeLinear" for reader in self._readers_through_identity(self.input_name)):
-            from lightning_edge.runtime.compiler.float_region import float_input
+        graph_inputs = [item for item in self.graph.input if item.name not in self.constants]  # old files list weights
+        if self.requested_shape is not None and len(graph_inputs) != 1:
+            raise CompileError(None, f"input_shape fixes the shape of a graph with one input; this one has "
+                                     f"{len(graph_inputs)}")
+        self.input_names: dict[str, int] = {}   # graph input (and Identity aliases) -> its index
+        self.input_shapes: list[tuple[int, int, int]] = []
+        self.graph_input_names = [item.name for item in graph_inputs]
+        for index, input_info in enumerate(graph_inputs):
+            self.input_names[input_info.name] = index
+            self.input_shapes.append(self._input_shape(input_info))
+        self.input_shape = self.input_shapes[0]
+        for name, index in list(self.input_names.items()):
+            if any(reader.op_type != "QuantizeLinear" for reader in self._readers_through_identity(name)):
+                from lightning_edge.runtime.compiler.float_region import float_input
 
-            self.floats[self.input_name] = float_input(self)  # a float region reads the input (a plain FP32 file)
+                self.floats[name] = float_input(self, name, index)  # a float region reads it (a plain FP32 file)
         dequantized_outputs: dict[str, tuple[Tensor, str]] = {}  # graph outputs that DequantizeLinear writes
         for node in self.graph.node:
             op = node.op_type
@@ -252,6 +247,23 @@ class GraphCompiler:
                    for index, (output, value) in enumerate(zip(self.graph.output, values))]
         return self._plan(outputs)
 
+    def _input_shape(self, input_info: Any) -> tuple[int, int, int]:
+        """(C, H, W) of a graph input (``input_shape`` where the file leaves sizes dynamic)."""
+        dims = [d.dim_value for d in input_info.type.tensor_type.shape.dim]
+        if len(dims) != 4:
+            raise CompileError(None, f"input {input_info.name!r} must be (batch, C, H, W); got rank {len(dims)}")
+        shape = tuple(dims[1:])
+        if self.requested_shape is not None:
+            if len(self.requested_shape) != 3 or min(self.requested_shape) <= 0 or \
+                    any(d > 0 and d != r for d, r in zip(shape, self.requested_shape)):
+                raise CompileError(None, f"input_shape {self.requested_shape} does not fit input {input_info.name!r} "
+                                         f"of shape {dims}")
+            shape = self.requested_shape
+        if any(d <= 0 for d in shape):
+            raise CompileError(None, f"input {input_info.name!r} has dynamic sizes {dims}; give compile(..., "
+                                     "input_shape=(C, H, W)) (lightning-edge compile --input-shape C H W)")
+        return shape
+
     def _output(self, value: tuple[Any, str | None], index: int) -> list[int]:
         """Emit the op writing an output value as the plan's output ``index``: a ``dequantize`` of codes, or a
         ``float_output`` of a float tensor. Returns its shape per sample."""
@@ -289,8 +301,9 @@ class GraphCompiler:
             compute = [op_types[name] for name in op.nodes
                        if op_types[name] not in ("QuantizeLinear", "DequantizeLinear") and name not in self.code_clips]
             op.fuses = "+".join(compute or [op_types[name] for name in op.nodes])  # quantize / dequantize
+        inputs = [{"name": name, "shape": list(shape)} for name, shape in zip(self.graph_input_names, self.input_shapes)]
         plan = Plan(source=self.source, input_shape=list(self.input_shape), output_shape=list(outputs[0]["shape"]),
-                    tensors=self.tensors, ops=self.ops, outputs=outputs)
+                    tensors=self.tensors, ops=self.ops, outputs=outputs, inputs=inputs)
         return plan, self.arrays
 
     def _readers_through_identity(self, name: str) -> list[Any]:
@@ -327,8 +340,8 @@ class GraphCompiler:
                       self.views, self.floats, self.dequantized):
             if source in table:
                 table[target] = table[source]
-        if source == self.input_name:
-            self.input_name = target
+        if source in self.input_names:
+            self.input_names[target] = self.input_names[source]
 
     # -------------------------------------------------------------- operands
     def operand(self, node: Any, name: str) -> Any:
@@ -469,12 +482,16 @@ class GraphCompiler:
     def _quantize(self, node: Any) -> Tensor | MoveView:
         grid, shift = self.grid_of(node)
         source = node.input[0]
-        if source == self.input_name and source not in self.floats:
-            if any(isinstance(op, QuantizeOp) for op in self.ops):
-                raise CompileError(node, "the input is quantized twice")
-            channels, height, width = self.input_shape
-            return self.produce(QuantizeOp, [node.name], node.output[0], grid, self.input_shape,
-                                channels=channels, height=height, width=width, grid=self.grid_record(grid))
+        if source in self.input_names and source not in self.floats:
+            index = self.input_names[source]
+            if any(isinstance(op, QuantizeOp) and op.index == index for op in self.ops):
+                raise CompileError(node, f"input {source!r} is quantized twice")
+            shape = self.input_shapes[index]
+            tensor = self.produce(QuantizeOp, [node.name], node.output[0], grid, shape, channels=shape[0],
+                                  height=shape[1], width=shape[2], grid=self.grid_record(grid), index=index)
+            self.ops.remove(tensor.producer)  # input ops come first (they read only the plan's inputs)
+            self.ops.insert(sum(isinstance(op, (QuantizeOp, FloatInputOp)) for op in self.ops), tensor.producer)
+            return tensor
         if source in self.expressions:
             from lightning_edge.runtime.compiler.elementwise import finish_expression
 

@@ -1,5 +1,5 @@
 // The plan's float32 ends, for what a plain FP32 file (or a float region at the graph's edge) reads and writes:
-// float_input copies the float32 NCHW input into an f32 tensor (ONNX order: the same layout) and float_output
+// float_input copies float32 NCHW input `index` into an f32 tensor (ONNX order: the same layout) and float_output
 // copies an f32 tensor to float32 output `index`. They take the places of quantize and dequantize (engine.cpp).
 #include <cstring>
 
@@ -19,23 +19,26 @@ class FloatInput final : public Operator {
   public:
     FloatInput(const Attributes& attrs, BuildContext& context) {
         size_ = boundary_size(attrs, "float_input");
+        index_ = boundary_index(attrs);
         tensors_.output = context.tensor_index(attrs, "output", f32_bytes(size_));
     }
 
     void run(const ExecutionContext& context) const override {
-        if (!context.input) return;
-        std::memcpy(context.tensor(tensors_.output), context.input, f32_bytes(size_) * context.batch);
+        const float* x = context.input(index_);
+        if (!x) return;
+        std::memcpy(context.tensor(tensors_.output), x, f32_bytes(size_) * context.batch);
     }
 
   private:
     size_t size_;
+    int index_;
 };
 
 class FloatOutput final : public Operator {
   public:
     FloatOutput(const Attributes& attrs, BuildContext& context) {
         size_ = boundary_size(attrs, "float_output");
-        index_ = output_index(attrs);
+        index_ = boundary_index(attrs);
         tensors_.inputs = {context.tensor_index(attrs, "input", f32_bytes(size_))};
     }
 
