@@ -182,6 +182,8 @@ class GraphCompiler:
     # -------------------------------------------------------------- driver
     def build(self) -> tuple[Plan, dict[str, np.ndarray]]:
         graph_inputs = [item for item in self.graph.input if item.name not in self.constants]  # old files list weights
+        if not graph_inputs:
+            raise CompileError(None, "the graph has no input (every graph input is an initializer)")
         if self.requested_shape is not None and len(graph_inputs) != 1:
             raise CompileError(None, f"input_shape fixes the shape of a graph with one input; this one has "
                                      f"{len(graph_inputs)}")
@@ -285,12 +287,12 @@ class GraphCompiler:
             return to_float(self, None, self.expressions[name]) if name in self.expressions else self.floats[name], None
         if name in dequantized:
             return dequantized[name]
-        else:  # codes moved after their last DequantizeLinear (a Flatten at the end) are output too
-            value = self.views.get(name) or (self.pending.get(name) if getattr(self.pending.get(name), "kind", "") == "max_pool"
-                                             else None)
-            if value is None and name not in self.dequantized:
-                raise CompileError(None, f"output {name!r} must be a DequantizeLinear of an int8 tensor (or codes moved "
-                                         "after one), or a float value")
+        # codes moved after their last DequantizeLinear (a Flatten at the end) are output too
+        value = self.views.get(name) or (self.pending.get(name) if getattr(self.pending.get(name), "kind", "") == "max_pool"
+                                         else None)
+        if value is None and name not in self.dequantized:
+            raise CompileError(None, f"output {name!r} must be a DequantizeLinear of an int8 tensor (or codes moved "
+                                     "after one), or a float value")
         tensor = self.activation(None, self.operand(None, name))
         return tensor, value.node.name if value is not None and value.node is not None else self.producers[name].name
 
