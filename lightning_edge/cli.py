@@ -146,12 +146,14 @@ def _run(args: argparse.Namespace) -> int:
 
     session = load(args.edge, threads=args.threads, kernels=args.kernels)
     x = np.load(args.input)
-    output = session.run(x)
-    if args.output:
-        np.save(args.output, output)
+    outputs = session.run(x, as_dict=True)
+    output = next(iter(outputs.values()))  # classes of the first output
+    if args.output:  # one output: an .npy array; several: an .npz archive by output name
+        np.save(args.output, output) if len(outputs) == 1 else np.savez(args.output, **outputs)
     if output.ndim == 2:
         print("\n".join(" ".join(map(str, row)) for row in np.argsort(-output, axis=1)[:, : args.top]))
-    print(f"{len(x)} inputs through {session} -> output {output.shape}"
+    shapes = ", ".join(f"{name} {value.shape}" for name, value in outputs.items())
+    print(f"{len(x)} inputs through {session} -> output {output.shape if len(outputs) == 1 else shapes}"
           + (f", saved to {args.output}" if args.output else ""), file=sys.stderr)
     return 0
 

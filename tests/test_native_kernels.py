@@ -32,8 +32,10 @@ def build_and_run(compiler: str, output: Path, runner: list[str], extra: list[st
 
 
 def digests(out: str) -> dict[str, str]:
-    """The harness's "tensor <i> <hex>", "output <hex>" and "function <name> <hex>" lines, by name."""
-    return {m[1]: m[2] for m in re.finditer(r"^((?:tensor \d+|output|function \S+)) ([0-9a-f]{16})$", out, re.M)}
+    """The harness's "tensor <i> <hex>", "output <hex>" (each also of the FP32 plan, "float ...") and
+    "function <name> <hex>" lines, by name."""
+    return {m[1]: m[2] for m in re.finditer(r"^((?:(?:float )?tensor \d+|(?:float )?output(?: \d+)?|function \S+)) ([0-9a-f]{16})$",
+                                             out, re.M)}
 
 
 @pytest.fixture(scope="module")

@@ -175,12 +175,17 @@ def test_unsupported_ops_fail_at_compile_naming_node_and_op(tmp_path):
         compile(str(tmp_path / "junk.onnx"), str(tmp_path / "junk.edge"))
 
 
-def test_a_float_model_is_refused_with_the_fix(tmp_path):
+def test_a_float_model_compiles_and_runs_in_float32(tmp_path):
+    """An unquantized export is a plain FP32 file: it runs in float32 (tests/test_runtime_fp32.py has the details)."""
     torch.manual_seed(0)
     float_path = to_onnx(create_model("cifar_resnet20", num_classes=10, in_chans=1).eval(), torch.zeros(1, 1, 28, 28),
                          str(tmp_path / "float.onnx"))
-    with pytest.raises(CompileError, match="dequantized int8 activation|QuantizeLinear"):
-        compile(float_path, str(tmp_path / "float.edge"))
+    plan = compile(float_path, str(tmp_path / "float.edge"), select=False)
+    assert plan.ops[0].kind == "float_input" and plan.ops[-1].kind == "float_output"
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    onnx_runtime = onnxruntime_session(float_path)
+    want = onnx_runtime.run(None, {onnx_runtime.get_inputs()[0].name: x})[0]
+    assert np.abs(load(str(tmp_path / "float.edge")).run(x) - want).max() <= 1e-4 * np.abs(want).max()
 
 
 @pytest.mark.parametrize("damage", ["tensor size", "array length", "unknown kind", "read before write", "grid"])

@@ -1,9 +1,11 @@
 """lightning-edge's INT8 runtime: numpy plus compiled C++ kernels, no torch.
 
 - ``compile(onnx_path, edge_path)``: a standard ONNX QDQ file (ours or another tool's) into a fused integer
-  plan in a checked .edge file (``compiler``, ``edge_format``); needs the ``onnx`` package.
-- ``load(edge_path, threads=None) -> Session``; ``Session.run(x)``: float32 NCHW in, float32 out, any batch
-  (``session``); needs only numpy and the extension built by ``pip install``.
+  plan in a checked .edge file, float32 ops where the graph is not quantized (a plain FP32 file included)
+  (``compiler``, ``edge_format``); needs the ``onnx`` package.
+- ``load(edge_path, threads=None) -> Session``; ``Session.run(x)``: float32 NCHW in, float32 out (a list for
+  several outputs, a dict by name with ``as_dict=True``), any batch (``session``); needs only numpy and the
+  extension built by ``pip install``.
 - ``reference``: INT8_SPEC.md in plain numpy, the oracle the kernels are tested against bit for bit.
 """
 from typing import Any

@@ -45,10 +45,11 @@ def onnxruntime_session(path: str, threads: int, optimized: bool = True) -> obje
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def quantize_static_qdq(float_path: str, output_path: str, batches: list[np.ndarray], per_channel: bool = True,
-                        activations: str = "QUInt8") -> str:
+def quantize_static_qdq(float_path: str, output_path: str, batches: list[np.ndarray | dict[str, np.ndarray]],
+                        per_channel: bool = True, activations: str = "QUInt8") -> str:
     """ONNX Runtime's own quantizer on an FP32 file: static QDQ with int8 weights, calibrated on ``batches``
-    (float32 NCHW arrays for the graph's input): the other tool's files the runtime must accept."""
+    (float32 NCHW arrays for the graph's input, or dicts of them by input name for a graph with several): the other
+    tool's files the runtime must accept."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -56,7 +57,7 @@ def quantize_static_qdq(float_path: str, output_path: str, batches: list[np.ndar
 
     class Batches(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{input_name: batch} for batch in batches])
+            self.items = iter([batch if isinstance(batch, dict) else {input_name: batch} for batch in batches])
 
         def get_next(self):
             return next(self.items, None)

@@ -161,25 +161,27 @@ class ImageFields:
 @op_kind
 @dataclass(kw_only=True)
 class QuantizeOp(ImageFields, Op):
-    """float32 NCHW input -> uint8 NHWC codes on ``grid``: ``clamp(round_half_even(x / s) + z)``."""
+    """float32 NCHW input number ``index`` -> uint8 NHWC codes on ``grid``: ``clamp(round_half_even(x / s) + z)``."""
 
     KIND = "quantize"
     INPUTS = ()
     POSITIVE = ("channels", "height", "width")
     output: int
     grid: Grid
+    index: int = 0                      # which of the plan's inputs (graph input order)
 
 
 @op_kind
 @dataclass(kw_only=True)
 class DequantizeOp(ImageFields, Op):
-    """uint8 NHWC codes on ``grid`` -> the float32 NCHW output: ``float32(q - z) * s``."""
+    """uint8 NHWC codes on ``grid`` -> the float32 NCHW output number ``index``: ``float32(q - z) * s``."""
 
     KIND = "dequantize"
     OUTPUT = None
     POSITIVE = ("channels", "height", "width")
     input: int
     grid: Grid
+    index: int = 0                      # which of the plan's outputs (graph output order)
 
 
 @op_kind
@@ -468,6 +470,112 @@ class ToCodesOp(ImageFields, Op):
     grid: Grid
 
 
+@op_kind
+@dataclass(kw_only=True)
+class FloatInputOp(ImageFields, Op):
+    """The float32 NCHW input number ``index`` as an f32 tensor (a plain FP32 file, or a float region reading the
+    input): a copy."""
+
+    KIND = "float_input"
+    INPUTS = ()
+    POSITIVE = ("channels", "height", "width")
+    output: int
+    index: int = 0                      # which of the plan's inputs (graph input order)
+
+
+@op_kind
+@dataclass(kw_only=True)
+class FloatOutputOp(ImageFields, Op):
+    """An f32 tensor as the float32 output number ``index`` (a float region at the graph's end): a copy; (F, 1, 1)
+    for a vector."""
+
+    KIND = "float_output"
+    OUTPUT = None
+    POSITIVE = ("channels", "height", "width")
+    input: int
+    index: int = 0                      # which of the plan's outputs (graph output order)
+
+
+@dataclass(kw_only=True)
+class FloatWindowFields:
+    """A float op's sliding window over an f32 (C, H, W) tensor: kernel, stride, dilation and top/left padding,
+    each padding smaller than the dilated kernel (the C++ op indexes nothing outside the image either way)."""
+
+    kernel_h: int
+    kernel_w: int
+    stride_h: int = 1
+    stride_w: int = 1
+    dilation_h: int = 1
+    dilation_w: int = 1
+    pad_top: int = 0
+    pad_left: int = 0
+
+    def check_float_window(self, op_id: str, *pads: int) -> None:
+        values = (self.kernel_h, self.kernel_w, self.stride_h, self.stride_w, self.dilation_h, self.dilation_w)
+        if not all(0 < v <= MAX_DIMENSION for v in values):
+            raise PlanError(f"op {op_id}: kernel, stride and dilation must be positive dimensions")
+        extent_h, extent_w = (self.kernel_h - 1) * self.dilation_h + 1, (self.kernel_w - 1) * self.dilation_w + 1
+        for pad, extent in zip((self.pad_top, self.pad_left, *pads), (extent_h, extent_w, extent_h, extent_w)):
+            if not 0 <= pad < extent:
+                raise PlanError(f"op {op_id}: padding {pad} must be smaller than the dilated window ({extent})")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class FloatConvOp(FloatWindowFields, Op):
+    """A float32 convolution (groups, depthwise, stride, padding, dilation, bias) of an f32 (in_c, in_h, in_w)
+    tensor: float32 products summed in float64 with the bias, rounded once (INT8_SPEC rule 17)."""
+
+    KIND = "float_conv"
+    ARRAYS = ("weights", "bias")
+    POSITIVE = ("in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "groups")
+    input: int
+    output: int
+    in_c: int
+    in_h: int
+    in_w: int
+    out_c: int
+    out_h: int
+    out_w: int
+    groups: int = 1
+    weights: str                        # float32 (out_c, in_c / groups, kernel_h, kernel_w), ONNX's layout
+    bias: str | None = None             # float32 (out_c,)
+    macs: int = 0
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        self.check_float_window(self.id)
+        if self.in_c % self.groups or self.out_c % self.groups:
+            raise PlanError(f"op {self.id}: {self.in_c} -> {self.out_c} channels do not divide into {self.groups} groups")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class FloatPoolOp(FloatWindowFields, ImageFields, Op):
+    """MaxPool or AveragePool of an f32 (C, H, W) tensor: the window maximum (padding never wins), or the float64
+    sum over the window's elements inside the input divided by the count, rounded once; ``count`` is the elements
+    inside the input, or with ``count_include_pad`` inside the input and its explicit padding (``pad_bottom``,
+    ``pad_right``; a ceil_mode overhang is not padding)."""
+
+    KIND = "float_pool"
+    OPERATIONS: ClassVar[tuple[str, ...]] = ("max", "average")
+    POSITIVE = ("channels", "height", "width", "out_h", "out_w")
+    operation: str
+    input: int
+    output: int
+    out_h: int
+    out_w: int
+    pad_bottom: int = 0
+    pad_right: int = 0
+    count_include_pad: bool = False
+
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        self.check_float_window(self.id, self.pad_bottom, self.pad_right)
+        if self.operation not in self.OPERATIONS:
+            raise PlanError(f"op {self.id}: operation {self.operation!r} is not one of {self.OPERATIONS}")
+
+
 # Instructions of a float expression: (opcode, destination, a, b, c) registers, immediates (imm0, imm1).
 FLOAT_OPCODES = ("input", "constant", "add", "sub", "mul", "div", "max", "min", "neg", "abs", "relu", "clip",
                  "leaky_relu", "prelu", "hard_sigmoid", "hard_swish", "sigmoid", "tanh", "exp", "log", "sqrt", "erf",
@@ -589,10 +697,17 @@ class FloatReduceOp(Op):
             raise PlanError(f"op {self.id}: a {self.operation!r} reduction over {self.axes} of {self.shape}")
 
 
+INPUT_KINDS = ("quantize", "float_input")      # the ops that read the plan's inputs, first in the plan
+OUTPUT_KINDS = ("dequantize", "float_output")  # the ops that write the plan's outputs, last in the plan
+
+
 @dataclass
 class Plan:
     """A compiled network: its tensors and ops in execution order, the input and output shapes, and how
-    primitive selection timed the kernels (``selection``)."""
+    primitive selection timed the kernels (``selection``).
+
+    ``inputs`` and ``outputs`` name every input and output and its shape per sample, in graph order (each read or
+    written by the input or output op of that ``index``); ``input_shape`` and ``output_shape`` are the first ones'."""
 
     source: str
     input_shape: list[int]
@@ -602,10 +717,28 @@ class Plan:
     selection: dict[str, Any] | None = None
     format: str = PLAN_FORMAT
     version: int = PLAN_VERSION
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # [{"name": str, "shape": [int, ...]}, ...]
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.outputs:
+            self.outputs = [{"name": "output", "shape": list(self.output_shape)}]
+        if not self.inputs:
+            self.inputs = [{"name": "input", "shape": list(self.input_shape)}]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [entry["name"] for entry in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [entry["name"] for entry in self.outputs]
 
     def to_dict(self) -> dict[str, Any]:
         data = {"format": self.format, "version": self.version, "source": self.source,
                 "input": {"shape": list(self.input_shape)}, "output": {"shape": list(self.output_shape)},
+                "inputs": [{"name": entry["name"], "shape": list(entry["shape"])} for entry in self.inputs],
+                "outputs": [{"name": entry["name"], "shape": list(entry["shape"])} for entry in self.outputs],
                 "tensors": [{k: v for k, v in asdict(t).items() if k != "folded" or v} for t in self.tensors],
                 "ops": [op.to_dict() for op in self.ops]}
         if self.selection is not None:
@@ -636,12 +769,20 @@ class Plan:
             if not isinstance(shape, list) or not all(_is_int(d) and 0 < d <= MAX_DIMENSION for d in shape):
                 raise PlanError(f"the plan's {key} shape {shape!r} is not a list of positive dimensions")
             shapes[key] = shape
+        inputs, outputs = _boundary(data, "inputs", shapes["input"]), _boundary(data, "outputs", shapes["output"])
+        indices = sorted(op.index for op in ops if op.KIND in INPUT_KINDS)
+        if indices != list(range(len(inputs))):
+            raise PlanError(f"the plan's input ops read inputs {indices}, not each of its {len(inputs)} inputs once")
+        indices = sorted(op.index for op in ops if op.KIND in OUTPUT_KINDS)
+        if indices != list(range(len(outputs))):
+            raise PlanError(f"the plan's output ops write outputs {indices}, not each of its {len(outputs)} outputs once")
         selection = data.get("selection")
         if selection is not None and not isinstance(selection, dict):
             raise PlanError("the plan's selection record is not an object")
         source = data.get("source", "?")
         return cls(source=source if isinstance(source, str) else "?", input_shape=shapes["input"],
-                   output_shape=shapes["output"], tensors=tensors, ops=ops, selection=selection)
+                   output_shape=shapes["output"], tensors=tensors, ops=ops, selection=selection, outputs=outputs,
+                   inputs=inputs)
 
     def op_ids(self) -> list[str]:
         return [op.id for op in self.ops]
@@ -653,6 +794,23 @@ def _list(data: dict, key: str) -> list:
     if not isinstance(value, list) or not value:
         raise PlanError(f"the plan's {key!r} is not a non-empty list")
     return value
+
+
+def _boundary(data: dict, key: str, first_shape: list[int]) -> list[dict[str, Any]]:
+    """The plan's ``inputs`` or ``outputs`` list (names and shapes), checked; a plan without one has its single
+    ``input`` or ``output``."""
+    entries = data.get(key, [{"name": key[:-1], "shape": first_shape}])
+    if not isinstance(entries, list) or not entries:
+        raise PlanError(f"the plan's {key!r} is not a non-empty list")
+    outputs = []
+    for index, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not isinstance(shape, list) \
+                or not all(_is_int(d) and 0 < d <= MAX_DIMENSION for d in shape):
+            raise PlanError(f"the plan's {key[:-1]} {index} is not a name and a list of positive dimensions")
+        outputs.append({"name": name, "shape": shape})
+    return outputs
 
 
 def _is_int(value: Any) -> bool:

@@ -1,4 +1,6 @@
-"""Load a .edge file and run it: ``load(path, threads=None) -> Session``; ``Session.run(x) -> np.ndarray``.
+"""Load a .edge file and run it: ``load(path, threads=None) -> Session``; ``Session.run(x) -> np.ndarray`` (a list
+of arrays in graph output order for a model with several outputs; ``run(x, as_dict=True)``: a dict by output name;
+several inputs as a list in graph input order or a dict by input name).
 
 numpy and the compiled kernels only (no torch, no onnx). The .edge container is checked by
 ``edge_format.read_edge``; the plan inside it is then checked field by field (``plan.Plan.from_dict``) and
@@ -15,7 +17,7 @@ import numpy as np
 from lightning_edge.runtime.edge_format import EdgeFormatError, read_edge
 from lightning_edge.runtime.native import KERNELS, default_threads, engine_module, resolve_kernels
 from lightning_edge.runtime.packing import kernel_arrays
-from lightning_edge.runtime.plan import Plan, PlanError
+from lightning_edge.runtime.plan import INPUT_KINDS, Plan, PlanError
 
 
 class Session:
@@ -38,10 +40,15 @@ class Session:
             ops, arrays = kernel_arrays(plan, tensors, resolved)
             sizes = [tensor.bytes_per_sample for tensor in plan.tensors]
             self._engine = module.Engine(ops, sizes, arrays, threads or default_threads(), resolved)
-            first = plan.ops[0]
-            self.input_shape = (first.channels, first.height, first.width)
-            if list(self.input_shape) != list(plan.input_shape):
-                raise ValueError(f"input shape {plan.input_shape} is not the quantize op's {list(self.input_shape)}")
+            ends = sorted((op for op in plan.ops if op.KIND in INPUT_KINDS), key=lambda op: op.index)
+            self.input_shapes = [(op.channels, op.height, op.width) for op in ends]
+            self.input_shape = self.input_shapes[0]  # the first input's (C, H, W)
+            if self._engine.output_count != len(plan.outputs) or self._engine.input_count != len(plan.inputs):
+                raise ValueError(f"the plan names {len(plan.inputs)} inputs and {len(plan.outputs)} outputs, its ops read "
+                                 f"{self._engine.input_count} and write {self._engine.output_count}")
+            if [list(shape) for shape in self.input_shapes] != [list(entry["shape"]) for entry in plan.inputs]:
+                raise ValueError(f"input shapes {[entry['shape'] for entry in plan.inputs]} are not the input ops' "
+                                 f"{[list(shape) for shape in self.input_shapes]}")
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError, ArithmeticError, AttributeError) as error:
             raise EdgeFormatError(path, f"its plan is inconsistent ({error})") from error
 
@@ -54,39 +61,73 @@ class Session:
     def threads(self) -> int:
         return self._engine.threads
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """float32 (batch, C, H, W) in, the model's float32 output (batch, classes) or (batch, C, H, W) out."""
-        return self._engine.run(self._checked(x))
+    @property
+    def input_names(self) -> list[str]:
+        """The model's inputs, in graph input order (how ``run`` takes a list of them)."""
+        return self.plan.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        """The model's outputs, in graph output order (what ``run`` returns them in)."""
+        return self.plan.output_names
+
+    def run(self, x: np.ndarray, as_dict: bool = False) -> np.ndarray | list[np.ndarray] | dict[str, np.ndarray]:
+        """float32 (batch, C, H, W) in (for a model with several inputs, a list in graph input order or a dict by input
+        name, all of one batch size); out, each output in float32 as (batch, classes) or (batch, C, H, W): the one
+        array of a one-output model, else a list in graph output order; with ``as_dict``, a dict by output name."""
+        return self._outputs(self._engine.run(self._checked(x)), as_dict)
+
+    def _outputs(self, arrays: list[np.ndarray], as_dict: bool) -> Any:
+        if as_dict:
+            return dict(zip(self.output_names, arrays))
+        return arrays[0] if len(arrays) == 1 else list(arrays)
 
     def profile(self, x: np.ndarray, repeats: int = 10) -> list[float]:
         """Median seconds of each plan op inside ``repeats`` whole runs of ``x`` (after a warm-up run)."""
         return list(self._engine.profile(self._checked(x), repeats))
 
-    def trace(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Output plus every tensor the plan stores, by its ONNX name (the QuantizeLinear output), NCHW: uint8 codes
+    def trace(self, x: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
+        """Output (as ``run`` returns it) plus every tensor the plan stores, by its ONNX name (the QuantizeLinear output), NCHW: uint8 codes
         (those of int8-activation files shifted by +128, the runtime's uint8 form), and float32 values of float regions."""
         x = self._checked(x)
-        output, codes = self._engine.trace(x)
+        outputs, codes = self._engine.trace(x)
+        output = self._outputs(outputs, False)
         tensors = {}
+        batch = len(x[0])
         for info, flat in zip(self.plan.tensors, codes):
             if flat is None:
                 continue
             shape = info.shape
             if info.dtype == "f32":
-                tensors[info.name] = flat.view(np.float32).reshape(len(x), *shape)
+                tensors[info.name] = flat.view(np.float32).reshape(batch, *shape)
             elif len(shape) == 3:
-                tensors[info.name] = flat.reshape(len(x), shape[1], shape[2], shape[0]).transpose(0, 3, 1, 2)
+                tensors[info.name] = flat.reshape(batch, shape[1], shape[2], shape[0]).transpose(0, 3, 1, 2)
             else:
-                tensors[info.name] = flat.reshape(len(x), -1)
+                tensors[info.name] = flat.reshape(batch, -1)
         return output, tensors
 
-    def _checked(self, x: Any) -> np.ndarray:
+    def _checked(self, x: Any) -> list[np.ndarray]:
+        """The inputs as float32 C-order batches, one per plan input in order (an array, a list, or a dict by name)."""
+        names = self.input_names
+        if isinstance(x, dict):
+            if sorted(x) != sorted(names):
+                raise ValueError(f"inputs {sorted(x)}: this model takes {names}")
+            x = [x[name] for name in names]
+        elif len(names) == 1 and not (isinstance(x, (list, tuple)) and len(x) == 1 and isinstance(x[0], np.ndarray)):
+            x = [x]
+        elif not isinstance(x, (list, tuple)) or len(x) != len(names):
+            raise ValueError(f"this model takes {len(names)} inputs ({', '.join(names)}): give a list in that order or a "
+                             "dict by name")
+        return [self._checked_one(value, shape, name) for value, shape, name in zip(x, self.input_shapes, names)]
+
+    @staticmethod
+    def _checked_one(x: Any, shape: tuple[int, int, int], name: str) -> np.ndarray:
         x = np.asarray(x)
         if x.ndim == 3:
             x = x[None]
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"input of shape {tuple(x.shape)}: this model takes float32 (batch, "
-                             f"{', '.join(map(str, self.input_shape))})")
+        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"input {name!r} of shape {tuple(x.shape)}: this model takes float32 (batch, "
+                             f"{', '.join(map(str, shape))})")
         if x.shape[0] == 0:
             raise ValueError("input batch is empty")
         return np.ascontiguousarray(x, dtype=np.float32)

@@ -131,7 +131,8 @@ std::vector<uint8_t> run_conv(const Backend& backend, Case k, bool k_major) {
     return output;
 }
 
-// A plan with every registered op kind, with random weights packed for one path, and the arrays it names:
+// A plan with every registered op kind but the FP32 ones (make_float_plan), with random weights packed for one
+// path, and the arrays it names:
 // quantize -> conv 3x3 -> depthwise 3x3/2 -> conv 1x1 + residual -> add -> max pool -> average pool, then
 // table -> binary (x the pooled vector, broadcast) -> concat (one input requantized) -> gather (padding) ->
 // window average pool, then a float region: to_float -> float_expression -> float_layer_norm ->
@@ -363,24 +364,66 @@ Plan make_plan(bool k_major) {
     return p;
 }
 
+// The float32 ends and layers of a plain FP32 file, which take the place of quantize and dequantize: float_input
+// -> float_conv (3 -> 6 channels in 3 groups, 3x3 dilated by 2, stride 2, padded) -> float_pool max (3x3/2, a
+// ceil-mode row) -> float_pool average (2x2/1, padding counted) -> two float_output ops: output 0 the average
+// pool, output 1 the max pool (several outputs, written by index).
+Plan make_float_plan() {
+    Plan p;
+    p.sizes = {4 * 3 * 9 * 9, 4 * 6 * 5 * 5, 4 * 6 * 3 * 3, 4 * 6 * 4 * 4};
+    std::mt19937 saved = rng;
+    rng.seed(11);
+    auto add = [&](const char* kind, Attributes a) { p.ops.push_back({kind, std::move(a)}); };
+    add("float_input", Attributes().set_int("channels", 3).set_int("height", 9).set_int("width", 9).set_int("output", 0));
+    p.keep("fc.w", random_floats(6 * 1 * 3 * 3, -1.0f, 1.0f));
+    p.keep("fc.b", random_floats(6, -0.5f, 0.5f));
+    add("float_conv", Attributes().set_int("in_c", 3).set_int("in_h", 9).set_int("in_w", 9).set_int("out_c", 6).set_int("out_h", 5)
+        .set_int("out_w", 5).set_int("groups", 3).set_int("kernel_h", 3).set_int("kernel_w", 3).set_int("stride_h", 2)
+        .set_int("stride_w", 2).set_int("dilation_h", 2).set_int("dilation_w", 2).set_int("pad_top", 2).set_int("pad_left", 2)
+        .set_string("weights", "fc.w").set_string("bias", "fc.b").set_int("input", 0).set_int("output", 1));
+    auto pool = [](const char* operation, int height, int out, int kernel, int stride, int pad, int include_pad) {
+        return Attributes().set_string("operation", operation).set_int("channels", 6).set_int("height", height)
+            .set_int("width", height).set_int("out_h", out).set_int("out_w", out).set_int("kernel_h", kernel)
+            .set_int("kernel_w", kernel).set_int("stride_h", stride).set_int("stride_w", stride).set_int("dilation_h", 1)
+            .set_int("dilation_w", 1).set_int("pad_top", pad).set_int("pad_left", pad).set_int("pad_bottom", pad)
+            .set_int("pad_right", pad).set_int("count_include_pad", include_pad);
+    };
+    add("float_pool", pool("max", 5, 3, 3, 2, 1, 0).set_int("input", 1).set_int("output", 2));
+    add("float_pool", pool("average", 3, 4, 2, 1, 1, 1).set_int("input", 2).set_int("output", 3));
+    add("float_output", Attributes().set_int("channels", 6).set_int("height", 3).set_int("width", 3).set_int("input", 2)
+        .set_int("index", 1));
+    add("float_output", Attributes().set_int("channels", 6).set_int("height", 4).set_int("width", 4).set_int("input", 3)
+        .set_int("index", 0));
+    rng = saved;
+    return p;
+}
+
 // What a plan run leaves, by name: every tensor it writes ("tensor <index>", the bytes of the whole batch,
 // in op order), then its float output ("output").
 using Trace = std::vector<std::pair<std::string, std::vector<uint8_t>>>;
 
 // The trace of the plan on `kernels` with `threads` threads, on a fixed batch of 3 whose values come from
 // integers only (std::normal_distribution calls logf, which could itself differ between the two builds).
-Trace run_plan(const std::string& kernels, int threads) {
-    Plan p = make_plan(kernels == "neon");
+// `float_plan`: the FP32 plan instead, its names prefixed "float ".
+Trace run_plan(const std::string& kernels, int threads, bool float_plan = false) {
+    Plan p = float_plan ? make_float_plan() : make_plan(kernels == "neon");
     Engine engine(p.ops, p.sizes, p.arrays, threads, kernels);
     std::mt19937 input_rng(5);
-    std::vector<float> x(3 * 3 * 9 * 9), out(3 * 16 * 4, -1.0f);
+    std::vector<float> x(3 * 3 * 9 * 9), out(float_plan ? 3 * 6 * 4 * 4 : 3 * 16 * 4, -1.0f), second(3 * 6 * 3 * 3, -1.0f);
     for (auto& v : x) v = static_cast<float>(std::uniform_int_distribution<int>(-4000, 4000)(input_rng)) / 1000.0f;
     Trace trace;
-    engine.trace(x.data(), 3, out.data(), [&](int index, const uint8_t* data, size_t bytes) {
-        trace.push_back({"tensor " + std::to_string(index), std::vector<uint8_t>(data, data + bytes)});
+    const std::string prefix = float_plan ? "float " : "";
+    Engine::Outputs outputs{out.data()};
+    if (float_plan) outputs.push_back(second.data());
+    engine.trace(x.data(), 3, outputs, [&](int index, const uint8_t* data, size_t bytes) {
+        trace.push_back({prefix + "tensor " + std::to_string(index), std::vector<uint8_t>(data, data + bytes)});
     });
     const auto* bytes = reinterpret_cast<const uint8_t*>(out.data());
-    trace.push_back({"output", std::vector<uint8_t>(bytes, bytes + out.size() * sizeof(float))});
+    trace.push_back({prefix + "output", std::vector<uint8_t>(bytes, bytes + out.size() * sizeof(float))});
+    if (float_plan) {
+        bytes = reinterpret_cast<const uint8_t*>(second.data());
+        trace.push_back({prefix + "output 1", std::vector<uint8_t>(bytes, bytes + second.size() * sizeof(float))});
+    }
     return trace;
 }
 
@@ -440,6 +483,7 @@ int check_engine() {
     const std::vector<std::string> kinds = registered_operators();  // sorted
     std::set<std::string> used;
     for (const OpDescription& op : make_plan(false).ops) used.insert(op.kind);
+    for (const OpDescription& op : make_float_plan().ops) used.insert(op.kind);
     if (std::vector<std::string>(used.begin(), used.end()) != kinds) {  // a kind without a case, or lost at link time
         std::printf("registered op kinds:");
         for (const std::string& kind : kinds) std::printf(" %s", kind.c_str());
@@ -448,10 +492,11 @@ int check_engine() {
         std::printf("\n");
         return 1;
     }
-    const Trace reference = run_plan("scalar", 1);
-    for (const auto& [name, bytes] : reference)
-        std::printf("%s %016llx\n", name.c_str(), static_cast<unsigned long long>(fnv1a(bytes.data(), bytes.size())));
-    if (run_plan("scalar", 3) != reference) {
+    const Trace reference = run_plan("scalar", 1), float_reference = run_plan("scalar", 1, true);
+    for (const Trace* trace : {&reference, &float_reference})
+        for (const auto& [name, bytes] : *trace)
+            std::printf("%s %016llx\n", name.c_str(), static_cast<unsigned long long>(fnv1a(bytes.data(), bytes.size())));
+    if (run_plan("scalar", 3) != reference || run_plan("scalar", 3, true) != float_reference) {
         std::printf("engine: scalar on 3 threads differs from 1 thread\n");
         ++failures;
     }
@@ -459,7 +504,7 @@ int check_engine() {
     for (const std::string& kernels : available_kernels()) {
         if (kernels == "scalar") continue;
         std::printf(", %s", kernels.c_str());
-        if (run_plan(kernels, 2) != reference) {
+        if (run_plan(kernels, 2) != reference || run_plan(kernels, 2, true) != float_reference) {
             std::printf(" (differs from scalar)");
             ++failures;
         }
@@ -482,6 +527,38 @@ int check_engine() {
     bad = make_plan(false);
     bad.ops[2].attributes.set_float("kernel_h", 3.5);
     failures += !refuses(bad, "plan op field 'kernel_h' must be an integer");
+    bad = make_float_plan();
+    bad.ops[1].attributes.set_int("pad_top", 5);
+    failures += !refuses(bad, "float_conv: padding must be smaller than the dilated kernel");
+    bad = make_float_plan();
+    bad.ops[2].attributes.set_int("out_h", 4);
+    failures += !refuses(bad, "tensor 'output' has 216 elements per sample, the op needs 288");
+    bad = make_float_plan();
+    std::swap(bad.ops[0], bad.ops[4]);
+    failures += !refuses(bad, "a plan starts with its quantize (or float_input) ops");
+    bad = make_float_plan();  // a second input op for input 0
+    bad.sizes.push_back(bad.sizes[0]);
+    bad.ops.insert(bad.ops.begin() + 1, {"float_input", Attributes().set_int("channels", 3).set_int("height", 9)
+                                                            .set_int("width", 9).set_int("output", 4)});
+    failures += !refuses(bad, "the input ops' indices must be 0 to 1, each once");
+    bad = make_float_plan();
+    bad.ops[4].attributes.set_int("index", 0);
+    failures += !refuses(bad, "the output ops' indices must be 0 to 1, each once");
+    bad = make_float_plan();
+    std::swap(bad.ops[3], bad.ops[4]);
+    failures += !refuses(bad, "its input ops (quantize or float_input) first and its output ops");
+    {
+        Plan p = make_float_plan();
+        Engine engine(p.ops, p.sizes, p.arrays, 1, "scalar");
+        std::vector<float> x(3 * 9 * 9), out(6 * 4 * 4);
+        try {
+            engine.run(x.data(), 1, out.data());  // one buffer for two outputs
+            std::printf("a run with one output buffer for two outputs was accepted\n");
+            ++failures;
+        } catch (const std::invalid_argument& error) {
+            failures += std::string(error.what()).find("the plan has 2 outputs, 1 buffers were given") == std::string::npos;
+        }
+    }
     std::printf(": %d mismatches\n", failures);
     return failures;
 }

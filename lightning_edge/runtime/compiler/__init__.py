@@ -23,6 +23,16 @@ weights are stored as int8 in the (kernel row, kernel column, channel) order of 
 the CPU's kernel path when a plan is loaded (``packing``); where a layer has several algorithms, primitive
 selection (``selection``) times them on its real shape with this machine's kernels.
 
+Plain FP32 files (and any region a QDQ file leaves unquantized) run in float32 in the same plan
+(``float_region``): the input is a ``float_input`` where something other than a QuantizeLinear reads it, the output
+a ``float_output`` where it is a float value; Conv is a ``float_conv``, MaxPool and AveragePool a ``float_pool``,
+GlobalAveragePool a ``float_reduce``, Gemm a ``float_matmul`` plus its bias in the float expression after it,
+elementwise ops float expressions and moves float gathers, all summing in float64 (INT8_SPEC rule 17).
+
+A graph has any number of inputs and outputs: each input is an op at the plan's start (``quantize`` or
+``float_input``) and each output one at its end (``dequantize`` or ``float_output``), with its index in graph
+order; the plan keeps their names and shapes.
+
 Anything else stops with :class:`CompileError` naming the node and op, before anything is written.
 """
 from __future__ import annotations

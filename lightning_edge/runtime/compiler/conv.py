@@ -38,7 +38,13 @@ def explicit_pads(node: Any, in_hw: tuple[int, int], kernel_hw: tuple[int, int],
 
 
 @rule("Conv")
-def conv(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
+def conv(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
+    """An int8 conv (a Pending its QuantizeLinear finishes), or a float32 one where it reads float values or float
+    weights (``float_region.float_conv``)."""
+    from lightning_edge.runtime.compiler.float_region import float_conv, runs_in_float
+
+    if runs_in_float(c, node, operands):
+        return float_conv(c, node, operands)
     x = c.image(node, operands[0])
     attributes = _attributes(node)
     codes, weight_scale = weight(c, node, operands[1])
@@ -127,7 +133,11 @@ def conv_transpose(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
 
 
 @rule("Gemm")
-def gemm(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
+def gemm(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
+    from lightning_edge.runtime.compiler.float_region import float_gemm, runs_in_float
+
+    if runs_in_float(c, node, operands):
+        return float_gemm(c, node, operands)
     x = c.activation(node, operands[0])
     attributes = _attributes(node)
     if attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0 or attributes.get("transA", 0):

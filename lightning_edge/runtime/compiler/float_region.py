@@ -15,17 +15,18 @@ import numpy as np
 
 from lightning_edge.runtime.compiler.graph import (CompileError, Expression, GraphCompiler, MoveView, Op, Pending, Tensor,
                                                    rule)
-from lightning_edge.runtime.plan import (FLOAT_OPCODES, FloatExpressionOp, FloatLayerNormOp, FloatMatMulOp, FloatReduceOp,
-                                         FloatSoftmaxOp, GatherOp, TensorRecord, ToCodesOp, ToFloatOp)
-from lightning_edge.runtime.reference import (FLOAT_OPS, _attributes, _linear_taps, _reduce_axes, _resize_plan,
-                                             _source_coordinates, batch_norm_coefficients)
+from lightning_edge.runtime.plan import (FLOAT_OPCODES, FloatConvOp, FloatExpressionOp, FloatInputOp, FloatLayerNormOp,
+                                         FloatMatMulOp, FloatOutputOp, FloatPoolOp, FloatReduceOp, FloatSoftmaxOp, GatherOp, TensorRecord, ToCodesOp,
+                                         ToFloatOp)
+from lightning_edge.runtime.reference import (FLOAT_OPS, _attributes, _linear_taps, _padding, _pool_geometry, _reduce_axes,
+                                             _resize_plan, _source_coordinates, batch_norm_coefficients)
 
 _OPCODE = {name: index for index, name in enumerate(FLOAT_OPCODES)}
 # ONNX op -> the program's opcode, for the elementwise ops whose operands are all registers.
 _DIRECT = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min", "Neg": "neg", "Abs": "abs",
            "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Erf": "erf",
            "Pow": "pow", "Softplus": "softplus", "Mish": "mish", "Reciprocal": "reciprocal", "Floor": "floor",
-           "Ceil": "ceil", "HardSwish": "hard_swish", "PRelu": "prelu"}
+           "Ceil": "ceil", "PRelu": "prelu"}
 
 
 @dataclass
@@ -54,8 +55,11 @@ def to_float(c: GraphCompiler, node: Any, operand: Any) -> FloatTensor:
     """``operand`` (codes, moved codes or an elementwise function) as a float tensor of the plan."""
     if isinstance(operand, FloatTensor):
         return operand
-    if isinstance(operand, Expression):
-        return float_expression(c, operand, f"{operand.node.output[0]}")
+    if isinstance(operand, Expression):  # evaluated once however many ops read it (the entry keeps its id alive)
+        key = ("expression", id(operand))
+        if key not in c.float_copies:
+            c.float_copies[key] = (operand, _evaluated(c, operand))
+        return c.float_copies[key][1]
     tensor = c.activation(node, operand)
     if tensor.flat_order is not None:
         raise CompileError(node, "a float op reads a flattened tensor stored permuted; quantize it after the Flatten")
@@ -69,6 +73,34 @@ def to_float(c: GraphCompiler, node: Any, operand: Any) -> FloatTensor:
                                   height=height, width=width, grid=tensor.grid()))
     c.float_copies[key] = result
     return result
+
+
+def float_input(c: GraphCompiler, name: str, index: int) -> FloatTensor:
+    """Graph input ``name``, the plan's input ``index``, as a float tensor (an op at the plan's start): what a float
+    region reading it, or a QuantizeLinear of it (then a ``to_codes``), starts from."""
+    channels, height, width = c.input_shapes[index]
+    result = new_float(c, name, (1, channels, height, width))
+    result.producer = c.emit(c.op(FloatInputOp, [], output=result.index, channels=channels, height=height, width=width,
+                                  index=index))
+    return result
+
+
+def float_output(c: GraphCompiler, value: FloatTensor, index: int = 0) -> list[int]:
+    """A float tensor as the plan's output ``index`` (an op at the plan's end); returns the output's shape, (C, H, W)
+    for an image, else (F,) (the engine's output is (batch, F) for anything else)."""
+    channels, height, width = _image(value.shape)
+    c.emit(c.op(FloatOutputOp, [], input=value.index, channels=channels, height=height, width=width, index=index))
+    return [channels, height, width] if (height, width) != (1, 1) else [channels]
+
+
+def _evaluated(c: GraphCompiler, expression: Expression) -> FloatTensor:
+    """An expression as a float tensor: one float_expression op, or, where moves came after the function (a Flatten
+    of a Relu), the function's tensor moved."""
+    from lightning_edge.runtime.compiler.movement import is_move
+
+    if is_move(expression.node):
+        return move_float(c, expression.node, [to_float(c, expression.node, expression.operands[0])])[expression.node.output[0]]
+    return float_expression(c, expression, f"{expression.node.output[0]}")
 
 
 def to_codes(c: GraphCompiler, quantizer: Any, value: FloatTensor, grid: tuple[float, int, int, int]) -> Tensor:
@@ -174,7 +206,8 @@ class _Program:
             return self.leaf(self.c.activation(None, value))
         if id(value) in self.seen:
             return self.seen[id(value)]
-        register = self._node(value)
+        evaluated = self.c.float_copies.get(("expression", id(value)))
+        register = self.leaf(evaluated[1]) if evaluated is not None else self._node(value)
         self.seen[id(value)] = register
         return register
 
@@ -195,6 +228,8 @@ class _Program:
         if op == "HardSigmoid":
             return self.emit("hard_sigmoid", self.register_of(operands[0]),
                              immediates=(np.float32(attributes.get("alpha", 0.2)), np.float32(attributes.get("beta", 0.5))))
+        if op == "HardSwish":  # x * HardSigmoid(x) with ONNX's fixed alpha and beta (reference.hard_swish)
+            return self.emit("hard_swish", self.register_of(operands[0]), immediates=(np.float32(1.0 / 6.0), 0.5))
         if op == "Gelu":
             return self.emit("gelu", self.register_of(operands[0]),
                              immediates=(1.0 if attributes.get("approximate", "none") == "tanh" else 0.0, 0))
@@ -301,50 +336,170 @@ def reduce(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
     return float_reduce(c, node, operands)
 
 
-def float_reduce(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
-    """A reduction of a float (or dequantized) tensor; never over the batch axis."""
+def float_reduce(c: GraphCompiler, node: Any, operands: list[Any], axes: tuple[int, ...] | None = None) -> FloatTensor:
+    """A reduction of a float (or dequantized) tensor; never over the batch axis. ``axes`` (keeping them) is for ops
+    that are a fixed reduction (GlobalAveragePool: a mean over H and W)."""
     x = to_float(c, node, operands[0])
     rank = len(x.shape)
-    axes = _reduce_axes([None, c.optional_constant(node, 1)], _attributes(node), rank)
-    axes = tuple(range(1, rank)) if axes is None else axes
+    keep = True
+    if axes is None:
+        axes = _reduce_axes([None, c.optional_constant(node, 1)], _attributes(node), rank)
+        axes = tuple(range(1, rank)) if axes is None else axes
+        keep = bool(_attributes(node).get("keepdims", 1))
     if 0 in axes:
         raise CompileError(node, "a reduction over the batch axis mixes samples")
-    keep = bool(_attributes(node).get("keepdims", 1))
     shape = tuple(1 if a in axes else d for a, d in enumerate(x.shape)) if keep else \
         tuple(d for a, d in enumerate(x.shape) if a not in axes)
     output = new_float(c, node.output[0], shape)
+    operation = "mean" if node.op_type == "GlobalAveragePool" else node.op_type[len("Reduce"):].lower()
     output.producer = c.emit(c.op(FloatReduceOp, [node.name], input=x.index, output=output.index,
-                                  operation=node.op_type[len("Reduce"):].lower(), shape=list(x.shape), axes=list(axes)))
+                                  operation=operation, shape=list(x.shape), axes=list(axes)))
     return output
 
 
-def move_float(c: GraphCompiler, node: Any, value: FloatTensor) -> dict[str, FloatTensor]:
-    """Data movement of a float tensor: the same numbering trick as codes, as a float32 gather (or no op at all)."""
-    numbers = np.arange(int(np.prod(value.shape)), dtype=np.int64).reshape(value.shape)
-    inputs = [numbers] + [c.constant(node, name) if name else None for name in node.input[1:]]
+# ---------------------------------------------------------------------------------------------- FP32 layers
+def runs_in_float(c: GraphCompiler, node: Any, operands: list[Any]) -> bool:
+    """Whether a Conv, Gemm or pool runs in float32: it reads a float-region value (a float tensor, or a float
+    function not quantized since), or (Conv, Gemm) its weight is a plain float constant, not a quantized one."""
+    if isinstance(operands[0], (FloatTensor, Expression)):
+        return True
+    if node.op_type in ("Conv", "Gemm") and len(node.input) > 1:
+        producer = c.producers.get(node.input[1])
+        while producer is not None and producer.op_type == "Identity":
+            producer = c.producers.get(producer.input[0])
+        return producer is None or producer.op_type != "DequantizeLinear"
+    return False
+
+
+def _float_image(c: GraphCompiler, node: Any, operand: Any) -> FloatTensor:
+    x = to_float(c, node, operand)
+    if len(x.shape) != 4 or x.shape[0] != 1:
+        raise CompileError(node, f"{node.op_type} reads a float tensor of shape {x.shape}; it needs (batch, C, H, W)")
+    return x
+
+
+def float_conv(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
+    """A Conv in float32 (any groups, stride, padding, dilation; a float bias): one float_conv op."""
+    from lightning_edge.runtime.compiler.conv import explicit_pads
+
+    x = _float_image(c, node, operands[0])
+    attributes = _attributes(node)
+    weights = np.asarray(c.constant(node, node.input[1]), np.float32)
+    if weights.ndim != 4:
+        raise CompileError(node, "only 2-D convolutions are supported")
+    out_c, group_in, kernel_h, kernel_w = weights.shape
+    groups = int(attributes.get("group", 1))
+    _, channels, in_h, in_w = x.shape
+    if group_in * groups != channels or out_c % groups:
+        raise CompileError(node, f"weight shape {weights.shape} with group={groups} does not fit {channels} input channels")
+    strides = list(attributes.get("strides", [1, 1]))
+    dilations = list(attributes.get("dilations", [1, 1]))
+    extent = ((kernel_h - 1) * dilations[0] + 1, (kernel_w - 1) * dilations[1] + 1)
+    pads = explicit_pads(node, (in_h, in_w), extent, strides, [1, 1])
+    if min(pads) < 0 or max(pads[0], pads[2]) >= extent[0] or max(pads[1], pads[3]) >= extent[1]:
+        raise CompileError(node, f"padding {pads} must be smaller than the (dilated) kernel {extent[0]}x{extent[1]}")
+    out_h = (in_h + pads[0] + pads[2] - extent[0]) // strides[0] + 1
+    out_w = (in_w + pads[1] + pads[3] - extent[1]) // strides[1] + 1
+    if out_h <= 0 or out_w <= 0:
+        raise CompileError(node, f"the kernel does not fit the {in_h}x{in_w} input")
+    bias = c.optional_constant(node, 2)
+    output = new_float(c, node.output[0], (1, out_c, out_h, out_w))
+    op_id = c.new_id()
+    output.producer = c.emit(FloatConvOp(
+        id=op_id, nodes=[node.name], input=x.index, output=output.index, in_c=channels, in_h=in_h, in_w=in_w,
+        out_c=out_c, out_h=out_h, out_w=out_w, groups=groups, kernel_h=kernel_h, kernel_w=kernel_w, stride_h=strides[0],
+        stride_w=strides[1], dilation_h=dilations[0], dilation_w=dilations[1], pad_top=pads[0], pad_left=pads[1],
+        weights=c.array(op_id, "weights", weights), macs=int(weights.size) * out_h * out_w,
+        bias=c.array(op_id, "bias", np.asarray(bias, np.float32).reshape(out_c)) if bias is not None else None))
+    return output
+
+
+def float_gemm(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
+    """A Gemm in float32: a float_matmul by the constant ``alpha * B'``, then ``+ beta * C`` as a float expression
+    (which fuses with the activation after it)."""
+    attributes = _attributes(node)
+    x = to_float(c, node, operands[0])
+    if attributes.get("transA", 0) or len(x.shape) != 2:
+        raise CompileError(node, f"a float Gemm needs an untransposed (batch, features) input, not {x.shape}")
+    weights = np.asarray(c.constant(node, node.input[1]), np.float32)
+    weights = weights.T if attributes.get("transB", 0) else weights
+    if weights.ndim != 2 or weights.shape[0] != x.shape[1]:
+        raise CompileError(node, f"weight {weights.shape} does not fit {x.shape[1]} input features")
+    alpha = np.float32(attributes.get("alpha", 1.0))
+    weights = weights if alpha == 1 else weights * alpha
+    product = new_float(c, node.output[0] if len(node.input) < 3 else f"{node.output[0]}/matmul", (1, weights.shape[1]))
+    op_id = c.new_id()
+    product.producer = c.emit(FloatMatMulOp(
+        id=op_id, nodes=[node.name], batch=1, m=1, k=weights.shape[0], n=weights.shape[1], a=x.index,
+        b_constant=c.array(op_id, "b", np.ascontiguousarray(weights)), a_batch_stride=0, b_batch_stride=0,
+        output=product.index))
+    if len(node.input) < 3 or not node.input[2]:
+        return product
+    bias = np.asarray(c.constant(node, node.input[2]), np.float32) * np.float32(attributes.get("beta", 1.0))
+    add = onnx_node("Add", node)
+    add.output[:] = [node.output[0]]
+    return Expression(add, [product, bias])
+
+
+def float_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
+    """MaxPool or AveragePool in float32 (ceil_mode, padding, dilation, count_include_pad): one float_pool op."""
+    x = _float_image(c, node, operands[0])
+    attributes = _attributes(node)
+    if len(node.output) > 1 and node.output[1]:
+        raise CompileError(node, "MaxPool's indices output is not supported")
+    _, channels, height, width = x.shape
+    kernel, strides, dilations, begin, end = _pool_geometry(attributes, (height, width))
+    _, explicit_end = _padding(attributes, (height, width), kernel, strides, dilations)
+    extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    if any(not 0 <= p < e for p, e in zip([*begin, *explicit_end], extent * 2)):
+        raise CompileError(node, f"padding {begin + explicit_end} must be smaller than the window {extent}")
+    out_h = (height + begin[0] + end[0] - extent[0]) // strides[0] + 1
+    out_w = (width + begin[1] + end[1] - extent[1]) // strides[1] + 1
+    output = new_float(c, node.output[0], (1, channels, out_h, out_w))
+    output.producer = c.emit(c.op(
+        FloatPoolOp, [node.name], operation="max" if node.op_type == "MaxPool" else "average", input=x.index,
+        output=output.index, channels=channels, height=height, width=width, out_h=out_h, out_w=out_w, kernel_h=kernel[0],
+        kernel_w=kernel[1], stride_h=strides[0], stride_w=strides[1], dilation_h=dilations[0], dilation_w=dilations[1],
+        pad_top=begin[0], pad_left=begin[1], pad_bottom=explicit_end[0], pad_right=explicit_end[1],
+        count_include_pad=bool(attributes.get("count_include_pad", 0))))
+    return output
+
+
+def move_float(c: GraphCompiler, node: Any, values: list[FloatTensor]) -> dict[str, FloatTensor]:
+    """Data movement of float tensors (one, or a Concat's several): the same numbering trick as codes (input i's
+    elements numbered ``i << 32 | element``), as a float32 gather (or no op at all)."""
+    numbers = [(i << MoveView.SLOT_SHIFT) + np.arange(int(np.prod(v.shape)), dtype=np.int64).reshape(v.shape)
+               for i, v in enumerate(values)]
+    data = len(values) if node.op_type == "Concat" else 1
+    inputs = numbers + [c.constant(node, name) if name else None for name in node.input[data:]]
     if node.op_type == "Pad" and _attributes(node).get("mode", "constant") == "constant":
         constant = inputs[2] if len(inputs) > 2 and inputs[2] is not None else 0.0
         if float(np.asarray(constant).reshape(-1)[0]) != 0.0:
             raise CompileError(node, "a float-region Pad with a constant other than 0 is not supported")
-        inputs = [numbers, inputs[1], np.array(-1, np.int64), *inputs[3:]]  # padding: element -1, the value 0
+        inputs = [numbers[0], inputs[1], np.array(-1, np.int64), *inputs[3:]]  # padding: element -1, the value 0
     result = FLOAT_OPS[node.op_type](node, inputs, _attributes(node))
-    return {name: float_gather(c, node, value, np.asarray(index), name)
+    return {name: float_gather(c, node, values, np.asarray(index), name)
             for name, index in zip(node.output, result if isinstance(result, tuple) else (result,))}
 
 
-def float_gather(c: GraphCompiler, node: Any, value: FloatTensor, index: np.ndarray, name: str) -> FloatTensor:
-    """``value``'s elements picked by ``index`` (element numbers, in the result's ONNX shape): the same tensor seen
-    with another shape where nothing moves, else a float32 gather."""
-    if index.size == int(np.prod(value.shape)) and np.array_equal(index.reshape(-1), np.arange(index.size)):
-        return FloatTensor(value.index, tuple(index.shape), value.producer)
+def float_gather(c: GraphCompiler, node: Any, value: FloatTensor | list[FloatTensor], index: np.ndarray,
+                 name: str) -> FloatTensor:
+    """Elements of ``value`` (one tensor or several) picked by ``index`` (``input << 32 | element`` numbers, -1 for
+    padding, in the result's ONNX shape): the same tensor seen with another shape where nothing moves, else a
+    float32 gather."""
+    values = value if isinstance(value, list) else [value]
+    first = values[0]
+    if index.size == int(np.prod(first.shape)) and np.array_equal(index.reshape(-1), np.arange(index.size)):
+        return FloatTensor(first.index, tuple(index.shape), first.producer)
     output = new_float(c, name, tuple(index.shape))
     op_id = c.new_id()
     flat = index.reshape(-1)
-    padded = (flat < 0).any()
+    slots = np.where(flat < 0, -1, flat >> MoveView.SLOT_SHIFT).astype(np.int32)
+    elements = np.where(flat < 0, 0, flat & 0xFFFFFFFF).astype(np.int32)
     output.producer = c.emit(GatherOp(
-        id=op_id, nodes=[node.name], inputs=[value.index], input_sizes=[int(np.prod(value.shape))], tables=[None],
-        size=int(index.size), indices=c.array(op_id, "indices", np.maximum(flat, 0).astype(np.int32)),
-        sources=c.array(op_id, "sources", np.where(flat < 0, -1, 0).astype(np.int32)) if padded else None,
+        id=op_id, nodes=[node.name], inputs=[v.index for v in values], input_sizes=[int(np.prod(v.shape)) for v in values],
+        tables=[None] * len(values), size=int(index.size), indices=c.array(op_id, "indices", elements),
+        sources=c.array(op_id, "sources", slots) if len(values) > 1 or (slots < 0).any() else None,
         output=output.index, element_bytes=4))
     return output
 
@@ -405,5 +560,5 @@ def reads_float(operands: list[Any]) -> bool:
     return any(isinstance(o, FloatTensor) for o in operands)
 
 
-__all__ = ["FloatTensor", "Pending", "float_expression", "float_reduce", "move_float", "reads_float", "to_codes",
-           "to_float"]
+__all__ = ["FloatTensor", "Pending", "float_conv", "float_expression", "float_gemm", "float_pool", "float_reduce",
+           "move_float", "reads_float", "runs_in_float", "to_codes", "to_float"]

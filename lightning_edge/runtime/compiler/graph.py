@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from lightning_edge.runtime.plan import DequantizeOp, Grid, Op, Plan, QuantizeOp, TensorRecord
+from lightning_edge.runtime.plan import DequantizeOp, FloatInputOp, Grid, Op, Plan, QuantizeOp, TensorRecord
 from lightning_edge.runtime.reference import FLOAT_OPS, _attributes, float_op, quantize
 
 
@@ -181,24 +181,25 @@ class GraphCompiler:
 
     # -------------------------------------------------------------- driver
     def build(self) -> tuple[Plan, dict[str, np.ndarray]]:
-        if len(self.graph.input) != 1 or len(self.graph.output) != 1:
-            raise CompileError(None, "the runtime runs graphs with one input and one output")
-        input_info = self.graph.input[0]
-        dims = [d.dim_value for d in input_info.type.tensor_type.shape.dim]
-        if len(dims) != 4:
-            raise CompileError(None, f"input {input_info.name!r} must be (batch, C, H, W); got rank {len(dims)}")
-        shape = tuple(dims[1:])
-        if self.requested_shape is not None:
-            if len(self.requested_shape) != 3 or min(self.requested_shape) <= 0 or \
-                    any(d > 0 and d != r for d, r in zip(shape, self.requested_shape)):
-                raise CompileError(None, f"input_shape {self.requested_shape} does not fit input {input_info.name!r} "
-                                         f"of shape {dims}")
-            shape = self.requested_shape
-        if any(d <= 0 for d in shape):
-            raise CompileError(None, f"input {input_info.name!r} has dynamic sizes {dims}; give compile(..., "
-                                     "input_shape=(C, H, W)) (lightning-edge compile --input-shape C H W)")
-        self.input_name, self.input_shape = input_info.name, shape
-        output_tensor = output_node = None
+        graph_inputs = [item for item in self.graph.input if item.name not in self.constants]  # old files list weights
+        if not graph_inputs:
+            raise CompileError(None, "the graph has no input (every graph input is an initializer)")
+        if self.requested_shape is not None and len(graph_inputs) != 1:
+            raise CompileError(None, f"input_shape fixes the shape of a graph with one input; this one has "
+                                     f"{len(graph_inputs)}")
+        self.input_names: dict[str, int] = {}   # graph input (and Identity aliases) -> its index
+        self.input_shapes: list[tuple[int, int, int]] = []
+        self.graph_input_names = [item.name for item in graph_inputs]
+        for index, input_info in enumerate(graph_inputs):
+            self.input_names[input_info.name] = index
+            self.input_shapes.append(self._input_shape(input_info))
+        self.input_shape = self.input_shapes[0]
+        for name, index in list(self.input_names.items()):
+            if any(reader.op_type != "QuantizeLinear" for reader in self._readers_through_identity(name)):
+                from lightning_edge.runtime.compiler.float_region import float_input
+
+                self.floats[name] = float_input(self, name, index)  # a float region reads it (a plain FP32 file)
+        dequantized_outputs: dict[str, tuple[Tensor, str]] = {}  # graph outputs that DequantizeLinear writes
         for node in self.graph.node:
             op = node.op_type
             if op == "Constant":
@@ -215,7 +216,7 @@ class GraphCompiler:
                     raise CompileError(node, f"dequantizes {node.input[0]!r}, which is not a quantized activation")
                 self.dequantized[node.output[0]] = node.input[0]
                 if node.output[0] in self.outputs:
-                    output_tensor, output_node = self.activation(node, self.quantized[node.input[0]]), node.name
+                    dequantized_outputs[node.output[0]] = (self.activation(node, self.quantized[node.input[0]]), node.name)
             elif op == "QuantizeLinear":
                 self.quantized[node.output[0]] = self._quantize(node)
             elif op in ("Relu", "Clip") and node.input[0] in self.pending:
@@ -242,26 +243,77 @@ class GraphCompiler:
             else:
                 raise CompileError(node, f"op {op} is not supported by the INT8 runtime (supported: "
                                          f"{', '.join(sorted(RULES))}, QuantizeLinear, DequantizeLinear, Identity)")
-        if output_tensor is None:  # codes moved after their last DequantizeLinear (a Flatten at the end) are output too
-            name = next(iter(self.outputs))
-            value = self.views.get(name) or (self.pending.get(name) if getattr(self.pending.get(name), "kind", "") == "max_pool"
-                                             else None)
-            if value is None:
-                raise CompileError(None, f"output {name!r} must be a DequantizeLinear of an int8 tensor (or codes moved "
-                                         "after one)")
-            output_tensor = self.activation(None, self.operand(None, name))
-            output_node = value.node.name if value.node is not None else name
-        channels, height, width = output_tensor.chw()
-        self.emit(self.op(DequantizeOp, [output_node], input=output_tensor.index, grid=output_tensor.grid(),
-                          channels=channels, height=height, width=width))
+        # every output's value first (a float function or moved codes may need an op), then the output ops, last
+        values = [self._output_value(output.name, dequantized_outputs) for output in self.graph.output]
+        outputs = [{"name": output.name, "shape": self._output(value, index)}
+                   for index, (output, value) in enumerate(zip(self.graph.output, values))]
+        return self._plan(outputs)
+
+    def _input_shape(self, input_info: Any) -> tuple[int, int, int]:
+        """(C, H, W) of a graph input (``input_shape`` where the file leaves sizes dynamic)."""
+        dims = [d.dim_value for d in input_info.type.tensor_type.shape.dim]
+        if len(dims) != 4:
+            raise CompileError(None, f"input {input_info.name!r} must be (batch, C, H, W); got rank {len(dims)}")
+        shape = tuple(dims[1:])
+        if self.requested_shape is not None:
+            if len(self.requested_shape) != 3 or min(self.requested_shape) <= 0 or \
+                    any(d > 0 and d != r for d, r in zip(shape, self.requested_shape)):
+                raise CompileError(None, f"input_shape {self.requested_shape} does not fit input {input_info.name!r} "
+                                         f"of shape {dims}")
+            shape = self.requested_shape
+        if any(d <= 0 for d in shape):
+            raise CompileError(None, f"input {input_info.name!r} has dynamic sizes {dims}; give compile(..., "
+                                     "input_shape=(C, H, W)) (lightning-edge compile --input-shape C H W)")
+        return shape
+
+    def _output(self, value: tuple[Any, str | None], index: int) -> list[int]:
+        """Emit the op writing an output value as the plan's output ``index``: a ``dequantize`` of codes, or a
+        ``float_output`` of a float tensor. Returns its shape per sample."""
+        tensor, node_name = value
+        if node_name is None:
+            from lightning_edge.runtime.compiler.float_region import float_output
+
+            return float_output(self, tensor, index)
+        channels, height, width = tensor.chw()
+        self.emit(self.op(DequantizeOp, [node_name], input=tensor.index, grid=tensor.grid(), channels=channels,
+                          height=height, width=width, index=index))
+        return list(tensor.shape)
+
+    def _output_value(self, name: str, dequantized: dict[str, tuple[Tensor, str]]) -> tuple[Any, str | None]:
+        """Graph output ``name`` as (codes, the node that dequantizes them), or (a float tensor, None)."""
+        if name not in dequantized and (name in self.floats or name in self.expressions):
+            from lightning_edge.runtime.compiler.float_region import to_float
+
+            return to_float(self, None, self.expressions[name]) if name in self.expressions else self.floats[name], None
+        if name in dequantized:
+            return dequantized[name]
+        # codes moved after their last DequantizeLinear (a Flatten at the end) are output too
+        value = self.views.get(name) or (self.pending.get(name) if getattr(self.pending.get(name), "kind", "") == "max_pool"
+                                         else None)
+        if value is None and name not in self.dequantized:
+            raise CompileError(None, f"output {name!r} must be a DequantizeLinear of an int8 tensor (or codes moved "
+                                     "after one), or a float value")
+        tensor = self.activation(None, self.operand(None, name))
+        return tensor, value.node.name if value is not None and value.node is not None else self.producers[name].name
+
+    def _plan(self, outputs: list[dict[str, Any]]) -> tuple[Plan, dict[str, np.ndarray]]:
+        """The plan of the ops emitted, once the output ops are: each op's ``fuses`` filled in."""
         op_types = {node.name: node.op_type for node in self.graph.node}
         for op in self.ops:  # what each op does, in ONNX terms (lightning-edge inspect shows it)
             compute = [op_types[name] for name in op.nodes
                        if op_types[name] not in ("QuantizeLinear", "DequantizeLinear") and name not in self.code_clips]
             op.fuses = "+".join(compute or [op_types[name] for name in op.nodes])  # quantize / dequantize
-        plan = Plan(source=self.source, input_shape=list(self.input_shape), output_shape=list(output_tensor.shape),
-                    tensors=self.tensors, ops=self.ops)
+        inputs = [{"name": name, "shape": list(shape)} for name, shape in zip(self.graph_input_names, self.input_shapes)]
+        plan = Plan(source=self.source, input_shape=list(self.input_shape), output_shape=list(outputs[0]["shape"]),
+                    tensors=self.tensors, ops=self.ops, outputs=outputs, inputs=inputs)
         return plan, self.arrays
+
+    def _readers_through_identity(self, name: str) -> list[Any]:
+        """The nodes reading ``name``, an Identity seen through to its own readers."""
+        found = []
+        for reader in self.readers.get(name, []):
+            found += self._readers_through_identity(reader.output[0]) if reader.op_type == "Identity" else [reader]
+        return found
 
     def _shape(self, node: Any) -> np.ndarray:
         """Shape of an activation, known at compile time (batch 1, as every view is built)."""
@@ -290,8 +342,8 @@ class GraphCompiler:
                       self.views, self.floats, self.dequantized):
             if source in table:
                 table[target] = table[source]
-        if source == self.input_name:
-            self.input_name = target
+        if source in self.input_names:
+            self.input_names[target] = self.input_names[source]
 
     # -------------------------------------------------------------- operands
     def operand(self, node: Any, name: str) -> Any:
@@ -323,8 +375,9 @@ class GraphCompiler:
             raise CompileError(node, f"reads the float result of {operand.node.name!r} ({operand.node.op_type}); "
                                      "the runtime needs a QuantizeLinear/DequantizeLinear pair between them")
         if hasattr(operand, "shape") and hasattr(operand, "index") and not isinstance(operand, np.ndarray):
-            raise CompileError(node, "reads a float-region tensor; an int8 op needs a QuantizeLinear/DequantizeLinear "
-                                     "pair before it")
+            what = f"op {node.op_type} runs" if node is not None else "this op runs"
+            raise CompileError(node, f"{what} on int8 codes only in the runtime (it has no float32 form yet) and reads a "
+                                     "float32 tensor; quantize the model (a QuantizeLinear/DequantizeLinear pair before it)")
         raise CompileError(node, f"reads {operand!r}, which is not a dequantized int8 activation")
 
     def image(self, node: Any, operand: Any) -> Tensor:
@@ -431,12 +484,16 @@ class GraphCompiler:
     def _quantize(self, node: Any) -> Tensor | MoveView:
         grid, shift = self.grid_of(node)
         source = node.input[0]
-        if source == self.input_name:
-            if any(isinstance(op, QuantizeOp) for op in self.ops):
-                raise CompileError(node, "the input is quantized twice")
-            channels, height, width = self.input_shape
-            return self.produce(QuantizeOp, [node.name], node.output[0], grid, self.input_shape,
-                                channels=channels, height=height, width=width, grid=self.grid_record(grid))
+        if source in self.input_names and source not in self.floats:
+            index = self.input_names[source]
+            if any(isinstance(op, QuantizeOp) and op.index == index for op in self.ops):
+                raise CompileError(node, f"input {source!r} is quantized twice")
+            shape = self.input_shapes[index]
+            tensor = self.produce(QuantizeOp, [node.name], node.output[0], grid, shape, channels=shape[0],
+                                  height=shape[1], width=shape[2], grid=self.grid_record(grid), index=index)
+            self.ops.remove(tensor.producer)  # input ops come first (they read only the plan's inputs)
+            self.ops.insert(sum(isinstance(op, (QuantizeOp, FloatInputOp)) for op in self.ops), tensor.producer)
+            return tensor
         if source in self.expressions:
             from lightning_edge.runtime.compiler.elementwise import finish_expression
 

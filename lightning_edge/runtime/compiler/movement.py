@@ -33,13 +33,12 @@ def is_move(node: Any) -> bool:
 @rule(*MOVES)
 def move(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
     """The node applied to element numbers; its data inputs are int8 tensors or views, the rest constants."""
-    from lightning_edge.runtime.compiler.float_region import FloatTensor, move_float
+    from lightning_edge.runtime.compiler.float_region import FloatTensor, move_float, to_float
 
     data = range(len(node.input)) if node.op_type == "Concat" else [0]
-    if any(isinstance(operands[i], FloatTensor) for i in data):  # moves inside a float region
-        if len(data) > 1:
-            raise CompileError(node, "a Concat of float-region tensors is not supported yet; quantize its inputs")
-        return move_float(c, node, operands[0])
+    if any(isinstance(operands[i], FloatTensor) for i in data) or \
+            len(data) > 1 and any(isinstance(operands[i], Expression) for i in data):  # moves inside a float region
+        return move_float(c, node, [to_float(c, node, operands[i]) for i in data])
     if len(data) == 1 and isinstance(operands[0], Expression):  # moves commute with the quantizer after them
         return Expression(node, [operands[0], *[c.constant(node, name) if name else None for name in node.input[1:]]])
     views, inputs = [], []
@@ -202,7 +201,12 @@ def _gather(c: GraphCompiler, view: MoveView, storage: np.ndarray, shape: tuple[
 
 # ---------------------------------------------------------------------------------------------- max pooling
 @rule("MaxPool")
-def max_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
+def max_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
+    """Max pooling on codes, or on float values a float_pool op."""
+    from lightning_edge.runtime.compiler.float_region import float_pool, runs_in_float
+
+    if runs_in_float(c, node, operands):
+        return float_pool(c, node, operands)
     x = c.image(node, operands[0])
     attributes = _attributes(node)
     if len(node.output) > 1 and node.output[1]:

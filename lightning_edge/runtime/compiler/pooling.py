@@ -15,7 +15,12 @@ from lightning_edge.runtime.reference import _attributes, _padding, _pool_geomet
 
 
 @rule("GlobalAveragePool")
-def global_average_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
+def global_average_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
+    """The integer global average pool, or on float values a float mean over H and W."""
+    from lightning_edge.runtime.compiler.float_region import float_reduce, runs_in_float
+
+    if runs_in_float(c, node, operands):
+        return float_reduce(c, node, operands, axes=(2, 3))
     x = c.image(node, operands[0])
     return Pending(node, "average_pool", [x], {"keepdims": True})
 
@@ -44,7 +49,11 @@ def average_pool_op(c: GraphCompiler, result: Pending, name: str, nodes: list[st
 
 
 @rule("AveragePool")
-def average_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Pending:
+def average_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
+    from lightning_edge.runtime.compiler.float_region import float_pool, runs_in_float
+
+    if runs_in_float(c, node, operands):
+        return float_pool(c, node, operands)
     x = c.image(node, operands[0])
     attributes = _attributes(node)
     channels, height, width = x.shape

@@ -140,4 +140,10 @@ int list_length(const Attributes& attrs, const std::string& key, const char* wha
 
 std::string list_item(const std::string& key, int index) { return key + "." + std::to_string(index); }
 
+int boundary_index(const Attributes& attrs) {
+    const int index = attrs.has("index") ? attrs.get_int("index") : 0;
+    if (index < 0 || index >= (1 << 16)) throw std::invalid_argument("plan op field 'index' out of range");
+    return index;
+}
+
 }  // namespace edge

@@ -110,6 +110,10 @@ struct Window {
 };
 Window read_window(const Attributes& attrs, const char* what);
 
+// An input or output op's "index" (which of the plan's inputs it reads or outputs it writes; 0 when absent),
+// checked to be in [0, 2^16): the engine checks that their indices are exactly 0 .. count - 1.
+int boundary_index(const Attributes& attrs);
+
 // Copies a window into any struct with the same six fields (ConvOp, DepthwiseOp).
 template <class Target>
 void assign_window(Target& t, const Window& w) {

@@ -127,37 +127,43 @@ class PyEngine {
 
     std::string backend() const { return engine_->backend(); }
     int threads() const { return engine_->threads(); }
+    int output_count() const { return engine_->output_count(); }
+    int input_count() const { return engine_->input_count(); }
 
-    // Runs the plan on a float32 NCHW batch; returns the dequantized float32 output.
-    py::array_t<float> run(FloatBatch x) {
-        const int batch = engine_->check_input(shape_of(x));
-        py::array_t<float> result(to_shape(engine_->output_shape(batch)));
-        float* out = result.mutable_data();
+    // Runs the plan on a float32 NCHW batch; returns the float32 outputs, a list in output order.
+    py::list run(const std::vector<FloatBatch>& x) {
+        Engine::Inputs in;
+        const int batch = inputs(x, in);
+        Engine::Outputs out;
+        py::list results = outputs(batch, out);
         py::gil_scoped_release release;
-        engine_->run(x.data(), batch, out);
-        return result;
+        engine_->run(in, batch, out);
+        return results;
     }
 
     // Like run, but also returns every uint8 tensor (NHWC, one array per plan tensor) for layer-by-layer checks.
-    py::tuple trace(FloatBatch x) {
-        const int batch = engine_->check_input(shape_of(x));
-        py::array_t<float> result(to_shape(engine_->output_shape(batch)));
+    py::tuple trace(const std::vector<FloatBatch>& x) {
+        Engine::Inputs in;
+        const int batch = inputs(x, in);
+        Engine::Outputs out;
+        py::list results = outputs(batch, out);
         py::list tensors;
         for (int t = 0; t < engine_->tensor_count(); ++t) tensors.append(py::none());
-        engine_->trace(x.data(), batch, result.mutable_data(), [&](int index, const uint8_t* codes, size_t bytes) {
+        engine_->trace(in, batch, out, [&](int index, const uint8_t* codes, size_t bytes) {
             py::array_t<uint8_t> copy(static_cast<py::ssize_t>(bytes));
             std::memcpy(copy.mutable_data(), codes, bytes);
             tensors[index] = copy;
         });
-        return py::make_tuple(result, tensors);
+        return py::make_tuple(results, tensors);
     }
 
-    std::vector<double> profile(FloatBatch x, int repeats) {
-        const int batch = engine_->check_input(shape_of(x));
-        py::array_t<float> result(to_shape(engine_->output_shape(batch)));
-        float* out = result.mutable_data();
+    std::vector<double> profile(const std::vector<FloatBatch>& x, int repeats) {
+        Engine::Inputs in;
+        const int batch = inputs(x, in);
+        Engine::Outputs out;
+        py::list results = outputs(batch, out);
         py::gil_scoped_release release;
-        return engine_->profile(x.data(), batch, out, repeats);
+        return engine_->profile(in, batch, out, repeats);
     }
 
     double time_op(int index, int batch, int repeats) {
@@ -166,6 +172,32 @@ class PyEngine {
     }
 
   private:
+    // The batch of the inputs (one per plan input, each of its shape, all of one batch size), their data added to `in`.
+    int inputs(const std::vector<FloatBatch>& x, Engine::Inputs& in) const {
+        if (static_cast<int>(x.size()) != engine_->input_count())
+            throw std::invalid_argument("the plan has " + std::to_string(engine_->input_count()) + " inputs, " +
+                                        std::to_string(x.size()) + " were given");
+        int batch = 0;
+        for (size_t i = 0; i < x.size(); ++i) {
+            const int size = engine_->check_input(shape_of(x[i]), static_cast<int>(i));
+            if (i > 0 && size != batch) throw std::invalid_argument("the inputs have different batch sizes");
+            batch = size;
+            in.push_back(x[i].data());
+        }
+        return batch;
+    }
+
+    // One new float32 array per output at `batch`, its buffer added to `out`.
+    py::list outputs(int batch, Engine::Outputs& out) const {
+        py::list results;
+        for (int i = 0; i < engine_->output_count(); ++i) {
+            py::array_t<float> result(to_shape(engine_->output_shape(batch, i)));
+            out.push_back(result.mutable_data());
+            results.append(result);
+        }
+        return results;
+    }
+
     std::vector<py::array> keep_;
     std::unique_ptr<Engine> engine_;
 };
@@ -183,7 +215,9 @@ PYBIND11_MODULE(_engine, m) {
         .def("profile", &edge::PyEngine::profile, py::arg("x"), py::arg("repeats") = 10)
         .def("time_op", &edge::PyEngine::time_op, py::arg("index"), py::arg("batch"), py::arg("repeats") = 20)
         .def_property_readonly("backend", &edge::PyEngine::backend)
-        .def_property_readonly("threads", &edge::PyEngine::threads);
+        .def_property_readonly("threads", &edge::PyEngine::threads)
+        .def_property_readonly("output_count", &edge::PyEngine::output_count)
+        .def_property_readonly("input_count", &edge::PyEngine::input_count);
     m.def("int8_peak_ops", [](int threads, double seconds) {
         py::gil_scoped_release release;
         return edge::int8_peak_ops(threads, seconds);

@@ -14,25 +14,49 @@ Engine::Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor
     : backend_(choose_backend(kernels)), scheduler_(threads) {
     BuildContext build(backend_, tensor_sizes, arrays);
     for (const OpDescription& op : ops) ops_.push_back(find_operator(op.kind)(op.attributes, build));
-    if (ops.empty() || ops.front().kind != "quantize" || ops.back().kind != "dequantize")
-        throw std::invalid_argument("a plan starts with its one quantize op and ends with its one dequantize op");
-    for (size_t i = 1; i + 1 < ops.size(); ++i)
-        if (ops[i].kind == "quantize" || ops[i].kind == "dequantize")
-            throw std::invalid_argument("a plan has one quantize op (first) and one dequantize op (last)");
+    // The ends read the plan's inputs (quantize their codes, float_input their float32 values) and write its outputs.
+    auto reads_input = [](const OpDescription& op) { return op.kind == "quantize" || op.kind == "float_input"; };
+    auto writes_output = [](const OpDescription& op) { return op.kind == "dequantize" || op.kind == "float_output"; };
+    if (ops.size() < 2 || !reads_input(ops.front()) || !writes_output(ops.back()))
+        throw std::invalid_argument("a plan starts with its quantize (or float_input) ops and ends with its "
+                                    "dequantize (or float_output) ops");
+    size_t first_output = ops.size() - 1, last_input = 0;
+    while (first_output > 1 && writes_output(ops[first_output - 1])) --first_output;
+    while (last_input + 1 < first_output && reads_input(ops[last_input + 1])) ++last_input;
+    for (size_t i = last_input + 1; i < first_output; ++i)
+        if (reads_input(ops[i]) || writes_output(ops[i]))
+            throw std::invalid_argument("a plan has its input ops (quantize or float_input) first and its output ops "
+                                        "(dequantize or float_output) last");
+    inputs_ = boundary_shapes(ops, 0, last_input + 1, "input");
+    outputs_ = boundary_shapes(ops, first_output, ops.size(), "output");
     std::vector<OpTensors> uses;
     for (const auto& op : ops_) uses.push_back(op->tensors());
     memory_ = std::make_unique<MemoryPlanner>(std::move(tensor_sizes), uses, build.workspace_per_sample(),
                                               build.scratch_per_thread(), scheduler_.threads());
-    const Attributes& first = ops.front().attributes;  // both already read and checked by their factories
-    const Attributes& last = ops.back().attributes;
-    in_c_ = first.get_int("channels"), in_h_ = first.get_int("height"), in_w_ = first.get_int("width");
-    out_c_ = last.get_int("channels"), out_h_ = last.get_int("height"), out_w_ = last.get_int("width");
 }
 
-int Engine::check_input(const std::vector<long>& shape) const {
-    if (shape.size() != 4 || shape[1] != in_c_ || shape[2] != in_h_ || shape[3] != in_w_)
-        throw std::invalid_argument("input must be float32 (batch, " + std::to_string(in_c_) + ", " + std::to_string(in_h_) +
-                                    ", " + std::to_string(in_w_) + ")");
+std::vector<std::array<int, 3>> Engine::boundary_shapes(const std::vector<OpDescription>& ops, size_t begin, size_t end,
+                                                        const char* what) {
+    std::vector<std::array<int, 3>> shapes(end - begin, {0, 0, 0});
+    std::vector<bool> seen(shapes.size(), false);
+    for (size_t i = begin; i < end; ++i) {  // each already read and checked by its factory
+        const Attributes& a = ops[i].attributes;
+        const int index = boundary_index(a);
+        if (index >= static_cast<int>(shapes.size()) || seen[index])
+            throw std::invalid_argument(std::string("the ") + what + " ops' indices must be 0 to " +
+                                        std::to_string(shapes.size() - 1) + ", each once");
+        seen[index] = true;
+        shapes[index] = {a.get_int("channels"), a.get_int("height"), a.get_int("width")};
+    }
+    return shapes;
+}
+
+int Engine::check_input(const std::vector<long>& shape, int index) const {
+    if (index < 0 || index >= input_count()) throw std::out_of_range("input index");
+    const auto [channels, height, width] = inputs_[index];
+    if (shape.size() != 4 || shape[1] != channels || shape[2] != height || shape[3] != width)
+        throw std::invalid_argument("input " + std::to_string(index) + " must be float32 (batch, " + std::to_string(channels) +
+                                    ", " + std::to_string(height) + ", " + std::to_string(width) + ")");
     if (shape[0] < 1 || shape[0] > (1 << 20)) throw std::invalid_argument("batch size must be at least 1");
     return static_cast<int>(shape[0]);
 }
@@ -41,20 +65,38 @@ void Engine::check_batch(int batch) const {
     if (batch < 1 || batch > (1 << 20)) throw std::invalid_argument("batch size must be at least 1 and at most 2^20");
 }
 
-std::vector<long> Engine::output_shape(int batch) const {
-    if (out_h_ == 1 && out_w_ == 1) return {batch, out_c_};
-    return {batch, out_c_, out_h_, out_w_};
+std::vector<long> Engine::output_shape(int batch, int index) const {
+    if (index < 0 || index >= output_count()) throw std::out_of_range("output index");
+    const auto [channels, height, width] = outputs_[index];
+    if (height == 1 && width == 1) return {batch, channels};
+    return {batch, channels, height, width};
 }
 
-void Engine::run(const float* x, int batch, float* out) {
+void Engine::check_outputs(const Outputs& out) const {
+    if (static_cast<int>(out.size()) != output_count())
+        throw std::invalid_argument("the plan has " + std::to_string(output_count()) + " outputs, " +
+                                    std::to_string(out.size()) + " buffers were given");
+}
+
+void Engine::check_buffers(const Inputs& x, const Outputs& out) const {
+    if (static_cast<int>(x.size()) != input_count())
+        throw std::invalid_argument("the plan has " + std::to_string(input_count()) + " inputs, " + std::to_string(x.size()) +
+                                    " were given");
+    check_outputs(out);
+}
+
+void Engine::run(const Inputs& x, int batch, const Outputs& out) {
     check_batch(batch);
-    const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out);
+    check_buffers(x, out);
+    const ExecutionContext ctx = context(memory_->arena(batch), batch, x.data(), out.data());
     for (const auto& op : ops_) op->run(ctx);
 }
 
-void Engine::trace(const float* x, int batch, float* out, const std::function<void(int, const uint8_t*, size_t)>& tensor) {
+void Engine::trace(const Inputs& x, int batch, const Outputs& out,
+                   const std::function<void(int, const uint8_t*, size_t)>& tensor) {
     check_batch(batch);
-    const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out);
+    check_buffers(x, out);
+    const ExecutionContext ctx = context(memory_->arena(batch), batch, x.data(), out.data());
     for (const auto& op : ops_) {
         op->run(ctx);
         const int written = op->tensors().output;
@@ -62,10 +104,11 @@ void Engine::trace(const float* x, int batch, float* out, const std::function<vo
     }
 }
 
-std::vector<double> Engine::profile(const float* x, int batch, float* out, int repeats) {
+std::vector<double> Engine::profile(const Inputs& x, int batch, const Outputs& out, int repeats) {
     check_batch(batch);
+    check_buffers(x, out);
     if (repeats < 1) throw std::invalid_argument("repeats must be positive");
-    const ExecutionContext ctx = context(memory_->arena(batch), batch, x, out);
+    const ExecutionContext ctx = context(memory_->arena(batch), batch, x.data(), out.data());
     std::vector<std::vector<double>> times(ops_.size());
     for (int r = 0; r <= repeats; ++r)
         for (size_t i = 0; i < ops_.size(); ++i) {

@@ -4,6 +4,7 @@
 // from Attributes by hand.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <string>
@@ -26,7 +27,9 @@ struct OpDescription {
 class Engine {
   public:
     // Builds and checks every op (std::invalid_argument on the first problem), then the plan as a whole:
-    // one quantize op first, one dequantize op last, no tensor read before it is written or written twice.
+    // the input ops first (quantize, or float_input for a float32 input; their indices 0 .. inputs - 1 once each),
+    // the output ops last (dequantize or float_output; indices 0 .. outputs - 1 once each), no tensor read before
+    // it is written or written twice.
     // `arrays` must outlive the engine; tensor sizes are codes per sample.
     Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor_sizes, const ArrayTable& arrays, int threads,
            const std::string& kernels);
@@ -38,25 +41,47 @@ class Engine {
     size_t tensor_size(int index) const { return memory_->tensor_size(index); }
     const OpTensors& op_tensors(int index) const { return ops_[index]->tensors(); }
 
-    // The batch size of a float32 input of this shape; std::invalid_argument unless it is (batch, C, H, W)
-    // with the quantize op's C, H, W and 1 <= batch <= 2^20.
-    int check_input(const std::vector<long>& shape) const;
-    // (batch, classes) when the output is 1x1, else (batch, C, H, W).
-    std::vector<long> output_shape(int batch) const;
+    // How many inputs the plan reads (its input ops). The batch size of a float32 input `index` of this shape;
+    // std::invalid_argument unless it is (batch, C, H, W) with its input op's C, H, W and 1 <= batch <= 2^20.
+    int input_count() const { return static_cast<int>(inputs_.size()); }
+    int check_input(const std::vector<long>& shape, int index = 0) const;
+    // How many outputs the plan writes (its output ops), and output `index`'s shape: (batch, classes) when it
+    // is 1x1, else (batch, C, H, W).
+    int output_count() const { return static_cast<int>(outputs_.size()); }
+    std::vector<long> output_shape(int batch, int index = 0) const;
 
-    // Runs the plan on `batch` float32 NCHW samples at x; writes the dequantized float32 output to out.
-    void run(const float* x, int batch, float* out);
+    // The inputs, by input index (`batch` samples of each, checked by check_input), and where each output goes,
+    // by output index: output_count() buffers of output_shape(batch, i) floats.
+    using Inputs = std::vector<const float*>;
+    using Outputs = std::vector<float*>;
+
+    // Runs the plan on `batch` float32 NCHW samples of each input; writes each float32 output to its buffer
+    // (std::invalid_argument unless there is one per input and output). The pointer forms are for plans of one
+    // input and one output.
+    void run(const Inputs& x, int batch, const Outputs& out);
+    void run(const float* x, int batch, float* out) { run(Inputs{x}, batch, Outputs{out}); }
     // Like run, and calls tensor(index, codes, bytes) after each op with the uint8 tensor it wrote.
-    void trace(const float* x, int batch, float* out, const std::function<void(int, const uint8_t*, size_t)>& tensor);
+    void trace(const Inputs& x, int batch, const Outputs& out, const std::function<void(int, const uint8_t*, size_t)>& tensor);
+    void trace(const float* x, int batch, const Outputs& out, const std::function<void(int, const uint8_t*, size_t)>& tensor) {
+        trace(Inputs{x}, batch, out, tensor);
+    }
+    void trace(const float* x, int batch, float* out, const std::function<void(int, const uint8_t*, size_t)>& tensor) {
+        trace(Inputs{x}, batch, Outputs{out}, tensor);
+    }
     // Median seconds each op takes inside whole runs (`repeats` runs after one warm-up): per-layer cost.
-    std::vector<double> profile(const float* x, int batch, float* out, int repeats);
+    std::vector<double> profile(const Inputs& x, int batch, const Outputs& out, int repeats);
     // Seconds per call of op `index` alone at `batch`, the median of `repeats` after a warm-up, on
     // deterministic pseudo-random input codes: what primitive selection compares.
     double time_op(int index, int batch, int repeats);
 
   private:
     void check_batch(int batch) const;
-    ExecutionContext context(Arena& arena, int batch, const float* x, float* out) {
+    void check_outputs(const Outputs& out) const;
+    void check_buffers(const Inputs& x, const Outputs& out) const;
+    // (C, H, W) of the boundary ops ops[begin, end), by their index, checked to be 0 .. end - begin - 1 once each.
+    static std::vector<std::array<int, 3>> boundary_shapes(const std::vector<OpDescription>& ops, size_t begin, size_t end,
+                                                           const char* what);
+    ExecutionContext context(Arena& arena, int batch, const float* const* x, float* const* out) {
         return ExecutionContext{scheduler_, backend_, *memory_, arena, batch, x, out};
     }
 
@@ -64,7 +89,7 @@ class Engine {
     Scheduler scheduler_;
     std::vector<std::unique_ptr<Operator>> ops_;
     std::unique_ptr<MemoryPlanner> memory_;
-    int in_c_, in_h_, in_w_, out_c_, out_h_, out_w_;
+    std::vector<std::array<int, 3>> inputs_, outputs_;  // (C, H, W) of each input and output, by index
 };
 
 }  // namespace edge

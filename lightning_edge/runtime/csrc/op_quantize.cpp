@@ -1,5 +1,5 @@
-// The plan's two ends: quantize (float32 NCHW input -> uint8 NHWC codes on a grid) and dequantize (codes
-// -> float32 NCHW output). Every plan has exactly one of each, first and last (engine.cpp checks).
+// The plan's two ends: quantize (float32 NCHW input `index` -> uint8 NHWC codes on a grid) and dequantize
+// (codes -> float32 NCHW output `index`). A plan has its input ops first and its output ops last (engine.cpp).
 #include "op_registry.h"
 
 namespace edge {
@@ -18,12 +18,13 @@ class Quantize final : public Operator {
     Quantize(const Attributes& attrs, BuildContext& context) {
         const size_t size = read_boundary(attrs, "quantize", channels_, height_, width_);
         grid_ = attrs.get_grid("grid");
+        index_ = boundary_index(attrs);
         tensors_.output = context.tensor_index(attrs, "output", size);
     }
 
     void run(const ExecutionContext& context) const override {
         uint8_t* out = context.tensor(tensors_.output);
-        const float* x = context.input;
+        const float* x = context.input(index_);
         const int plane = height_ * width_, channels = channels_;
         const Grid grid = grid_;
         if (!x) return;
@@ -40,7 +41,7 @@ class Quantize final : public Operator {
     }
 
   private:
-    int channels_, height_, width_;
+    int channels_, height_, width_, index_;
     Grid grid_;
 };
 
@@ -49,12 +50,13 @@ class Dequantize final : public Operator {
     Dequantize(const Attributes& attrs, BuildContext& context) {
         const size_t size = read_boundary(attrs, "dequantize", channels_, height_, width_);
         grid_ = attrs.get_grid("grid");
+        index_ = boundary_index(attrs);
         tensors_.inputs = {context.tensor_index(attrs, "input", size)};
     }
 
     void run(const ExecutionContext& context) const override {
         const uint8_t* in = context.tensor(tensors_.inputs[0]);
-        float* result = context.output;
+        float* result = context.output(index_);
         if (!result) return;
         const int plane = height_ * width_, channels = channels_;
         const Grid grid = grid_;  // a local: the float stores may not alias it
@@ -66,7 +68,7 @@ class Dequantize final : public Operator {
     }
 
   private:
-    int channels_, height_, width_;
+    int channels_, height_, width_, index_;
     Grid grid_;
 };
 

@@ -65,9 +65,13 @@ struct ExecutionContext {
     MemoryPlanner& memory;
     Arena& arena;
     int batch;
-    const float* input;  // the plan's float32 NCHW input; nullptr while an op is timed alone
-    float* output;       // the plan's float32 output; nullptr likewise
+    const float* const* inputs;  // the plan's float32 NCHW inputs, by input index; nullptr while an op is timed alone
+    float* const* outputs;       // the plan's float32 outputs, by output index; nullptr likewise
 
+    // Input `index` (an input op's index, checked against the plan's inputs by the engine).
+    const float* input(int index) const { return inputs ? inputs[index] : nullptr; }
+    // Where output `index` goes (an output op's index, checked against the plan's outputs by the engine).
+    float* output(int index) const { return outputs ? outputs[index] : nullptr; }
     uint8_t* tensor(int index) const { return memory.tensor(arena, index); }
     size_t tensor_size(int index) const { return memory.tensor_size(index); }  // codes per sample
     void* workspace() const { return arena.workspace.data(); }
