@@ -154,10 +154,7 @@ def test_unsupported_fp32_op_names_node_and_op(tmp_path, model, message):
     ("float_pool", "pad_bottom", 3, "padding 3 must be smaller than the dilated window"),
 ])
 def test_damaged_float_ops_are_refused_by_the_plan(conv_net_edge, kind, field, value, message):
-    plan, tensors = read_edge(conv_net_edge)
-    next(op for op in plan["ops"] if op["kind"] == kind)[field] = value
-    with pytest.raises(EdgeFormatError, match=message):
-        Session(plan, tensors)
+    _assert_refused(conv_net_edge, kind, field, value, message)
 
 
 @pytest.mark.parametrize("kind, field, value, message", [
@@ -168,7 +165,12 @@ def test_damaged_float_ops_are_refused_by_the_plan(conv_net_edge, kind, field, v
     ("float_output", "channels", 11, "tensor 'input' has"),
 ])
 def test_damaged_float_ops_are_refused_by_the_engine(conv_net_edge, kind, field, value, message):
-    plan, tensors = read_edge(conv_net_edge)
+    _assert_refused(conv_net_edge, kind, field, value, message)
+
+
+def _assert_refused(edge, kind: str, field: str, value, message: str) -> None:
+    """The first ``kind`` op of the plan with ``field`` set to ``value`` stops the loader with ``message``."""
+    plan, tensors = read_edge(edge)
     next(op for op in plan["ops"] if op["kind"] == kind)[field] = value
     with pytest.raises(EdgeFormatError, match=message):
         Session(plan, tensors)
