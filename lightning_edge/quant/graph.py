@@ -200,7 +200,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None
     With ``input_shape`` (C, H, W) the trace knows every tensor's size (on a meta-device copy of the model,
     so nothing is computed), and Python code that branches on sizes is specialised to that input size.
     """
-    placeholder = _forward_input_name(model)
+    placeholder = _forward_input_name(model) if input_shape is not None else None  # only a shaped trace names it
     try:
         if input_shape is None:
             tracer = _RecordingTracer()

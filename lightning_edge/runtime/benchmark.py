@@ -31,8 +31,9 @@ def machine() -> dict[str, object]:
             "flags": list(cpu_flags())}
 
 
-def onnxruntime_session(path: str, threads: int, optimized: bool = True) -> object:
-    """The peer: ONNX Runtime's CPU execution provider on ``path`` with ``threads`` intra-op threads.
+def onnxruntime_session(path: str | bytes, threads: int, optimized: bool = True) -> object:
+    """The peer: ONNX Runtime's CPU execution provider on ``path`` (or a serialized model) with ``threads`` intra-op
+    threads.
     ``optimized=False`` turns its graph optimizations off: a QDQ file then runs as written (DequantizeLinear, the
     float op, QuantizeLinear), the spec's semantics, instead of ONNX Runtime's fused integer kernels."""
     import onnxruntime

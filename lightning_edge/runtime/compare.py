@@ -52,12 +52,7 @@ def first_differences(edge_path: str | os.PathLike, onnx_path: str | os.PathLike
         code_type = code_types.get(node.input[2], TensorProto.UINT8) if len(node.input) > 2 else TensorProto.UINT8
         if node.output[0] not in outputs:
             model.graph.output.append(helper.make_tensor_value_info(node.output[0], code_type, None))
-    path = os.fspath(onnx_path) + ".tensors.onnx"
-    onnx.save(model, path)
-    try:
-        peer = onnxruntime_session(path, threads, optimized=optimized)
-    finally:
-        os.remove(path)
+    peer = onnxruntime_session(model.SerializeToString(), threads, optimized=optimized)  # nothing written to disk
     ours = load(edge_path, threads=threads)
     names = [output.name for output in peer.get_outputs()]
     input_name = peer.get_inputs()[0].name
