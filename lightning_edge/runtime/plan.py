@@ -497,18 +497,12 @@ class FloatOutputOp(ImageFields, Op):
 
 
 @dataclass(kw_only=True)
-class FloatWindowFields:
-    """A float op's sliding window over an f32 (C, H, W) tensor: kernel, stride, dilation and top/left padding,
-    each padding smaller than the dilated kernel (the C++ op indexes nothing outside the image either way)."""
+class FloatWindowFields(WindowFields):
+    """A float op's sliding window over an f32 (C, H, W) tensor: ``WindowFields`` plus dilation, each padding
+    smaller than the dilated kernel (the C++ op indexes nothing outside the image either way)."""
 
-    kernel_h: int
-    kernel_w: int
-    stride_h: int = 1
-    stride_w: int = 1
     dilation_h: int = 1
     dilation_w: int = 1
-    pad_top: int = 0
-    pad_left: int = 0
 
     def check_float_window(self, op_id: str, *pads: int) -> None:
         values = (self.kernel_h, self.kernel_w, self.stride_h, self.stride_w, self.dilation_h, self.dilation_w)
