@@ -14,6 +14,7 @@ from conftest import ROOT
 
 SOURCES = ROOT / "lightning_edge" / "runtime" / "csrc"
 HARNESS = ROOT / "tests" / "native" / "check_kernels.cpp"
+POOL_STRESS = ROOT / "tests" / "native" / "check_thread_pool.cpp"
 # Every C++ file but the Python bindings: the kernels, the engine core and each op's registered file.
 CORE_FILES = sorted(str(path) for path in SOURCES.glob("*.cpp") if path.name != "bindings.cpp")
 FLAGS = ["-O2", "-std=c++17", "-ffp-contract=off", "-pthread", f"-I{SOURCES}"]
@@ -60,3 +61,18 @@ def test_neon_kernels_match_scalar_under_qemu(native_output, tmp_path):
     assert native.keys() == arm.keys()
     differing = [name for name in native if native[name] != arm[name]]
     assert not differing, f"aarch64 computes other bits than x86 for: {', '.join(differing)}"
+
+
+@pytest.mark.parametrize("threads, spin, shared_cpu", [(2, 20000, 0), (2, 0, 0), (3, 100, 1), (5, 20000, 0), (5, 20000, 1)])
+def test_thread_pool_runs_every_chunk_once_when_crowded(threads, spin, shared_cpu, tmp_path):
+    """The pool's chunk claims (one compare-and-swap on the call's generation, chunk count and next chunk)
+    under 300,000 calls; with more threads than cores the OS deschedules workers mid-claim. An earlier
+    version read the count apart from the claim word and hung here within a second."""
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    binary = tmp_path / "check_pool"
+    subprocess.run(["g++", *FLAGS, str(POOL_STRESS), "-o", str(binary)], check=True, capture_output=True, text=True)
+    result = subprocess.run([str(binary), str(threads), str(spin), str(shared_cpu), "300000"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "each exactly once" in result.stdout

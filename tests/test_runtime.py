@@ -145,6 +145,13 @@ def test_any_batch_size_and_thread_count_give_the_same_numbers(tmp_path):
     assert np.array_equal(session.run(x), one_thread)
     assert np.array_equal(np.concatenate([session.run(x[i:i + 1]) for i in range(13)]), one_thread)
     assert np.array_equal(session.run(x[0]), one_thread[:1])  # a single CHW image is a batch of one
+    # More threads than cores (each op's chunks then go to whichever thread the OS runs), workers that
+    # sleep at once between ops, and the shared-CPU policy: still the same numbers.
+    for threads, spin, shared_cpu in ((7, None, False), (3, 0, False), (2, None, True)):
+        crowded = load(edge_path, threads=threads, spin=spin, shared_cpu=shared_cpu)
+        assert crowded.threads == threads and crowded.shared_cpu == shared_cpu and (spin is None or crowded.spin == spin)
+        for _ in range(3):
+            assert np.array_equal(crowded.run(x), one_thread)
 
 
 def test_session_errors_name_the_problem(tmp_path):
@@ -156,6 +163,8 @@ def test_session_errors_name_the_problem(tmp_path):
         load(edge_path, kernels="sse")
     with pytest.raises(ValueError, match="positive number of threads"):
         load(edge_path, threads=0)
+    with pytest.raises(ValueError, match=r"spin=-1: give how many pause instructions"):
+        load(edge_path, spin=-1)
     if "neon" not in KERNELS:
         with pytest.raises(ValueError, match="kernels='neon' needs"):
             load(edge_path, kernels="neon")

@@ -46,6 +46,26 @@ def onnxruntime_session(path: str | bytes, threads: int, optimized: bool = True)
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def openvino_session(path: str, threads: int) -> tuple[Callable[[np.ndarray], object], dict[str, int]]:
+    """The other peer: OpenVINO's CPU plugin on the same file, tuned for latency on ``threads`` threads (one
+    stream). Returns ``infer(x)`` and how many of its runtime model's convolutions and fully connected layers
+    run in each precision (``{"u8": 52, ...}``: a QDQ file must run as integers there, or the comparison
+    is with its float path). Raises ImportError when ``openvino`` is not installed (the ``dev`` extra)."""
+    import openvino
+
+    core = openvino.Core()
+    compiled = core.compile_model(core.read_model(path), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    precisions: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and info["layerType"].astype(str) in ("Convolution", "FullyConnected"):
+            precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "unknown"
+            precisions[precision] = precisions.get(precision, 0) + 1
+    return (lambda x: request.infer({0: x})), precisions
+
+
 def quantize_static_qdq(float_path: str, output_path: str, batches: list[np.ndarray | dict[str, np.ndarray]],
                         per_channel: bool = True, activations: str = "QUInt8") -> str:
     """ONNX Runtime's own quantizer on an FP32 file: static QDQ with int8 weights, calibrated on ``batches``

@@ -24,11 +24,14 @@ class Session:
     """A loaded plan bound to a thread pool and a kernel path; run it on float32 NCHW batches of any size."""
 
     def __init__(self, plan: Plan | dict[str, Any], tensors: dict[str, np.ndarray], threads: int | None = None,
-                 kernels: str = "auto", path: str = "<plan>"):
+                 kernels: str = "auto", path: str = "<plan>", spin: int | None = None, shared_cpu: bool = False):
         if kernels not in KERNELS:
             raise ValueError(f"kernels={kernels!r}: choose one of {', '.join(KERNELS)}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads={threads!r}: give a positive number of threads, or None for all cores")
+        if spin is not None and (not isinstance(spin, int) or isinstance(spin, bool) or spin < 0):
+            raise ValueError(f"spin={spin!r}: give how many pause instructions an idle worker spins before it sleeps "
+                             "(0: sleep at once), or None for the default")
         try:
             plan = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
         except PlanError as error:
@@ -39,7 +42,10 @@ class Session:
         try:
             ops, arrays = kernel_arrays(plan, tensors, resolved)
             sizes = [tensor.bytes_per_sample for tensor in plan.tensors]
-            self._engine = module.Engine(ops, sizes, arrays, threads or default_threads(), resolved)
+            if not isinstance(shared_cpu, bool):
+                raise TypeError(f"shared_cpu={shared_cpu!r}: give True or False")
+            pool = {"shared_cpu": shared_cpu} if spin is None else {"spin": spin, "shared_cpu": shared_cpu}
+            self._engine = module.Engine(ops, sizes, arrays, threads or default_threads(), resolved, **pool)
             ends = sorted((op for op in plan.ops if op.KIND in INPUT_KINDS), key=lambda op: op.index)
             self.input_shapes = [(op.channels, op.height, op.width) for op in ends]
             self.input_shape = self.input_shapes[0]  # the first input's (C, H, W)
@@ -60,6 +66,16 @@ class Session:
     @property
     def threads(self) -> int:
         return self._engine.threads
+
+    @property
+    def spin(self) -> int:
+        """How many pause instructions an idle worker spins before it sleeps (0: it sleeps at once)."""
+        return self._engine.spin
+
+    @property
+    def shared_cpu(self) -> bool:
+        """Whether the thread pool runs the policy for a CPU that other busy processes share."""
+        return self._engine.shared_cpu
 
     @property
     def input_names(self) -> list[str]:
@@ -136,8 +152,16 @@ class Session:
         return f"Session({self.path!r}, kernels={self.kernels!r}, threads={self.threads})"
 
 
-def load(edge_path: str | os.PathLike, threads: int | None = None, kernels: str = "auto") -> Session:
-    """Load a .edge file (checked before use). ``threads=None`` uses all cores; ``kernels`` forces a path."""
+def load(edge_path: str | os.PathLike, threads: int | None = None, kernels: str = "auto",
+         spin: int | None = None, shared_cpu: bool = False) -> Session:
+    """Load a .edge file (checked before use). ``threads=None`` uses all cores; ``kernels`` forces a path.
+
+    The threads share each op's work in small chunks that whichever thread is free claims, so a thread the OS
+    deschedules (another busy process on the core) delays only the chunk it holds. Between runs a worker spins
+    ``spin`` pause instructions (None: the default, under a millisecond) before it sleeps; ``spin=0`` sleeps
+    at once. ``shared_cpu=True`` is the policy for a CPU that other busy processes share (a phone, a board
+    running a camera pipeline): the caller stops waiting for a worker the OS has descheduled, and spinning
+    workers give their core away now and then (scripts/bench_load.py measures both policies)."""
     path = os.fspath(edge_path)
     plan, tensors = read_edge(path)
-    return Session(plan, tensors, threads=threads, kernels=kernels, path=path)
+    return Session(plan, tensors, threads=threads, kernels=kernels, path=path, spin=spin, shared_cpu=shared_cpu)

@@ -98,7 +98,8 @@ std::vector<py::ssize_t> to_shape(const std::vector<long>& shape) { return std::
 // The Python-facing engine: the core plus the numpy arrays its ops point into.
 class PyEngine {
   public:
-    PyEngine(py::list ops, py::list tensor_sizes, py::dict arrays, int threads, const std::string& kernels) {
+    PyEngine(py::list ops, py::list tensor_sizes, py::dict arrays, int threads, const std::string& kernels, int spin,
+             bool shared_cpu) {
         std::vector<size_t> sizes;
         for (auto size : tensor_sizes) sizes.push_back(size.cast<size_t>());
         std::vector<OpDescription> descriptions;
@@ -122,11 +123,13 @@ class PyEngine {
                 }
                 table[name] = ref;
             }
-        engine_ = std::make_unique<Engine>(descriptions, std::move(sizes), table, threads, kernels);
+        engine_ = std::make_unique<Engine>(descriptions, std::move(sizes), table, threads, kernels, spin, shared_cpu);
     }
 
     std::string backend() const { return engine_->backend(); }
     int threads() const { return engine_->threads(); }
+    int spin() const { return engine_->spin(); }
+    bool shared_cpu() const { return engine_->shared_cpu(); }
     int output_count() const { return engine_->output_count(); }
     int input_count() const { return engine_->input_count(); }
 
@@ -208,14 +211,17 @@ class PyEngine {
 PYBIND11_MODULE(_engine, m) {
     m.doc() = "lightning-edge INT8 runtime kernels (see lightning_edge.runtime.session)";
     py::class_<edge::PyEngine>(m, "Engine")
-        .def(py::init<py::list, py::list, py::dict, int, const std::string&>(), py::arg("ops"), py::arg("tensor_sizes"),
-             py::arg("arrays"), py::arg("threads"), py::arg("kernels") = "auto")
+        .def(py::init<py::list, py::list, py::dict, int, const std::string&, int, bool>(), py::arg("ops"),
+             py::arg("tensor_sizes"), py::arg("arrays"), py::arg("threads"), py::arg("kernels") = "auto",
+             py::arg("spin") = edge::ThreadPool::kDefaultSpin, py::arg("shared_cpu") = false)
         .def("run", &edge::PyEngine::run, py::arg("x"))
         .def("trace", &edge::PyEngine::trace, py::arg("x"))
         .def("profile", &edge::PyEngine::profile, py::arg("x"), py::arg("repeats") = 10)
         .def("time_op", &edge::PyEngine::time_op, py::arg("index"), py::arg("batch"), py::arg("repeats") = 20)
         .def_property_readonly("backend", &edge::PyEngine::backend)
         .def_property_readonly("threads", &edge::PyEngine::threads)
+        .def_property_readonly("spin", &edge::PyEngine::spin)
+        .def_property_readonly("shared_cpu", &edge::PyEngine::shared_cpu)
         .def_property_readonly("output_count", &edge::PyEngine::output_count)
         .def_property_readonly("input_count", &edge::PyEngine::input_count);
     m.def("int8_peak_ops", [](int threads, double seconds) {

@@ -1,7 +1,10 @@
 // CPU detection and kernel-path choice (see cpu_features.h).
 #include "cpu_features.h"
 
+#include <algorithm>
 #include <stdexcept>
+#include <thread>
+#include <vector>
 
 #include "scheduler.h"
 
@@ -80,11 +83,14 @@ double int8_peak_ops(int threads, double seconds) {
     if (!vnni && !avx2) return 0.0;
     auto peak = vnni ? avx512_peak_macs : avx2_peak_macs;
     peak(1000000);  // warm up: clocks and the wide units
-    ThreadPool pool(threads);
-    const long iterations = 20000000;
-    std::vector<double> done(pool.size());
+    // One chain per thread, all at once (plain threads: a pool's chunks may run one after another).
+    const long iterations = static_cast<long>(20000000 * seconds);
+    std::vector<double> done(static_cast<size_t>(std::max(threads, 1)));
     const double start = seconds_now();
-    pool.run([&](int t) { done[t] = peak(static_cast<long>(iterations * seconds)); });
+    std::vector<std::thread> chains;
+    for (size_t t = 1; t < done.size(); ++t) chains.emplace_back([&, t] { done[t] = peak(iterations); });
+    done[0] = peak(iterations);
+    for (auto& chain : chains) chain.join();
     const double elapsed = seconds_now() - start;
     double total = 0;
     for (double d : done) total += d;

@@ -1,4 +1,5 @@
-// How an op's work is shared out over the engine's thread pool: contiguous shares of an index range, and a
+// How an op's work is shared out over the engine's thread pool: an index range cut into contiguous chunks
+// (a few per thread, claimed dynamically, so a descheduled thread's share is taken by the others), and a
 // conv's split over pixel tiles or output-channel columns.
 #pragma once
 
@@ -17,24 +18,31 @@ inline double seconds_now() {
 
 class Scheduler {
   public:
-    explicit Scheduler(int threads) : pool_(threads) {}
+    // Chunks per thread: enough that the others can absorb a descheduled thread's share, few enough that
+    // claiming them costs nothing beside the work.
+    static constexpr int kChunksPerThread = 4;
+
+    explicit Scheduler(int threads, int spin = ThreadPool::kDefaultSpin, bool shared_cpu = false)
+        : pool_(threads, spin, shared_cpu) {}
 
     int threads() const { return pool_.size(); }
+    int spin() const { return pool_.spin(); }
+    bool shared_cpu() const { return pool_.shared_cpu(); }
 
-    // Splits [0, count) into the pool's contiguous shares (at least `grain` items each) and runs
-    // body(begin, end, thread) on each.
+    // Cuts [0, count) into contiguous chunks of at least `grain` items and runs body(begin, end, thread)
+    // on each; `thread` (below threads()) names the thread running it, for its scratch.
     template <class Body>
     void parallel(int count, int grain, Body body) {
-        const int threads = std::min(pool_.size(), std::max(1, count / std::max(grain, 1)));
-        if (threads <= 1) {
+        if (count <= 0) return;
+        const int chunks = std::min(pool_.size() * kChunksPerThread, std::max(1, count / std::max(grain, 1)));
+        if (chunks <= 1 || pool_.size() == 1) {
             body(0, count, 0);
             return;
         }
-        pool_.run([&](int t) {
-            if (t >= threads) return;
-            const int begin = static_cast<int>(static_cast<long>(count) * t / threads);
-            const int end = static_cast<int>(static_cast<long>(count) * (t + 1) / threads);
-            body(begin, end, t);
+        pool_.run(chunks, [&](int chunk, int thread) {
+            const int begin = static_cast<int>(static_cast<long>(count) * chunk / chunks);
+            const int end = static_cast<int>(static_cast<long>(count) * (chunk + 1) / chunks);
+            body(begin, end, thread);
         });
     }
 

@@ -1,12 +1,31 @@
-// A small persistent thread pool: run(task) calls task(t) for t in [0, size) at once and returns when all
-// are done. Workers spin briefly between calls (layers of a small network are tens of microseconds apart),
-// then sleep, so an idle Session costs no CPU.
+// A small persistent thread pool that stays steady when the CPU is shared.
+//
+// run(chunks, body) calls body(chunk, thread) once for every chunk in [0, chunks) and returns when all are
+// done. The calling thread and the pool's workers claim chunks one at a time from a shared counter, so no
+// chunk belongs to a thread in advance: when the OS deschedules a worker (another process wants the core,
+// as on any phone or board), the others take the chunks it would have run, and the call waits at most for
+// the chunk that worker holds, not for a whole scheduler slice. `thread` is the index of the thread that
+// runs the chunk, for its scratch memory.
+//
+// Between calls a worker spins for `spin` pause instructions (layers are microseconds apart), then sleeps
+// on a condition variable, so an idle Session costs no CPU; the caller wakes sleepers only when there are
+// any. A woken worker needs tens of microseconds, and Linux tends to wake it on the caller's own core: if
+// the caller then ran on alone, the worker would sit behind it and later spin there while the caller
+// waits, a stall of a whole time slice. So after waking workers the caller, past its fair share, waits up
+// to kWakeGrace for one of them to claim a chunk before it takes their chunks too.
+//
+// `shared_cpu` is for a CPU other busy processes share: a worker that missed the grace is taken as
+// descheduled and the caller no longer waits for it until a worker is seen claiming again, and spinning
+// workers give their core away every 256 pauses, so that one put on the caller's core cannot hold it.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -23,66 +42,156 @@ namespace edge {
 
 class ThreadPool {
   public:
-    explicit ThreadPool(int threads) : size_(threads < 1 ? 1 : threads) {
+    using Body = std::function<void(int chunk, int thread)>;
+
+    static constexpr int kDefaultSpin = 20000;
+    // At most kMaxChunks chunks a call (the claim word below has 16 bits for them).
+    static constexpr int kMaxChunks = 0xffff;
+    static constexpr double kWakeGrace = 200e-6;
+
+    explicit ThreadPool(int threads, int spin = kDefaultSpin, bool shared_cpu = false)
+        : size_(threads < 1 ? 1 : threads), spin_(spin < 0 ? 0 : spin), shared_cpu_(shared_cpu) {
         for (int t = 1; t < size_; ++t) workers_.emplace_back([this, t] { work(t); });
     }
 
     ~ThreadPool() {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            stopping_ = true;
-            generation_.fetch_add(1, std::memory_order_release);
-        }
-        wake_.notify_all();
+        stopping_.store(true, std::memory_order_seq_cst);
+        publish(nullptr, 0);
         for (auto& worker : workers_) worker.join();
     }
 
     int size() const { return size_; }
+    int spin() const { return spin_; }
+    bool shared_cpu() const { return shared_cpu_; }
 
-    void run(const std::function<void(int)>& task) {
-        if (size_ == 1) {
-            task(0);
+    void run(int chunks, const Body& body) {
+        if (chunks <= 0) return;
+        if (chunks > kMaxChunks) throw std::invalid_argument("ThreadPool::run: more than 65535 chunks");
+        if (size_ == 1 || chunks == 1) {
+            for (int chunk = 0; chunk < chunks; ++chunk) body(chunk, 0);
             return;
         }
-        task_ = &task;
-        pending_.store(size_ - 1, std::memory_order_relaxed);
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            generation_.fetch_add(1, std::memory_order_release);
-        }
-        wake_.notify_all();
-        task(0);
-        while (pending_.load(std::memory_order_acquire) != 0) EDGE_PAUSE();
+        done_.store(0, std::memory_order_relaxed);
+        const bool woke = publish(&body, chunks);
+        caller_claims(chunks, woke);
+        // What is left is in the workers' hands: chunks they have claimed and not finished.
+        while (done_.load(std::memory_order_acquire) != chunks) EDGE_PAUSE();
     }
 
   private:
-    void work(int index) {
-        unsigned seen = 0;
+    // The claim word: the call's generation (high 32 bits), its chunk count and the next unclaimed chunk (16
+    // bits each). A claim is a compare-and-swap of the whole word, so a worker that wakes late can never take
+    // a chunk of a later call, nor judge a chunk by a later call's count.
+    static uint64_t word(uint32_t generation, uint32_t chunks, uint32_t next) {
+        return (uint64_t{generation} << 32) | (uint64_t{chunks} << 16) | next;
+    }
+    static uint32_t generation_of(uint64_t word) { return static_cast<uint32_t>(word >> 32); }
+    static uint32_t chunks_of(uint64_t word) { return static_cast<uint32_t>((word >> 16) & 0xffff); }
+    static uint32_t next_of(uint64_t word) { return static_cast<uint32_t>(word & 0xffff); }
+
+    static double seconds() {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    }
+
+    // Publishes a call; returns whether it had to wake sleeping workers.
+    bool publish(const Body* body, int chunks) {
+        body_.store(body, std::memory_order_relaxed);
+        const uint32_t generation = ++calls_;
+        claim_.store(word(generation, static_cast<uint32_t>(chunks), 0), std::memory_order_seq_cst);  // releases body_
+        if (sleepers_.load(std::memory_order_seq_cst) == 0) return false;
+        { std::lock_guard<std::mutex> lock(mutex_); }  // a sleeper is either before its check or waiting
+        wake_.notify_all();
+        return true;
+    }
+
+    // Claims the next chunk of the call in `current` (refreshed on failure); false when none is left.
+    bool try_claim(uint64_t& current) {
+        if (next_of(current) >= chunks_of(current)) return false;
+        return claim_.compare_exchange_weak(current, current + 1, std::memory_order_acq_rel, std::memory_order_acquire);
+    }
+
+    void run_chunk(uint32_t chunk, int thread) {
+        // The chunk is claimed and unfinished, so its call is live and body_ is still its body.
+        (*body_.load(std::memory_order_relaxed))(static_cast<int>(chunk), thread);
+        done_.fetch_add(1, std::memory_order_release);
+    }
+
+    void caller_claims(int chunks, bool woke) {
+        const uint32_t fair = static_cast<uint32_t>((chunks + size_ - 1) / size_);
+        uint32_t mine = 0;
+        bool waited = false;
+        double deadline = 0.0;
+        uint64_t current = claim_.load(std::memory_order_acquire);
+        while (next_of(current) < chunks_of(current)) {
+            const uint32_t next = next_of(current);
+            if (next > mine) {
+                workers_absent_ = false;  // a worker has claimed in this call
+            } else if (woke && mine >= fair && !waited && !(shared_cpu_ && workers_absent_)) {
+                const double now = seconds();
+                if (deadline == 0.0) deadline = now + kWakeGrace;
+                if (now < deadline) {
+                    EDGE_PAUSE();
+                    current = claim_.load(std::memory_order_acquire);
+                    continue;
+                }
+                waited = true;
+                workers_absent_ = true;
+            }
+            if (!try_claim(current)) continue;
+            run_chunk(next, 0);
+            ++mine;
+            current = claim_.load(std::memory_order_acquire);
+        }
+    }
+
+    void worker_claims(uint32_t generation, int thread) {
+        uint64_t current = claim_.load(std::memory_order_acquire);
+        while (generation_of(current) == generation && next_of(current) < chunks_of(current)) {
+            const uint32_t next = next_of(current);
+            if (!try_claim(current)) continue;
+            run_chunk(next, thread);
+            current = claim_.load(std::memory_order_acquire);
+        }
+    }
+
+    uint32_t current_generation() const { return generation_of(claim_.load(std::memory_order_seq_cst)); }
+
+    void work(int thread) {
+        uint32_t seen = 0;
         for (;;) {
-            unsigned now = generation_.load(std::memory_order_acquire);
-            for (int spin = 0; now == seen && spin < 20000; ++spin) {
-                EDGE_PAUSE();
-                now = generation_.load(std::memory_order_acquire);
+            uint32_t now = current_generation();
+            for (int spins = 0; now == seen && spins < spin_; ++spins) {
+                if (shared_cpu_ && (spins & 255) == 255) std::this_thread::yield();
+                else EDGE_PAUSE();
+                now = generation_of(claim_.load(std::memory_order_acquire));
             }
             if (now == seen) {
                 std::unique_lock<std::mutex> lock(mutex_);
-                wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-                now = generation_.load(std::memory_order_acquire);
+                sleepers_.fetch_add(1, std::memory_order_seq_cst);
+                wake_.wait(lock, [&] { return current_generation() != seen; });
+                sleepers_.fetch_sub(1, std::memory_order_relaxed);
+                now = current_generation();
             }
             seen = now;
-            if (stopping_) return;
-            (*task_)(index);
-            pending_.fetch_sub(1, std::memory_order_acq_rel);
+            if (stopping_.load(std::memory_order_acquire)) return;
+            worker_claims(now, thread);
         }
     }
 
     int size_;
+    int spin_;
+    bool shared_cpu_;
     std::vector<std::thread> workers_;
     std::mutex mutex_;
     std::condition_variable wake_;
-    std::atomic<unsigned> generation_{0};
-    std::atomic<int> pending_{0};
-    const std::function<void(int)>* task_ = nullptr;
+    uint32_t calls_ = 0;           // the caller's: generations published
+    bool workers_absent_ = false;  // the caller's: did the last grace pass with no worker claiming?
+    // The claim word and the done count each on a cache line of their own: every claim writes the one and
+    // every finished chunk the other.
+    alignas(64) std::atomic<uint64_t> claim_{0};
+    alignas(64) std::atomic<int> done_{0};
+    alignas(64) std::atomic<const Body*> body_{nullptr};
+    std::atomic<int> sleepers_{0};
     std::atomic<bool> stopping_{false};
 };
 
