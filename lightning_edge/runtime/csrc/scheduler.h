@@ -4,17 +4,11 @@
 #pragma once
 
 #include <algorithm>
-#include <chrono>
 
 #include "kernels.h"
 #include "thread_pool.h"
 
 namespace edge {
-
-// A monotonic clock in seconds, for the engine's per-op timings.
-inline double seconds_now() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 class Scheduler {
   public:

@@ -40,6 +40,11 @@
 
 namespace edge {
 
+// A monotonic clock in seconds, for the pool's wake grace and the engine's per-op timings.
+inline double seconds_now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 class ThreadPool {
   public:
     using Body = std::function<void(int chunk, int thread)>;
@@ -89,10 +94,6 @@ class ThreadPool {
     static uint32_t chunks_of(uint64_t word) { return static_cast<uint32_t>((word >> 16) & 0xffff); }
     static uint32_t next_of(uint64_t word) { return static_cast<uint32_t>(word & 0xffff); }
 
-    static double seconds() {
-        return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-    }
-
     // Publishes a call; returns whether it had to wake sleeping workers.
     bool publish(const Body* body, int chunks) {
         body_.store(body, std::memory_order_relaxed);
@@ -127,7 +128,7 @@ class ThreadPool {
             if (next > mine) {
                 workers_absent_ = false;  // a worker has claimed in this call
             } else if (woke && mine >= fair && !waited && !(shared_cpu_ && workers_absent_)) {
-                const double now = seconds();
+                const double now = seconds_now();
                 if (deadline == 0.0) deadline = now + kWakeGrace;
                 if (now < deadline) {
                     EDGE_PAUSE();
