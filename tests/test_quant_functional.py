@@ -55,16 +55,10 @@ def fake_quant_agreement(
 
     ``optimized=False`` runs the file op by op (each DequantizeLinear, float op and QuantizeLinear as written),
     which is the arithmetic the fake-quant model simulates; ONNX Runtime's default session fuses QDQ patterns
-    into its own integer kernels (QLinearAdd, QLinearMul, ...), which round a tie now and then the other way.
+    into its own integer kernels (QLinearAdd, QLinearMul, ...), which round a tie now and then the other way
+    (and which saturate on a CPU without VNNI, where the unfused session stands in: onnxruntime_session).
     """
-    if optimized:
-        session = onnxruntime_session(path)
-    else:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(path, optimized=None if optimized else False)  # None: fused where exact
     # One image at a time: torch and ONNX Runtime may pick other convolution kernels for other batch sizes, whose
     # float sums differ in the last bit, and such a difference can move a code across a rounding boundary.
     logits = np.concatenate([session.run(None, {"input": x[i:i + 1].numpy()})[0] for i in range(len(x))])

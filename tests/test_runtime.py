@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from conftest import FASHION_MNIST_DIR, ROOT, calibrated_network, qat_resnet_on_fashion_mnist
-from lightning_edge.export import onnxruntime_session, to_onnx
+from lightning_edge.export import to_onnx
 from lightning_edge.models import create_model
 from lightning_edge.runtime import CompileError, EdgeFormatError, available_kernels, compile, load
-from lightning_edge.runtime.benchmark import quantize_static_qdq
+from lightning_edge.runtime.benchmark import onnxruntime_int8_is_exact, onnxruntime_session, quantize_static_qdq
+from lightning_edge.runtime.native import default_threads
 from lightning_edge.runtime.edge_format import read_edge, write_edge
 from lightning_edge.runtime.plan import Plan
 from lightning_edge.runtime.reference import ReferenceModel
@@ -75,6 +76,39 @@ def test_each_family_is_bit_exact_to_the_reference_on_every_kernel_path(name, kw
     assert expected <= primitives(plan)
     x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
     assert_bit_exact(onnx_path, edge_path, x)
+
+
+class _DepthwiseEdges(nn.Module):
+    """Depthwise convs at the edges of the lane layouts: channel counts that fill no block (13), a block and a
+    half of 16 (24), ragged 64-channel blocks (72, 100), 3x3, 5x5 and 7x7 windows (odd tap counts leave a
+    tap group part empty), strides 1 and 2, with and without padding (taps outside the image)."""
+
+    def __init__(self):
+        super().__init__()
+        layers, channels = [], 1
+        for width, kernel, stride, padding in ((13, 3, 1, 1), (24, 5, 2, 2), (72, 3, 2, 0), (100, 7, 1, 3), (8, 3, 1, 1)):
+            layers += [nn.Conv2d(channels, width, 1), nn.ReLU(),
+                       nn.Conv2d(width, width, kernel, stride, padding, groups=width), nn.ReLU6()]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def test_depthwise_lane_layouts_at_ragged_channels_windows_and_borders(tmp_path):
+    from lightning_edge.quant import calibrate
+
+    torch.manual_seed(0)
+    network = _DepthwiseEdges()
+    network.train()
+    network(torch.randn(16, 1, 28, 28))
+    network = calibrate(network.eval(), [torch.randn(8, 1, 28, 28) for _ in range(2)], num_batches=2)
+    onnx_path = to_onnx(network, torch.zeros(1, 1, 28, 28), str(tmp_path / "depthwise.onnx"))
+    plan = compile(onnx_path, str(tmp_path / "depthwise.edge"), select=False)  # the depthwise kernel on every layer
+    assert sum(op.kind == "depthwise" for op in plan.ops) == 5
+    assert_bit_exact(onnx_path, str(tmp_path / "depthwise.edge"), np.random.default_rng(4).standard_normal((3, 1, 28, 28)).astype(np.float32))
 
 
 def test_residual_adds_fold_into_the_conv_epilogue(tmp_path):
@@ -192,7 +226,7 @@ def test_a_float_model_compiles_and_runs_in_float32(tmp_path):
     plan = compile(float_path, str(tmp_path / "float.edge"), select=False)
     assert plan.ops[0].kind == "float_input" and plan.ops[-1].kind == "float_output"
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
-    onnx_runtime = onnxruntime_session(float_path)
+    onnx_runtime = onnxruntime_session(float_path, default_threads())
     want = onnx_runtime.run(None, {onnx_runtime.get_inputs()[0].name: x})[0]
     assert np.abs(load(str(tmp_path / "float.edge")).run(x) - want).max() <= 1e-4 * np.abs(want).max()
 
@@ -233,10 +267,14 @@ def test_the_runtime_loads_and_runs_without_torch(tmp_path):
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_runtime_on_the_fashion_mnist_test_set(tmp_path):
     """A QAT-trained ResNet-20 on all 10,000 test images: bit-exact to the reference on every kernel path, and
-    the same class as ONNX Runtime on at least 99.9% of them."""
+    the same class as ONNX Runtime on at least 99.9% of them, where its int8 kernels are exact. On an x86 CPU
+    without VNNI they saturate (onnxruntime_int8_is_exact): its unfused session stands in, which rounds float
+    convs where we sum integers, so ties may part on a few images (99.85% measured on an AVX2-only EPYC,
+    where its default session agreed on only 98.6%)."""
     network, data = qat_resnet_on_fashion_mnist()
     onnx_path, edge_path, _ = export_and_compile(network, tmp_path, "qat")
-    reference, theirs = ReferenceModel(onnx_path), onnxruntime_session(onnx_path)
+    exact = onnxruntime_int8_is_exact()
+    reference, theirs = ReferenceModel(onnx_path), onnxruntime_session(onnx_path, default_threads(), optimized=exact)
     sessions = [load(edge_path, kernels=kernels) for kernels in KERNELS]
     agree = correct = total = 0
     for images, labels in data.test_dataloader():
@@ -248,5 +286,5 @@ def test_runtime_on_the_fashion_mnist_test_set(tmp_path):
         agree += int((ours == theirs.run(None, {"input": x})[0].argmax(1)).sum())
         correct += int((ours == labels.numpy()).sum())
         total += len(x)
-    assert total == 10_000 and agree / total >= 0.999
+    assert total == 10_000 and agree / total >= (0.999 if exact else 0.995)
     assert correct / total > 0.6

@@ -2,8 +2,10 @@
 agreement with the torch model it came from."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,11 +17,28 @@ from tqdm.auto import tqdm
 from lightning_edge.quant.calibrate import batch_input
 
 
-def onnxruntime_session(path: str, threads: int | None = None) -> Any:
-    """A CPU ONNX Runtime session for ``path`` with ``threads`` intra-op threads (default: torch's)."""
+def onnxruntime_session(path: str, threads: int | None = None, optimized: bool | None = None) -> Any:
+    """A CPU ONNX Runtime session for ``path`` with ``threads`` intra-op threads (default: torch's).
+
+    ``optimized=None`` (the default) gives ONNX Runtime's fused int8 kernels where they are exact, and its
+    unfused session (the QDQ file run op by op, as written) on an x86 CPU without VNNI, where those kernels
+    saturate and the result is no longer what the file means (``runtime.benchmark.onnxruntime_int8_is_exact``;
+    a warning says so once). ``True`` or ``False`` forces either."""
+    from lightning_edge.runtime.benchmark import onnxruntime_int8_is_exact
     from lightning_edge.runtime.benchmark import onnxruntime_session as session
 
-    return session(path, threads=int(threads or torch.get_num_threads()))
+    if optimized is None:
+        optimized = onnxruntime_int8_is_exact()
+        if not optimized:
+            _warn_unfused_once()
+    return session(path, threads=int(threads or torch.get_num_threads()), optimized=optimized)
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_unfused_once() -> None:
+    warnings.warn("this CPU has no VNNI, where ONNX Runtime's fused int8 kernels saturate (vpmaddubsw): running its "
+                  "unfused session instead, the QDQ file op by op (pass optimized=True for the fused kernels)",
+                  stacklevel=3)
 
 
 def evaluate_onnx(

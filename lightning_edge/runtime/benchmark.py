@@ -46,6 +46,21 @@ def onnxruntime_session(path: str | bytes, threads: int, optimized: bool = True)
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def onnxruntime_int8_is_exact() -> bool:
+    """Whether ONNX Runtime's fused int8 kernels compute exact integer sums on this CPU.
+
+    On x86-64 without VNNI (AVX-512 VNNI or AVX-VNNI) its u8 x s8 GEMMs use vpmaddubsw, whose int16 pair sums
+    saturate on full-range activations and weights (OpenVINO documents the same "saturation issue" for its
+    own kernels): the default session then parts from the file's own semantics, and from its own unfused run,
+    on a few percent of decisions. Comparisons with ONNX Runtime use its unfused session there instead
+    (``onnxruntime_session(..., optimized=False)``)."""
+    from lightning_edge.runtime.native import cpu_flags
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    return bool({"avx512_vnni", "avx_vnni"} & set(cpu_flags()))
+
+
 def openvino_session(path: str, threads: int) -> tuple[Callable[[np.ndarray], object], dict[str, int]]:
     """The other peer: OpenVINO's CPU plugin on the same file, tuned for latency on ``threads`` threads (one
     stream). Returns ``infer(x)`` and how many of its runtime model's convolutions and fully connected layers

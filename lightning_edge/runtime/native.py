@@ -40,7 +40,7 @@ def resolve_kernels(kernels: str = "auto") -> str:
 @functools.lru_cache(maxsize=None)
 def cpu_flags() -> tuple[str, ...]:
     """The CPU flags the kernels care about that this machine reports (what every benchmark prints)."""
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "asimd", "fphp", "asimdhp")
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16", "asimd", "fphp", "asimdhp")
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:

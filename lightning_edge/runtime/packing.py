@@ -2,8 +2,9 @@
 
 A .edge file stores int8 weights in the (kernel row, kernel column, channel) order of an NHWC window;
 ``kernel_arrays`` turns a :class:`~lightning_edge.runtime.plan.Plan` into the engine's op records and
-arrays for one kernel path: int16 pairs for the scalar and AVX2 kernels (int32 taps for depthwise), int8
-quads plus the zero-point compensation in the bias for AVX-512 VNNI, the Winograd transform U = G'gG'^T
+arrays for one kernel path: int16 pairs for the scalar and AVX2 kernels (centered int32 taps for depthwise), int8
+quads plus the zero-point compensation in the bias for AVX-512 VNNI, depthwise convs in lane layouts (VNNI
+quads, AVX2 int16 pairs, the compensation in the bias too), the Winograd transform U = G'gG'^T
 for Winograd layers, and a grouped conv expanded block-diagonally where selection found one dense GEMM
 faster. numpy only.
 """
@@ -48,6 +49,32 @@ def pack_gemm_weights(codes: np.ndarray, groups: int, block: int, taps: int, dep
     return np.ascontiguousarray(w.transpose(0, 1, 3, 4, 2) if k_major else w.transpose(0, 1, 3, 2, 4))
 
 
+# The depthwise lane layouts: (taps per lane, registers per block, int32 lanes per register, weight dtype).
+DEPTHWISE_LAYOUTS = {"quads": (4, 4, 16, np.int8), "pairs": (2, 2, 8, np.int16)}
+
+
+def pack_depthwise_lanes(codes: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, layout: str) -> tuple[np.ndarray, ...]:
+    """A depthwise conv's (channels, taps) int8 weights, its zero-point-compensated int32 bias and its float32
+    multipliers in a lane layout of the runtime's kernels.h (``quads``: VNNI, blocks of 64 channels, taps in
+    fours; ``pairs``: AVX2, blocks of 16, taps in twos). Channels are padded to whole blocks (weight, bias and
+    multiplier 0) and taps to whole groups (weight 0); weights [block][tap group][register][lane][tap], bias
+    and multipliers [block][register][lane], register r lane i holding channel 4 * registers * (i // 4) + 4 * r + i % 4."""
+    group, registers, lanes, dtype = DEPTHWISE_LAYOUTS[layout]
+    width = registers * lanes
+    channels, taps = codes.shape
+    blocks, groups = -(-channels // width), -(-taps // group)
+    order = np.array([[4 * registers * (lane // 4) + 4 * reg + lane % 4 for lane in range(lanes)] for reg in range(registers)])
+    w = np.zeros((blocks * width, groups * group), dtype)
+    w[:channels, :taps] = codes
+    w = w.reshape(blocks, width, groups, group)[:, order]  # (block, register, lane, tap group, tap)
+    per_channel = []
+    for values, value_type in ((bias, np.int32), (multiplier, np.float32)):
+        padded = np.zeros(blocks * width, value_type)
+        padded[:channels] = values
+        per_channel.append(np.ascontiguousarray(padded.reshape(blocks, width)[:, order]))
+    return (np.ascontiguousarray(w.transpose(0, 3, 1, 2, 4)), *per_channel)
+
+
 def _block_diagonal(codes: np.ndarray, groups: int, kernel_taps: int) -> np.ndarray:
     """A grouped conv's weights as one dense conv's: zeros outside each group's block of input channels."""
     out_c, depth = codes.shape
@@ -74,14 +101,22 @@ def kernel_arrays(plan: Plan, tensors: dict[str, np.ndarray], kernels: str) -> t
                 raise ValueError(f"{op['id']}: weights must be int8 (out_c, taps * channels)")
             layout = "scalar" if op.get("wide_bias") else kernels  # a wide bias runs the scalar kernels
             name = op["weights"] + f".{layout}"
-            if op["kind"] == "depthwise":
+            compensated = tensors[op["bias"]].astype(np.int64) - int(op["input_grid"]["zero"]) * codes.astype(np.int64).sum(axis=1)
+            fits = np.abs(compensated).max(initial=0) <= INT32_MAX  # else the int16 pairs / int32 taps, centered
+            quads = layout == "avx512" and fits
+            lanes = {"avx512": "quads", "avx2": "pairs"}.get(layout) if fits else None
+            if op["kind"] == "depthwise" and lanes:  # raw codes in lanes, the compensation in the bias
+                suffix = f".{lanes}"
+                arrays[name], arrays[op["bias"] + suffix], arrays[op["multiplier"] + suffix] = pack_depthwise_lanes(
+                    codes, compensated, np.asarray(tensors[op["multiplier"]], np.float32), lanes)
+                op["bias"], op["multiplier"], op["layout"] = op["bias"] + suffix, op["multiplier"] + suffix, lanes
+            elif op["kind"] == "depthwise":
                 arrays[name] = np.ascontiguousarray(codes.astype(np.int32).T)  # [taps][channels]
             else:
                 groups = int(op.get("groups_run", op["groups"]))
                 if groups != op["groups"]:
                     codes = _block_diagonal(codes, int(op["groups"]), taps)
-                compensated = tensors[op["bias"]].astype(np.int64) - int(op["input_grid"]["zero"]) * codes.astype(np.int64).sum(axis=1)
-                quads = layout == "avx512" and op.get("algorithm") != "winograd" and np.abs(compensated).max(initial=0) <= INT32_MAX
+                quads = quads and op.get("algorithm") != "winograd"
                 if op["block"] == 32 and not quads:
                     op["block"] = 16  # the int16 kernels have registers for 16 channels per step
                 if op.get("algorithm") == "winograd":

@@ -58,6 +58,8 @@ struct ConvOp {
     int skip_zero, sum_zero, sum_low, sum_high;
 };
 
+enum class DepthwiseLayout { taps, quads, pairs };
+
 struct DepthwiseOp {
     int in_h, in_w, channels, out_h, out_w;
     int kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
@@ -65,7 +67,27 @@ struct DepthwiseOp {
     const int32_t* bias;
     const float* multiplier;
     int input_zero, output_zero, low, high;
+    // The lane layouts multiply raw codes by the weights, the zero-point compensation -z_x * sum(w[c]) in the
+    // bias (INT8_SPEC rule 5), so a tap outside the image reads `zero_row` (input_zero codes, the channels
+    // rounded up to a whole block) and adds exactly 0, and every pixel runs one loop:
+    //   quads (AVX-512 VNNI): blocks of 64 channels in 4 registers of 16 int32 lanes, taps in quads of uint8 x int8
+    //     (vpdpbusd); weights8 [block][tap quad][register][lane][4 taps];
+    //   pairs (AVX2): blocks of 16 channels in 2 registers of 8 lanes, taps in pairs of int16 (vpmaddwd);
+    //     weights16 [block][tap pair][register][lane][2 taps].
+    // Bias and multipliers are [block][register][lane]; depthwise_lane_channel gives the lane order.
+    DepthwiseLayout layout;
+    const int8_t* weights8;
+    const int16_t* weights16;
+    const int32_t* lane_bias;
+    const float* lane_multiplier;
+    const uint8_t* zero_row;
 };
+
+// The channel (within its block) that register `reg`, int32 lane `lane` of a lane layout with `registers`
+// registers holds: 4 * registers * (lane / 4) + 4 * reg + lane % 4. It is the order that unpacking the taps'
+// codes (byte-wise then word-wise for quads, word-wise for pairs, always within 128-bit lanes) leaves them in,
+// and the one that packing the registers' results back (vpackssdw, then vpackuswb) undoes: no other shuffle.
+inline int depthwise_lane_channel(int registers, int reg, int lane) { return 4 * registers * (lane / 4) + 4 * reg + lane % 4; }
 
 // Range of output pixels (flattened over batch, rows and columns) and of (group, block) columns to compute.
 struct Range {
@@ -89,6 +111,10 @@ struct Backend {
     // Winograd conv of tiles [tile_begin, tile_end) (tile = image * tiles_h * tiles_w + row * tiles_w + column).
     void (*winograd)(const ConvOp& op, const int16_t* wide, const uint8_t* skip, uint8_t* output, int tile_begin,
                      int tile_end, void* scratch);
+    // The depthwise conv in the quads layout (nullptr where the CPU has no exact u8 x s8 instruction) and in
+    // the pairs layout (nullptr where the path has no kernel for it).
+    void (*depthwise_quads)(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) = nullptr;
+    void (*depthwise_pairs)(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) = nullptr;
 };
 
 // Per-thread scratch of a Winograd conv: transformed inputs V [16][chunk][wide_c] int16 and GEMM results

@@ -162,6 +162,73 @@ void avx2_depthwise(const DepthwiseOp& op, const uint8_t* input, uint8_t* output
     }
 }
 
+// Depthwise conv in the pairs layout, 16 channels per step: each pair of taps' codes is widened to int16 and
+// interleaved word-wise (vpunpck{l,h}wd) into two registers of (tap 0, tap 1) pairs, one vpmaddwd each; raw
+// codes (0..255) times int8 weights sum exactly in int32, the zero-point compensation being in the bias.
+// A remainder of 8 channels runs the same step on half a register; the last channels % 8 run scalar.
+void avx2_depthwise_pairs(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) {
+    const int taps = op.kernel_h * op.kernel_w, pairs = (taps + 1) / 2;
+    const uint8_t* rows[kMaxTaps + 1];
+    rows[taps] = op.zero_row;  // the second tap of an odd window's last pair (its weight is 0)
+    const __m256 low = _mm256_set1_ps(static_cast<float>(op.low - op.output_zero));
+    const __m256 high = _mm256_set1_ps(static_cast<float>(op.high - op.output_zero));
+    const __m256i zero = _mm256_set1_epi32(op.output_zero);
+    const int vector16 = op.channels / 16 * 16, vector8 = op.channels / 8 * 8;
+    // One step of 16 channels (or, `half`, the first 8 of a block): the two registers' accumulators.
+    auto step = [&](int c, bool half, __m256i& acc0, __m256i& acc1) {
+        const int block = c / 16;
+        acc0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.lane_bias + block * 16));
+        acc1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.lane_bias + block * 16 + 8));
+        const int16_t* w = op.weights16 + static_cast<size_t>(block) * pairs * 32;
+        for (int p = 0; p < pairs; ++p, w += 32) {
+            const uint8_t* a = rows[2 * p] + c;
+            const uint8_t* b = rows[2 * p + 1] + c;
+            const __m256i x0 = half ? _mm256_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a)))
+                                    : _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
+            const __m256i x1 = half ? _mm256_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b)))
+                                    : _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w))));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16))));
+        }
+        const float* multiplier = op.lane_multiplier + block * 16;
+        const __m256i q0 = round_onto_grid8(_mm256_mul_ps(_mm256_cvtepi32_ps(acc0), _mm256_loadu_ps(multiplier)), low, high, zero);
+        const __m256i q1 = round_onto_grid8(_mm256_mul_ps(_mm256_cvtepi32_ps(acc1), _mm256_loadu_ps(multiplier + 8)), low, high, zero);
+        const __m256i words = _mm256_packs_epi32(q0, q1);  // channels in order again, 8 per 128-bit lane
+        return _mm256_packus_epi16(words, words);        // bytes 0-7 of each lane: its 8 channels
+    };
+    const int per_image = op.out_h * op.out_w;
+    int n = pixel_begin / per_image, oh = pixel_begin % per_image / op.out_w, ow = pixel_begin % op.out_w;
+    for (int pixel = pixel_begin; pixel < pixel_end; ++pixel) {
+        for (int ky = 0; ky < op.kernel_h; ++ky) {
+            const int ih = oh * op.stride_h - op.pad_top + ky;
+            const bool row_inside = ih >= 0 && ih < op.in_h;
+            const uint8_t* row = input + (static_cast<size_t>(n) * op.in_h + (row_inside ? ih : 0)) * op.in_w * op.channels;
+            for (int kx = 0; kx < op.kernel_w; ++kx) {
+                const int iw = ow * op.stride_w - op.pad_left + kx;
+                rows[ky * op.kernel_w + kx] = row_inside && iw >= 0 && iw < op.in_w ? row + static_cast<size_t>(iw) * op.channels : op.zero_row;
+            }
+        }
+        uint8_t* out = output + static_cast<size_t>(pixel) * op.channels;
+        __m256i acc0, acc1;
+        for (int c = 0; c < vector16; c += 16) {
+            const __m256i bytes = step(c, false, acc0, acc1);
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm256_castsi256_si128(_mm256_permute4x64_epi64(bytes, 0x08)));
+        }
+        if (vector8 > vector16) _mm_storel_epi64(reinterpret_cast<__m128i*>(out + vector16), _mm256_castsi256_si128(step(vector16, true, acc0, acc1)));
+        for (int c = vector8; c < op.channels; ++c) {  // channel l of block b sits in register (l % 8) / 4, lane 4 * (l / 8) + l % 4
+            const int block = c / 16, l = c % 16, index = block * 16 + (l % 8) / 4 * 8 + 4 * (l / 8) + l % 4;
+            int32_t sum = op.lane_bias[index];
+            const int16_t* w = op.weights16 + static_cast<size_t>(block) * pairs * 32 + (index % 16) * 2;
+            for (int t = 0; t < 2 * pairs; ++t) sum += rows[t][c] * w[t / 2 * 32 + t % 2];
+            out[c] = static_cast<uint8_t>(round_onto_grid(static_cast<float>(sum) * op.lane_multiplier[index], op.output_zero, op.low, op.high));
+        }
+        if (++ow == op.out_w) {
+            ow = 0;
+            if (++oh == op.out_h) oh = 0, ++n;
+        }
+    }
+}
+
 }  // namespace
 
 double avx2_peak_macs(long iterations) {
@@ -184,7 +251,7 @@ double avx2_peak_macs(long iterations) {
 }
 
 const Backend* avx2_backend() {
-    static const Backend backend{"avx2", avx2_widen, avx2_conv, avx2_depthwise, nullptr, avx2_winograd};
+    static const Backend backend{"avx2", avx2_widen, avx2_conv, avx2_depthwise, nullptr, avx2_winograd, nullptr, avx2_depthwise_pairs};
     return &backend;
 }
 

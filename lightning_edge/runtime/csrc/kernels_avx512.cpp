@@ -144,6 +144,63 @@ void avx512_conv8(const ConvOp& op, const uint8_t* wide, const uint8_t* skip, ui
     conv_driver<Avx512Kernels, uint8_t, int8_t>(op, wide, op.weights8, skip, output, range);
 }
 
+// Depthwise conv in the quads layout, 64 channels per step: for each quad of taps, four 64-channel loads are
+// interleaved byte-wise then word-wise into four registers of (tap 0, 1, 2, 3) byte quads, one vpdpbusd each
+// (depthwise_lane_channel gives the lane order, which the packs at the end undo). Taps outside the image
+// read the zero-point row and the taps past the last of a quad have weight 0, so every pixel runs one loop.
+void avx512_depthwise_quads(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) {
+    const int taps = op.kernel_h * op.kernel_w, quads = (taps + 3) / 4, blocks = (op.channels + 63) / 64;
+    const uint8_t* rows[kMaxTaps + 3];
+    for (int t = taps; t < quads * 4; ++t) rows[t] = op.zero_row;
+    const __m512 low = _mm512_set1_ps(static_cast<float>(op.low - op.output_zero));
+    const __m512 high = _mm512_set1_ps(static_cast<float>(op.high - op.output_zero));
+    const __m512i zero = _mm512_set1_epi32(op.output_zero);
+    const int per_image = op.out_h * op.out_w;
+    int n = pixel_begin / per_image, oh = pixel_begin % per_image / op.out_w, ow = pixel_begin % op.out_w;
+    for (int pixel = pixel_begin; pixel < pixel_end; ++pixel) {
+        for (int ky = 0; ky < op.kernel_h; ++ky) {
+            const int ih = oh * op.stride_h - op.pad_top + ky;
+            const bool row_inside = ih >= 0 && ih < op.in_h;
+            const uint8_t* row = input + (static_cast<size_t>(n) * op.in_h + (row_inside ? ih : 0)) * op.in_w * op.channels;
+            for (int kx = 0; kx < op.kernel_w; ++kx) {
+                const int iw = ow * op.stride_w - op.pad_left + kx;
+                rows[ky * op.kernel_w + kx] = row_inside && iw >= 0 && iw < op.in_w ? row + static_cast<size_t>(iw) * op.channels : op.zero_row;
+            }
+        }
+        uint8_t* out = output + static_cast<size_t>(pixel) * op.channels;
+        for (int block = 0; block < blocks; ++block) {
+            const int c = block * 64, width = std::min(64, op.channels - c);
+            const __mmask64 mask = width == 64 ? ~__mmask64{0} : (__mmask64{1} << width) - 1;
+            const int32_t* bias = op.lane_bias + block * 64;
+            __m512i acc[4];
+            for (int r = 0; r < 4; ++r) acc[r] = _mm512_loadu_si512(bias + 16 * r);
+            const int8_t* w = op.weights8 + static_cast<size_t>(block) * quads * 256;
+            for (int q = 0; q < quads; ++q, w += 256) {
+                const __m512i a0 = _mm512_maskz_loadu_epi8(mask, rows[4 * q] + c), a1 = _mm512_maskz_loadu_epi8(mask, rows[4 * q + 1] + c);
+                const __m512i a2 = _mm512_maskz_loadu_epi8(mask, rows[4 * q + 2] + c), a3 = _mm512_maskz_loadu_epi8(mask, rows[4 * q + 3] + c);
+                const __m512i low01 = _mm512_unpacklo_epi8(a0, a1), high01 = _mm512_unpackhi_epi8(a0, a1);
+                const __m512i low23 = _mm512_unpacklo_epi8(a2, a3), high23 = _mm512_unpackhi_epi8(a2, a3);
+                acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_unpacklo_epi16(low01, low23), _mm512_loadu_si512(w));
+                acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_unpackhi_epi16(low01, low23), _mm512_loadu_si512(w + 64));
+                acc[2] = _mm512_dpbusd_epi32(acc[2], _mm512_unpacklo_epi16(high01, high23), _mm512_loadu_si512(w + 128));
+                acc[3] = _mm512_dpbusd_epi32(acc[3], _mm512_unpackhi_epi16(high01, high23), _mm512_loadu_si512(w + 192));
+            }
+            __m512i q[4];
+            for (int r = 0; r < 4; ++r) {
+                __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_loadu_ps(op.lane_multiplier + block * 64 + 16 * r));
+                v = _mm512_min_ps(_mm512_max_ps(v, low), high);  // NaN -> low, as the scalar path
+                q[r] = _mm512_add_epi32(_mm512_cvtps_epi32(v), zero);
+            }
+            const __m512i codes = _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+            _mm512_mask_storeu_epi8(out + c, mask, codes);
+        }
+        if (++ow == op.out_w) {
+            ow = 0;
+            if (++oh == op.out_h) oh = 0, ++n;
+        }
+    }
+}
+
 }  // namespace
 
 double avx512_peak_macs(long iterations) {
@@ -167,8 +224,9 @@ double avx512_peak_macs(long iterations) {
 const Backend* avx512_backend() {
     const Backend* avx2 = avx2_backend();
     if (!avx2) return nullptr;
-    // int16 kernels (Winograd, depthwise, odd layouts) are AVX2's; the u8 x s8 GEMM is VNNI.
-    static const Backend backend{"avx512", avx2->widen, avx2->conv, avx2->depthwise, avx512_conv8, avx2->winograd};
+    // int16 kernels (Winograd, odd layouts) are AVX2's; the u8 x s8 GEMM and depthwise conv are VNNI.
+    static const Backend backend{"avx512", avx2->widen, avx2->conv, avx2->depthwise, avx512_conv8, avx2->winograd,
+                                 avx512_depthwise_quads, avx2->depthwise_pairs};
     return &backend;
 }
 
