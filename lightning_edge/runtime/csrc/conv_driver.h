@@ -164,4 +164,18 @@ inline void for_each_depthwise_tap(const DepthwiseOp& op, int pixel, Tap tap) {
     }
 }
 
+// The lane layouts' window of output pixel (n, oh, ow): rows[tap] points at the tap's input pixel, or at
+// op.zero_row for a tap outside the image (its zero-point codes add exactly 0 there).
+inline void depthwise_tap_rows(const DepthwiseOp& op, const uint8_t* input, int n, int oh, int ow, const uint8_t** rows) {
+    for (int ky = 0; ky < op.kernel_h; ++ky) {
+        const int ih = oh * op.stride_h - op.pad_top + ky;
+        const bool row_inside = ih >= 0 && ih < op.in_h;
+        const uint8_t* row = input + (static_cast<size_t>(n) * op.in_h + (row_inside ? ih : 0)) * op.in_w * op.channels;
+        for (int kx = 0; kx < op.kernel_w; ++kx) {
+            const int iw = ow * op.stride_w - op.pad_left + kx;
+            rows[ky * op.kernel_w + kx] = row_inside && iw >= 0 && iw < op.in_w ? row + static_cast<size_t>(iw) * op.channels : op.zero_row;
+        }
+    }
+}
+
 }  // namespace edge

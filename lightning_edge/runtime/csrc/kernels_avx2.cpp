@@ -199,15 +199,7 @@ void avx2_depthwise_pairs(const DepthwiseOp& op, const uint8_t* input, uint8_t* 
     const int per_image = op.out_h * op.out_w;
     int n = pixel_begin / per_image, oh = pixel_begin % per_image / op.out_w, ow = pixel_begin % op.out_w;
     for (int pixel = pixel_begin; pixel < pixel_end; ++pixel) {
-        for (int ky = 0; ky < op.kernel_h; ++ky) {
-            const int ih = oh * op.stride_h - op.pad_top + ky;
-            const bool row_inside = ih >= 0 && ih < op.in_h;
-            const uint8_t* row = input + (static_cast<size_t>(n) * op.in_h + (row_inside ? ih : 0)) * op.in_w * op.channels;
-            for (int kx = 0; kx < op.kernel_w; ++kx) {
-                const int iw = ow * op.stride_w - op.pad_left + kx;
-                rows[ky * op.kernel_w + kx] = row_inside && iw >= 0 && iw < op.in_w ? row + static_cast<size_t>(iw) * op.channels : op.zero_row;
-            }
-        }
+        depthwise_tap_rows(op, input, n, oh, ow, rows);
         uint8_t* out = output + static_cast<size_t>(pixel) * op.channels;
         __m256i acc0, acc1;
         for (int c = 0; c < vector16; c += 16) {
