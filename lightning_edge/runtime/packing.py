@@ -102,9 +102,8 @@ def kernel_arrays(plan: Plan, tensors: dict[str, np.ndarray], kernels: str) -> t
             layout = "scalar" if op.get("wide_bias") else kernels  # a wide bias runs the scalar kernels
             name = op["weights"] + f".{layout}"
             compensated = tensors[op["bias"]].astype(np.int64) - int(op["input_grid"]["zero"]) * codes.astype(np.int64).sum(axis=1)
-            fits = np.abs(compensated).max(initial=0) <= INT32_MAX  # else the int16 pairs / int32 taps, centered
-            quads = layout == "avx512" and fits
-            lanes = {"avx512": "quads", "avx2": "pairs"}.get(layout) if fits else None
+            fits = np.abs(compensated).max(initial=0) <= INT32_MAX  # else centered codes (int16 GEMM pairs, int32 taps)
+            lanes = {"avx512": "quads", "avx2": "pairs"}.get(layout) if fits else None  # raw-code layouts
             if op["kind"] == "depthwise" and lanes:  # raw codes in lanes, the compensation in the bias
                 suffix = f".{lanes}"
                 arrays[name], arrays[op["bias"] + suffix], arrays[op["multiplier"] + suffix] = pack_depthwise_lanes(
@@ -116,7 +115,7 @@ def kernel_arrays(plan: Plan, tensors: dict[str, np.ndarray], kernels: str) -> t
                 groups = int(op.get("groups_run", op["groups"]))
                 if groups != op["groups"]:
                     codes = _block_diagonal(codes, int(op["groups"]), taps)
-                quads = quads and op.get("algorithm") != "winograd"
+                quads = lanes == "quads" and op.get("algorithm") != "winograd"
                 if op["block"] == 32 and not quads:
                     op["block"] = 16  # the int16 kernels have registers for 16 channels per step
                 if op.get("algorithm") == "winograd":
