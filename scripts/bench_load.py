@@ -29,13 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-SIZES = {"resnet20": 32, "resnet56": 32, "resnet20x4": 32, "resnet20x4_g4": 32, "mobilenetv2": 224}
+from bench_runtime import MODELS, build_files  # noqa: E402  (the models and their input sizes, built one way)
+
 BUSY = "while True: pass"
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"], choices=list(SIZES))
+    parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"], choices=list(MODELS))
     parser.add_argument("--loads", type=int, nargs="+", default=[0, 1, 2], help="busy processes beside the engines")
     parser.add_argument("--source", default="ort", choices=["ours", "ort"], help="whose QDQ file both engines run")
     parser.add_argument("--threads", type=int, default=2)
@@ -44,21 +45,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gap", type=float, default=0.02, help="idle seconds between blocks")
     parser.add_argument("--out", default="outputs/bench/load")
     return parser.parse_args()
-
-
-def latencies(candidates: dict, rounds: int, calls: int, gap: float, discard: int = 2) -> dict[str, np.ndarray]:
-    """Seconds of every kept call per candidate, the candidates alternating in blocks with idle gaps."""
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, call in candidates.items():
-            time.sleep(gap)
-            for index in range(calls + discard):
-                start = time.perf_counter()
-                call()
-                elapsed = time.perf_counter() - start
-                if index >= discard:
-                    times[name].append(elapsed)
-    return {name: np.asarray(value) for name, value in times.items()}
 
 
 def statistics(seconds: np.ndarray) -> dict[str, float]:
@@ -74,12 +60,10 @@ def busy_processes(count: int) -> list[subprocess.Popen]:
 
 
 def measure_row(name: str, load: int, args: argparse.Namespace, out: Path) -> dict:
-    from bench_runtime import build_files
-
     from lightning_edge.runtime import compile, load as load_edge
-    from lightning_edge.runtime.benchmark import onnxruntime_session, openvino_session
+    from lightning_edge.runtime.benchmark import alternating, onnxruntime_session, openvino_session
 
-    size = SIZES[name]
+    size = MODELS[name][2]
     folder = out / name
     if not (folder / f"{args.source}.onnx").exists():
         build_files(name, (3, size, size), folder)
@@ -105,12 +89,12 @@ def measure_row(name: str, load: int, args: argparse.Namespace, out: Path) -> di
             call()
     processes = busy_processes(load)
     try:
-        times = latencies(candidates, args.rounds, args.calls, args.gap)
+        times = alternating(candidates, args.rounds, args.calls + 2, discard=2, gap=args.gap)
     finally:
         for process in processes:
             process.kill()
             process.wait()
-    stats = {engine: statistics(value) for engine, value in times.items()}
+    stats = {engine: statistics(np.asarray(value)) for engine, value in times.items()}
     reference = stats["onnxruntime"]
     ratios = {engine: {key: stats[engine][key] / reference[key] for key in ("mean", "median", "p99")}
               for engine in ("ours", "ours shared_cpu")}

@@ -104,13 +104,16 @@ def quantize_static_qdq(float_path: str, output_path: str, batches: list[np.ndar
 
 
 def alternating(candidates: dict[str, Callable[[], object]], rounds: int = 8, calls: int = 10,
-                discard: int = 3) -> dict[str, list[float]]:
-    """Seconds per call of each candidate, alternating in blocks (see the module docstring)."""
+                discard: int = 3, gap: float = 0.02) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, alternating in blocks of ``calls`` calls (the first ``discard`` of
+    each block untimed) with ``gap`` idle seconds before each block, so no engine inherits another's heat or
+    queue (see the module docstring)."""
     if calls <= discard:
         raise ValueError(f"calls ({calls}) must exceed discard ({discard})")
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, call in candidates.items():
+            time.sleep(gap)
             for index in range(calls):
                 start = time.perf_counter()
                 call()

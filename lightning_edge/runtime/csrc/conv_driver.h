@@ -88,6 +88,13 @@ inline void widen_rows_u8(const ConvOp& op, const uint8_t* input, uint8_t* wide,
     }
 }
 
+// Whether the quads layout's bordered input is the input itself: a 1x1 conv with stride 1 and no padding
+// whose groups already hold whole quads of channels (the copy widen_rows_u8 would make is the identity).
+inline bool reads_input_in_place(const ConvOp& op) {
+    return op.quads && op.taps == 1 && op.stride_h == 1 && op.stride_w == 1 && op.pad_top == 0 && op.pad_left == 0 &&
+           op.wide_c == op.in_c && op.wide_h == op.in_h && op.wide_w == op.in_w;
+}
+
 // Kernels supplies kTile (pixels per micro-kernel call), multiply and epilogue; Element is the widened
 // input's type (int16 centered, or uint8 bordered) and Weight the packed weights'.
 template <class Kernels, class Element = int16_t, class Weight = int16_t>

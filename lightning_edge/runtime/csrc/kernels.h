@@ -63,9 +63,9 @@ enum class DepthwiseLayout { taps, quads, pairs };
 struct DepthwiseOp {
     int in_h, in_w, channels, out_h, out_w;
     int kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
-    const int32_t* weights;  // [kernel_h * kernel_w][channels]
-    const int32_t* bias;
-    const float* multiplier;
+    const int32_t* weights;  // [kernel_h * kernel_w][channels] (the taps layout)
+    const int32_t* bias;     // [channels]; in a lane layout [block][register][lane], compensated (below)
+    const float* multiplier; // likewise
     int input_zero, output_zero, low, high;
     // The lane layouts multiply raw codes by the weights, the zero-point compensation -z_x * sum(w[c]) in the
     // bias (INT8_SPEC rule 5), so a tap outside the image reads `zero_row` (input_zero codes, the channels
@@ -74,12 +74,10 @@ struct DepthwiseOp {
     //     (vpdpbusd); weights8 [block][tap quad][register][lane][4 taps];
     //   pairs (AVX2): blocks of 16 channels in 2 registers of 8 lanes, taps in pairs of int16 (vpmaddwd);
     //     weights16 [block][tap pair][register][lane][2 taps].
-    // Bias and multipliers are [block][register][lane]; depthwise_lane_channel gives the lane order.
+    // Bias and multipliers are then [block][register][lane]; depthwise_lane_channel gives the lane order.
     DepthwiseLayout layout;
     const int8_t* weights8;
     const int16_t* weights16;
-    const int32_t* lane_bias;
-    const float* lane_multiplier;
     const uint8_t* zero_row;
 };
 

@@ -177,8 +177,8 @@ void avx2_depthwise_pairs(const DepthwiseOp& op, const uint8_t* input, uint8_t* 
     // One step of 16 channels (or, `half`, the first 8 of a block): the two registers' accumulators.
     auto step = [&](int c, bool half, __m256i& acc0, __m256i& acc1) {
         const int block = c / 16;
-        acc0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.lane_bias + block * 16));
-        acc1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.lane_bias + block * 16 + 8));
+        acc0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.bias + block * 16));
+        acc1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.bias + block * 16 + 8));
         const int16_t* w = op.weights16 + static_cast<size_t>(block) * pairs * 32;
         for (int p = 0; p < pairs; ++p, w += 32) {
             const uint8_t* a = rows[2 * p] + c;
@@ -190,7 +190,7 @@ void avx2_depthwise_pairs(const DepthwiseOp& op, const uint8_t* input, uint8_t* 
             acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w))));
             acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16))));
         }
-        const float* multiplier = op.lane_multiplier + block * 16;
+        const float* multiplier = op.multiplier + block * 16;
         const __m256i q0 = round_onto_grid8(_mm256_mul_ps(_mm256_cvtepi32_ps(acc0), _mm256_loadu_ps(multiplier)), low, high, zero);
         const __m256i q1 = round_onto_grid8(_mm256_mul_ps(_mm256_cvtepi32_ps(acc1), _mm256_loadu_ps(multiplier + 8)), low, high, zero);
         const __m256i words = _mm256_packs_epi32(q0, q1);  // channels in order again, 8 per 128-bit lane
@@ -209,10 +209,10 @@ void avx2_depthwise_pairs(const DepthwiseOp& op, const uint8_t* input, uint8_t* 
         if (vector8 > vector16) _mm_storel_epi64(reinterpret_cast<__m128i*>(out + vector16), _mm256_castsi256_si128(step(vector16, true, acc0, acc1)));
         for (int c = vector8; c < op.channels; ++c) {  // channel l of block b sits in register (l % 8) / 4, lane 4 * (l / 8) + l % 4
             const int block = c / 16, l = c % 16, index = block * 16 + (l % 8) / 4 * 8 + 4 * (l / 8) + l % 4;
-            int32_t sum = op.lane_bias[index];
+            int32_t sum = op.bias[index];
             const int16_t* w = op.weights16 + static_cast<size_t>(block) * pairs * 32 + (index % 16) * 2;
             for (int t = 0; t < 2 * pairs; ++t) sum += rows[t][c] * w[t / 2 * 32 + t % 2];
-            out[c] = static_cast<uint8_t>(round_onto_grid(static_cast<float>(sum) * op.lane_multiplier[index], op.output_zero, op.low, op.high));
+            out[c] = static_cast<uint8_t>(round_onto_grid(static_cast<float>(sum) * op.multiplier[index], op.output_zero, op.low, op.high));
         }
         if (++ow == op.out_w) {
             ow = 0;

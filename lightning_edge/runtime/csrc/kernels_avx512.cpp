@@ -163,7 +163,7 @@ void avx512_depthwise_quads(const DepthwiseOp& op, const uint8_t* input, uint8_t
         for (int block = 0; block < blocks; ++block) {
             const int c = block * 64, width = std::min(64, op.channels - c);
             const __mmask64 mask = width == 64 ? ~__mmask64{0} : (__mmask64{1} << width) - 1;
-            const int32_t* bias = op.lane_bias + block * 64;
+            const int32_t* bias = op.bias + block * 64;
             __m512i acc[4];
             for (int r = 0; r < 4; ++r) acc[r] = _mm512_loadu_si512(bias + 16 * r);
             const int8_t* w = op.weights8 + static_cast<size_t>(block) * quads * 256;
@@ -179,7 +179,7 @@ void avx512_depthwise_quads(const DepthwiseOp& op, const uint8_t* input, uint8_t
             }
             __m512i q[4];
             for (int r = 0; r < 4; ++r) {
-                __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_loadu_ps(op.lane_multiplier + block * 64 + 16 * r));
+                __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_loadu_ps(op.multiplier + block * 64 + 16 * r));
                 v = _mm512_min_ps(_mm512_max_ps(v, low), high);  // NaN -> low, as the scalar path
                 q[r] = _mm512_add_epi32(_mm512_cvtps_epi32(v), zero);
             }

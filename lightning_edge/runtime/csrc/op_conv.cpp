@@ -54,7 +54,7 @@ class Conv final : public Operator {
             c.skip_zero = skip.zero, c.sum_zero = sum.zero, c.sum_low = sum.low, c.sum_high = sum.high;
         }
         tensors_.output = context.tensor_index(attrs, "output", out_size);
-        context.need_workspace(wide_elements(c, 1) * sizeof(int16_t));
+        if (!reads_input_in_place(c)) context.need_workspace(wide_elements(c, 1) * sizeof(int16_t));
     }
 
     void run(const ExecutionContext& context) const override {
@@ -68,8 +68,12 @@ class Conv final : public Operator {
         const int pixels = batch * c.out_h * c.out_w;
         const int columns = c.groups * c.blocks;
         if (c.quads) {
-            uint8_t* codes = static_cast<uint8_t*>(context.workspace());
-            scheduler.parallel(batch * c.wide_h, 8, [&](int begin, int end, int) { widen_rows_u8(c, in, codes, begin, end); });
+            const uint8_t* codes = in;  // a 1x1 conv over whole quads of channels reads its input as it is
+            if (!reads_input_in_place(c)) {
+                uint8_t* bordered = static_cast<uint8_t*>(context.workspace());
+                scheduler.parallel(batch * c.wide_h, 8, [&](int begin, int end, int) { widen_rows_u8(c, in, bordered, begin, end); });
+                codes = bordered;
+            }
             scheduler.split_conv(pixels, kQuadTilePixels, columns, [&](Range range) { backend.conv8(c, codes, skip, out, range); });
             return;
         }

@@ -32,8 +32,8 @@ class Depthwise final : public Operator {
             const size_t weights = padded * ((taps + group - 1) / group * group);
             if (quads) c.weights8 = context.array<int8_t>(attrs, "weights", weights);
             else c.weights16 = context.array<int16_t>(attrs, "weights", weights);
-            c.lane_bias = context.array<int32_t>(attrs, "bias", padded);
-            c.lane_multiplier = context.array<float>(attrs, "multiplier", padded);
+            c.bias = context.array<int32_t>(attrs, "bias", padded);
+            c.multiplier = context.array<float>(attrs, "multiplier", padded);
             zero_row_.assign(padded, static_cast<uint8_t>(c.input_zero));
             c.zero_row = zero_row_.data();
         } else if (layout != "taps") {
