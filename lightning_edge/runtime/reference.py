@@ -395,19 +395,34 @@ def _check_2d(node: Any, x: np.ndarray) -> None:
 
 def _conv_sum(node: Any, x: np.ndarray, weights: np.ndarray, attributes: dict) -> np.ndarray:
     """``sum(x * w)`` over each window and input channel of its group, in float64: exact for centered int8 codes,
-    a float64 sum of exact products for float32 data. ``x`` is unpadded (N, C, H, W); padding adds zeros."""
+    a float64 sum of exact products for float32 data. ``x`` is unpadded (N, C, H, W); padding adds zeros.
+
+    Summed one kernel tap at a time, as a (pixels x channels) by (channels x outputs) product per group on the
+    NHWC input (a depthwise conv's is an elementwise product): no (pixels x window) copy is ever made, which
+    would be kernel_h * kernel_w times the input's size."""
     _check_2d(node, x)
     out_channels, per_group, *kernel = weights.shape
     strides = _spatial(attributes, "strides", 2, 1)
     dilations = _spatial(attributes, "dilations", 2, 1)
     begin, end = _padding(attributes, x.shape[2:], kernel, strides, dilations)
-    padded = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])))
     groups = int(attributes.get("group", 1))
-    windows = _windows(padded, kernel, strides, dilations)
-    batch, _, out_h, out_w = windows.shape[:4]
-    windows = windows.reshape(batch, groups, per_group, out_h, out_w, kernel[0] * kernel[1])
-    w = weights.astype(np.float64).reshape(groups, out_channels // groups, per_group, kernel[0] * kernel[1])
-    return np.einsum("bgchwk,gock->bgohw", windows, w, optimize=True).reshape(batch, out_channels, out_h, out_w)
+    per_group_out = out_channels // groups
+    batch = x.shape[0]
+    padded = np.pad(x.astype(np.float64).transpose(0, 2, 3, 1), ((0, 0), (begin[0], end[0]), (begin[1], end[1]), (0, 0)))
+    out_h = (padded.shape[1] - (kernel[0] - 1) * dilations[0] - 1) // strides[0] + 1
+    out_w = (padded.shape[2] - (kernel[1] - 1) * dilations[1] - 1) // strides[1] + 1
+    w = weights.astype(np.float64).reshape(groups, per_group_out, per_group, kernel[0], kernel[1])
+    total = np.zeros((groups, batch * out_h * out_w, per_group_out))
+    for a in range(kernel[0]):
+        for b in range(kernel[1]):
+            top, left = a * dilations[0], b * dilations[1]
+            tap = padded[:, top:top + (out_h - 1) * strides[0] + 1:strides[0], left:left + (out_w - 1) * strides[1] + 1:strides[1]]
+            tap = tap.reshape(batch * out_h * out_w, groups, per_group).transpose(1, 0, 2)  # (groups, pixels, channels)
+            if per_group == 1 and per_group_out == 1:
+                total += tap * w[:, :, 0, a, b][:, None, :]
+            else:
+                total += np.matmul(tap, w[:, :, :, a, b].transpose(0, 2, 1))
+    return total.reshape(groups, batch, out_h, out_w, per_group_out).transpose(1, 0, 4, 2, 3).reshape(batch, out_channels, out_h, out_w)
 
 
 def _conv_transpose_sum(node: Any, x: np.ndarray, weights: np.ndarray, attributes: dict) -> np.ndarray:
