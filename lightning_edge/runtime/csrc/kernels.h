@@ -58,7 +58,7 @@ struct ConvOp {
     int skip_zero, sum_zero, sum_low, sum_high;
 };
 
-enum class DepthwiseLayout { taps, quads, pairs };
+enum class DepthwiseLayout { taps, quads, pairs, columns };
 
 struct DepthwiseOp {
     int in_h, in_w, channels, out_h, out_w;
@@ -73,7 +73,10 @@ struct DepthwiseOp {
     //   quads (AVX-512 VNNI): blocks of 64 channels in 4 registers of 16 int32 lanes, taps in quads of uint8 x int8
     //     (vpdpbusd); weights8 [block][tap quad][register][lane][4 taps];
     //   pairs (AVX2): blocks of 16 channels in 2 registers of 8 lanes, taps in pairs of int16 (vpmaddwd);
-    //     weights16 [block][tap pair][register][lane][2 taps].
+    //     weights16 [block][tap pair][register][lane][2 taps];
+    //   columns (AVX-512 VNNI, kernel_h <= 4): as quads, but each quad is one kernel column's taps (ky = 0 ..
+    //     kernel_h - 1, zero weights after), so one input column's interleaved codes serve every output pixel
+    //     whose window covers it; weights8 [block][kx][register][lane][4 rows].
     // Bias and multipliers are then [block][register][lane]; depthwise_lane_channel gives the lane order.
     DepthwiseLayout layout;
     const int8_t* weights8;
@@ -113,6 +116,8 @@ struct Backend {
     // the pairs layout (nullptr where the path has no kernel for it).
     void (*depthwise_quads)(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) = nullptr;
     void (*depthwise_pairs)(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) = nullptr;
+    // The depthwise conv in the columns layout (nullptr where the CPU has no exact u8 x s8 instruction).
+    void (*depthwise_columns)(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) = nullptr;
 };
 
 // Per-thread scratch of a Winograd conv: transformed inputs V [16][chunk][wide_c] int16 and GEMM results

@@ -193,6 +193,125 @@ void avx512_depthwise_quads(const DepthwiseOp& op, const uint8_t* input, uint8_t
     }
 }
 
+// The columns layout (kernel_h <= 4): each kernel column's taps (rows ky = 0 .. kernel_h - 1, zero weights
+// after) form one quad, so the interleaved registers of one input column serve every output pixel whose
+// window covers it: a row of output pixels is computed kPixels at a time, each input column loaded and
+// interleaved once for all of them (the row-major quads kernel interleaves each tap again for every pixel).
+// The interleave, the lane order and the epilogue are the quads kernel's.
+class DepthwiseColumns {
+  public:
+    static constexpr int kPixels = 4;
+
+    DepthwiseColumns(const DepthwiseOp& op)
+        : op_(op), low_(_mm512_set1_ps(static_cast<float>(op.low - op.output_zero))),
+          high_(_mm512_set1_ps(static_cast<float>(op.high - op.output_zero))), zero_(_mm512_set1_epi32(op.output_zero)) {}
+
+    // Output pixels [ow_begin, ow_end) of row oh of image n.
+    void row(const uint8_t* input, uint8_t* output, int n, int oh, int ow_begin, int ow_end) const {
+        const uint8_t* rows[4];
+        for (int ky = 0; ky < 4; ++ky) {
+            const int ih = oh * op_.stride_h - op_.pad_top + ky;
+            rows[ky] = ky < op_.kernel_h && ih >= 0 && ih < op_.in_h
+                           ? input + (static_cast<size_t>(n) * op_.in_h + ih) * op_.in_w * op_.channels : nullptr;
+        }
+        uint8_t* out = output + ((static_cast<size_t>(n) * op_.out_h + oh) * op_.out_w) * op_.channels;
+        const int blocks = (op_.channels + 63) / 64;
+        for (int block = 0; block < blocks; ++block) {
+            int ow = ow_begin;
+            for (; ow + kPixels <= ow_end; ow += kPixels) with_kernel_width(block, rows, out, ow, std::integral_constant<int, kPixels>{});
+            if (ow < ow_end)  // the row's last 1 to kPixels - 1 pixels in one step too
+                with_count<kPixels - 1>(ow_end - ow, [&](auto count) { with_kernel_width(block, rows, out, ow, count); });
+        }
+    }
+
+  private:
+    template <int Pixels>
+    void with_kernel_width(int block, const uint8_t* const* rows, uint8_t* out, int ow, std::integral_constant<int, Pixels>) const {
+        switch (op_.kernel_w * 4 + op_.stride_w) {  // the common windows unrolled, every other one by the general loop
+            case 3 * 4 + 1: return pixels<Pixels, 3, 1>(block, rows, out, ow);
+            case 3 * 4 + 2: return pixels<Pixels, 3, 2>(block, rows, out, ow);
+            default: return pixels<Pixels, 0, 0>(block, rows, out, ow);
+        }
+    }
+
+    // Interleaves input column ix of the block's channels: the 4 registers of (ky 0, 1, 2, 3) byte quads.
+    void column(int block, const uint8_t* const* rows, int ix, __m512i* registers) const {
+        const int c = block * 64, width = std::min(64, op_.channels - c);
+        const __mmask64 mask = width == 64 ? ~__mmask64{0} : (__mmask64{1} << width) - 1;
+        const bool inside = ix >= 0 && ix < op_.in_w;
+        __m512i a[4];
+#pragma GCC unroll 4
+        for (int ky = 0; ky < 4; ++ky) {  // rows past the kernel have weight 0: any codes do, zeros are free
+            if (ky >= op_.kernel_h) {
+                a[ky] = _mm512_setzero_si512();
+                continue;
+            }
+            const uint8_t* source = inside && rows[ky] ? rows[ky] + static_cast<size_t>(ix) * op_.channels : op_.zero_row;
+            a[ky] = _mm512_maskz_loadu_epi8(mask, source + c);
+        }
+        const __m512i low01 = _mm512_unpacklo_epi8(a[0], a[1]), high01 = _mm512_unpackhi_epi8(a[0], a[1]);
+        const __m512i low23 = _mm512_unpacklo_epi8(a[2], a[3]), high23 = _mm512_unpackhi_epi8(a[2], a[3]);
+        registers[0] = _mm512_unpacklo_epi16(low01, low23), registers[1] = _mm512_unpackhi_epi16(low01, low23);
+        registers[2] = _mm512_unpacklo_epi16(high01, high23), registers[3] = _mm512_unpackhi_epi16(high01, high23);
+    }
+
+    // Pixels output pixels from ow on, for a window KW columns wide at column stride S (0, 0: the op's own).
+    template <int Pixels, int KW, int S>
+    void pixels(int block, const uint8_t* const* rows, uint8_t* out, int ow) const {
+        const int kernel_w = KW ? KW : op_.kernel_w, stride = S ? S : op_.stride_w;
+        const int8_t* weights = op_.weights8 + static_cast<size_t>(block) * kernel_w * 256;
+        const int32_t* bias = op_.bias + block * 64;
+        __m512i acc[Pixels][4];
+#pragma GCC unroll 8
+        for (int p = 0; p < Pixels; ++p)
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; ++r) acc[p][r] = _mm512_loadu_si512(bias + 16 * r);
+        const int first = ow * stride - op_.pad_left, columns = (Pixels - 1) * stride + kernel_w;
+        // Unrolled for the common windows, so every accumulator stays in a register.
+#pragma GCC unroll 16
+        for (int j = 0; j < columns; ++j) {
+            __m512i registers[4];
+            column(block, rows, first + j, registers);
+#pragma GCC unroll 8
+            for (int p = 0; p < Pixels; ++p) {
+                const int kx = j - p * stride;
+                if (kx < 0 || kx >= kernel_w) continue;
+                const int8_t* w = weights + kx * 256;
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; ++r) acc[p][r] = _mm512_dpbusd_epi32(acc[p][r], registers[r], _mm512_loadu_si512(w + 64 * r));
+            }
+        }
+        const int c = block * 64, width = std::min(64, op_.channels - c);
+        const __mmask64 mask = width == 64 ? ~__mmask64{0} : (__mmask64{1} << width) - 1;
+        const float* multiplier = op_.multiplier + block * 64;
+#pragma GCC unroll 8
+        for (int p = 0; p < Pixels; ++p) {
+            __m512i q[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; ++r) {
+                __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[p][r]), _mm512_loadu_ps(multiplier + 16 * r));
+                v = _mm512_min_ps(_mm512_max_ps(v, low_), high_);  // NaN -> low, as the scalar path
+                q[r] = _mm512_add_epi32(_mm512_cvtps_epi32(v), zero_);
+            }
+            const __m512i codes = _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+            _mm512_mask_storeu_epi8(out + static_cast<size_t>(ow + p) * op_.channels + c, mask, codes);
+        }
+    }
+
+    const DepthwiseOp& op_;
+    const __m512 low_, high_;
+    const __m512i zero_;
+};
+
+void avx512_depthwise_columns(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) {
+    const DepthwiseColumns kernel(op);
+    for (int pixel = pixel_begin; pixel < pixel_end;) {  // row by row: the pixels of the range in each
+        const int row = pixel / op.out_w, ow = pixel % op.out_w, end = std::min(op.out_w, ow + pixel_end - pixel);
+        kernel.row(input, output, row / op.out_h, row % op.out_h, ow, end);
+        pixel += end - ow;
+    }
+}
+
 }  // namespace
 
 double avx512_peak_macs(long iterations) {
@@ -218,7 +337,7 @@ const Backend* avx512_backend() {
     if (!avx2) return nullptr;
     // int16 kernels (Winograd, odd layouts) are AVX2's; the u8 x s8 GEMM and depthwise conv are VNNI.
     static const Backend backend{"avx512", avx2->widen, avx2->conv, avx2->depthwise, avx512_conv8, avx2->winograd,
-                                 avx512_depthwise_quads, avx2->depthwise_pairs};
+                                 avx512_depthwise_quads, avx2->depthwise_pairs, avx512_depthwise_columns};
     return &backend;
 }
 

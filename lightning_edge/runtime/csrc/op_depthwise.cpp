@@ -1,6 +1,6 @@
 // depthwise: a depthwise convolution (one filter per channel) with its requantizing epilogue. Two layouts:
 // int32 taps (every path), and the lane layouts with the zero-point compensation in the bias: u8 x s8 quads
-// (AVX-512 VNNI) and int16 pairs (AVX2) (kernels.h, DepthwiseOp).
+// (AVX-512 VNNI, row-major taps or a kernel column's taps per quad) and int16 pairs (AVX2) (kernels.h, DepthwiseOp).
 #include <string>
 #include <vector>
 
@@ -22,14 +22,16 @@ class Depthwise final : public Operator {
         c.input_zero = in.zero, c.output_zero = out.zero, c.low = out.low, c.high = out.high;
         const size_t taps = static_cast<size_t>(c.kernel_h) * c.kernel_w;
         const std::string layout = attrs.has("layout") ? attrs.get_string("layout") : "taps";
-        if (layout == "quads" || layout == "pairs") {
-            const bool quads = layout == "quads";
-            c.layout = quads ? DepthwiseLayout::quads : DepthwiseLayout::pairs;
-            if (!(quads ? context.backend().depthwise_quads : context.backend().depthwise_pairs))
+        if (layout == "quads" || layout == "pairs" || layout == "columns") {
+            const bool columns = layout == "columns", quads = layout == "quads" || columns;
+            c.layout = columns ? DepthwiseLayout::columns : quads ? DepthwiseLayout::quads : DepthwiseLayout::pairs;
+            if (!(columns ? context.backend().depthwise_columns : quads ? context.backend().depthwise_quads : context.backend().depthwise_pairs))
                 throw std::invalid_argument("depthwise: the " + layout + " layout needs kernels='" + (quads ? "avx512" : "avx2") + "'");
+            if (columns && c.kernel_h > 4) throw std::invalid_argument("depthwise: the columns layout needs kernel_h <= 4");
             const size_t block = quads ? 64 : 16, group = quads ? 4 : 2;
             const size_t padded = (static_cast<size_t>(c.channels) + block - 1) / block * block;
-            const size_t weights = padded * ((taps + group - 1) / group * group);
+            const size_t slots = columns ? 4 * static_cast<size_t>(c.kernel_w) : (taps + group - 1) / group * group;
+            const size_t weights = padded * slots;
             if (quads) c.weights8 = context.array<int8_t>(attrs, "weights", weights);
             else c.weights16 = context.array<int16_t>(attrs, "weights", weights);
             c.bias = context.array<int32_t>(attrs, "bias", padded);
@@ -37,7 +39,7 @@ class Depthwise final : public Operator {
             zero_row_.assign(padded, static_cast<uint8_t>(c.input_zero));
             c.zero_row = zero_row_.data();
         } else if (layout != "taps") {
-            throw std::invalid_argument("depthwise: unknown layout '" + layout + "' (taps, quads or pairs)");
+            throw std::invalid_argument("depthwise: unknown layout '" + layout + "' (taps, quads, pairs or columns)");
         } else {
             c.weights = context.array<int32_t>(attrs, "weights", taps * c.channels);
             c.bias = context.array<int32_t>(attrs, "bias", c.channels);
@@ -50,9 +52,10 @@ class Depthwise final : public Operator {
     void run(const ExecutionContext& context) const override {
         const uint8_t* in = context.tensor(tensors_.inputs[0]);
         uint8_t* out = context.tensor(tensors_.output);
-        const auto kernel = op_.layout == DepthwiseLayout::quads   ? context.backend.depthwise_quads
-                            : op_.layout == DepthwiseLayout::pairs ? context.backend.depthwise_pairs
-                                                                   : context.backend.depthwise;
+        const auto kernel = op_.layout == DepthwiseLayout::quads     ? context.backend.depthwise_quads
+                            : op_.layout == DepthwiseLayout::pairs   ? context.backend.depthwise_pairs
+                            : op_.layout == DepthwiseLayout::columns ? context.backend.depthwise_columns
+                                                                     : context.backend.depthwise;
         const int pixels = context.batch * op_.out_h * op_.out_w;
         context.scheduler.parallel(pixels, 4, [&](int begin, int end, int) { kernel(op_, in, out, begin, end); });
     }
