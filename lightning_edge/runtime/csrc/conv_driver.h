@@ -75,6 +75,12 @@ inline void widen_rows_u8(const ConvOp& op, const uint8_t* input, uint8_t* wide,
         std::memset(dst, zero, left);
         if (op.group_in == op.group_in_padded && op.sample_w == 1) {
             std::memcpy(dst + left, src, static_cast<size_t>(columns) * op.in_c);
+        } else if (op.groups == 1 && op.group_in_padded == 4 && op.sample_w == 1) {  // an RGB stem: 3 codes and a 0
+            for (int x = 0; x < columns; ++x) {
+                uint8_t* out = dst + left + static_cast<size_t>(x) * 4;
+                const uint8_t* in = src + static_cast<size_t>(x) * op.in_c;
+                for (int c = 0; c < 4; ++c) out[c] = c < op.in_c ? in[c] : 0;
+            }
         } else {
             for (int x = 0; x < columns; ++x)
                 for (int g = 0; g < op.groups; ++g) {
