@@ -2,6 +2,8 @@
 // (the squeeze-excitation product (N,1,1,C) x (N,H,W,C), a broadcast add). Each operand's codes become float32
 // through its table (its dequantization, or a unary float function of it), the operation is one float32
 // operation, and the result is quantized by a float32 division, as INT8_SPEC rule 12 words it.
+#include <vector>
+
 #include "op_registry.h"
 
 namespace edge {
@@ -68,11 +70,54 @@ class Binary final : public Operator {
         return o;
     }
 
+    // Whether `o` is one value per (image, channel) (the squeeze-excitation scale) beside a full other operand.
+    bool per_channel(const Operand& o, const Operand& other) const {
+        return o.height == 1 && o.width == 1 && o.channels == channels_ && other.height == height_ &&
+               other.width == width_ && other.channels == channels_;
+    }
+
+    // out = Q(a op b) where one operand is constant per (image, channel): for each image and channel the
+    // output is a function of the other operand's code alone, so its 256 values are computed first (the very
+    // float operations of the elementwise loop) and every pixel is one byte lookup. Pays where an image has
+    // more pixels than a code has values.
+    template <Operation op>
+    void run_by_code(const ExecutionContext& context, const uint8_t* a, const uint8_t* b, uint8_t* out, bool b_is_scale) const {
+        const Operand full = b_is_scale ? a_ : b_, scale = b_is_scale ? b_ : a_;
+        const uint8_t* codes = b_is_scale ? a : b;
+        const uint8_t* scales = b_is_scale ? b : a;
+        const int channels = channels_, pixels = height_ * width_;
+        by_code_.resize(static_cast<size_t>(context.batch) * channels * 256);
+        uint8_t* tables = by_code_.data();
+        const Grid grid = out_;
+        context.scheduler.parallel(context.batch * channels, 8, [&](int begin, int end, int) {
+            for (int index = begin; index < end; ++index) {
+                const int n = index / channels, c = index % channels;
+                const float fixed = scale.table[(scale.tables == 1 ? 0 : c) * 256 + scales[static_cast<size_t>(n) * channels + c]];
+                const float* table = full.table + (full.tables == 1 ? 0 : c) * 256;
+                uint8_t* row = tables + static_cast<size_t>(index) * 256;
+                for (int q = 0; q < 256; ++q) {
+                    const float v = b_is_scale ? apply<op>(table[q], fixed) : apply<op>(fixed, table[q]);
+                    row[q] = static_cast<uint8_t>(round_onto_grid(v / grid.scale, grid.zero, grid.low, grid.high));
+                }
+            }
+        });
+        context.scheduler.parallel(context.batch * pixels, 16, [&](int begin, int end, int) {
+            for (int pixel = begin; pixel < end; ++pixel) {
+                const uint8_t* table = tables + static_cast<size_t>(pixel / pixels) * channels * 256;
+                const uint8_t* in = codes + static_cast<size_t>(pixel) * channels;
+                uint8_t* po = out + static_cast<size_t>(pixel) * channels;
+                for (int c = 0; c < channels; ++c) po[c] = table[c * 256 + in[c]];
+            }
+        });
+    }
+
     template <Operation op>
     void run_as(const ExecutionContext& context) const {
         const uint8_t* a = context.tensor(tensors_.inputs[0]);
         const uint8_t* b = context.tensor(tensors_.inputs[1]);
         uint8_t* out = context.tensor(tensors_.output);
+        if (height_ * width_ >= 256 && (per_channel(b_, a_) || per_channel(a_, b_)))
+            return run_by_code<op>(context, a, b, out, per_channel(b_, a_));
         const Operand oa = a_, ob = b_;
         const Grid grid = out_;
         const int height = height_, width = width_, channels = channels_;
@@ -96,6 +141,7 @@ class Binary final : public Operator {
     int height_, width_, channels_;
     Operand a_{}, b_{};
     Grid out_{};
+    mutable std::vector<uint8_t> by_code_;  // run_by_code's tables: [image][channel][code]
 };
 
 std::unique_ptr<Operator> make_binary(const Attributes& attrs, BuildContext& context) {
