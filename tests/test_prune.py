@@ -66,6 +66,52 @@ def test_global_masks_prune_the_smaller_layer_harder():
         magnitude_masks(weights, 0.5, scope="channel")
 
 
+def blocks_are_whole(mask: torch.Tensor, block: tuple[int, int]) -> bool:
+    """Every (out, in) block of ``mask`` at every kernel position is all kept or all pruned."""
+    grid = mask.reshape(mask.shape[0], mask.shape[1], -1)
+    for o in range(0, grid.shape[0], block[0]):
+        for i in range(0, grid.shape[1], block[1]):
+            cell = grid[o:o + block[0], i:i + block[1]]
+            if not (cell == cell[:1, :1]).all():
+                return False
+    return True
+
+
+def test_block_masks_remove_the_weakest_whole_blocks_nearest_the_target():
+    torch.manual_seed(0)
+    # 40 x 18 channels (blocks of 16 x 4 cut short at both edges), 3x3: each block's magnitude set by hand
+    weight = torch.randn(40, 18, 3, 3).sign() * 1.0
+    strength = torch.rand(3, 5, 9)  # per (output block, input block, kernel position)
+    for ob in range(3):
+        for ib in range(5):
+            weight[ob * 16:(ob + 1) * 16, ib * 4:(ib + 1) * 4] *= strength[ob, ib].reshape(3, 3)
+    mask = magnitude_masks({"w": weight}, 0.85, block=(16, 4))["w"]
+    assert blocks_are_whole(mask, (16, 4))
+    held = torch.tensor([16, 16, 8]).reshape(3, 1, 1) * torch.tensor([4, 4, 4, 4, 2]).reshape(1, 5, 1) * torch.ones(1, 1, 9)
+    kept = mask.reshape(40, 18, 9)[::16, ::4] > 0  # one entry per block
+    assert strength[kept].min() > strength[~kept].max()  # the weakest blocks went
+    assert abs(float(held[~kept].sum()) - 0.85 * weight.numel()) <= held.max() / 2  # nearest the target
+    linear = magnitude_masks({"fc": torch.randn(10, 7)}, 0.85, block=(16, 4))["fc"]  # two blocks: one stays
+    assert 0 < linear.sum() < 70 and blocks_are_whole(linear, (16, 4))
+    both = magnitude_masks({"w": weight, "fc": torch.randn(64, 64) * 100}, 0.5, scope="global", block=(16, 4))
+    assert both["fc"].mean() == 1.0 and blocks_are_whole(both["w"], (16, 4))  # one threshold: the weak layer goes
+    for bad in [(16,), (0, 4), "16x4", (16, 4.0), 16]:
+        with pytest.raises(ValueError, match="block must be two positive integers"):
+            magnitude_masks({"w": weight}, 0.5, block=bad)
+
+
+def test_gradual_magnitude_pruning_in_blocks_ends_with_whole_blocks():
+    torch.manual_seed(0)
+    pruning = GradualMagnitudePruning(final_sparsity=0.75, start_step=0, end_step=6, frequency=2, block=[16, 4])
+    module = UserModule()
+    quick_trainer(pruning, max_epochs=1).fit(module, datamodule=data())
+    for path, layer in pruning.layers:
+        assert blocks_are_whole((layer.weight != 0).float(), (16, 4)), path
+    assert pruning.final_report["total"] == pytest.approx(0.75, abs=0.1)
+    with pytest.raises(ValueError, match="block"):
+        GradualMagnitudePruning(block=[16, 4, 1])
+
+
 def test_prunable_layers_keep_the_first_conv_and_the_classifier():
     model = create_model("cifar_resnet20", num_classes=10, in_chans=1)
     names = [path for path, _ in prunable_layers(model)]

@@ -16,6 +16,7 @@ from lightning_edge.prune import (
     CubicSchedule,
     apply_masks,
     attach_masks,
+    check_block,
     magnitude_masks,
     make_permanent,
     prunable_layers,
@@ -37,6 +38,9 @@ class GradualMagnitudePruning(Callback):
         initial_sparsity, final_sparsity, start_step, end_step, frequency: the schedule (``CubicSchedule``);
             ``end_step=None`` ends at 75% of the run's optimizer steps, ``frequency=None`` makes 10 updates.
         scope: ``"layer"`` (each layer to the same sparsity) or ``"global"`` (one threshold for all).
+        block: ``(out, in)`` prunes whole blocks of ``out`` output by ``in`` input channels at one kernel
+            position instead of single weights; ``(16, 4)`` is the pattern the INT8 runtime's sparse kernels
+            skip (``magnitude_masks``). None: unstructured.
         include, exclude: glob patterns of module paths (relative to the network) to prune or to keep.
         keep_first_and_last: leave the first conv and the classifier dense.
         network: the network (module or attribute path); default as KnowledgeDistillation finds it.
@@ -45,7 +49,7 @@ class GradualMagnitudePruning(Callback):
 
     def __init__(self, initial_sparsity: float = 0.0, final_sparsity: float = 0.8, start_step: int = 0,
                  end_step: int | None = None, frequency: int | None = None, scope: str = "layer",
-                 include: list[str] | None = None, exclude: list[str] | None = None, keep_first_and_last: bool = True,
+                 block: list[int] | tuple[int, int] | None = None, include: list[str] | None = None, exclude: list[str] | None = None, keep_first_and_last: bool = True,
                  network: str | nn.Module | None = None, permanent: bool = True):
         super().__init__()
         if scope not in ("layer", "global"):
@@ -54,6 +58,7 @@ class GradualMagnitudePruning(Callback):
         self.start_step, self.end_step, self.frequency = start_step, end_step, frequency
         if end_step is not None:  # check the numbers now, not after the first epoch
             self._build_schedule(end_step)
+        self.block = check_block(block) if block is not None else None
         self.scope, self.include, self.exclude, self.keep_first_and_last = scope, include, exclude, keep_first_and_last
         self.network_spec, self.permanent = network, permanent
         self.schedule: CubicSchedule | None = None
@@ -106,7 +111,7 @@ class GradualMagnitudePruning(Callback):
         step = trainer.global_step
         if self.schedule.is_update(step) and step != self.last_update:
             sparsity = self.schedule.sparsity(step)
-            masks = magnitude_masks({path: module.weight for path, module in self.layers}, sparsity, self.scope)
+            masks = magnitude_masks({path: module.weight for path, module in self.layers}, sparsity, self.scope, self.block)
             for path, module in self.layers:
                 mask = getattr(module, MASK_NAME)
                 mask.copy_(masks[path].to(mask.device))

@@ -1,7 +1,7 @@
 """Pruning in pure torch: gradual magnitude pruning and channel pruning that really removes channels.
 
 Unstructured: Zhu and Gupta's cubic sparsity schedule (``CubicSchedule``), ``prunable_layers``,
-``magnitude_masks`` (per layer or global), masks kept as persistent buffers applied to the weights and to
+``magnitude_masks`` (per layer or global, single weights or blocks the runtime's sparse kernels skip), masks kept as persistent buffers applied to the weights and to
 their gradients (``attach_masks``, ``apply_masks``, ``make_permanent``); ``GradualMagnitudePruning`` drives
 them in a Trainer.
 
@@ -17,6 +17,7 @@ from lightning_edge.prune.masks import (
     MASK_NAME,
     apply_masks,
     attach_masks,
+    check_block,
     magnitude_masks,
     make_permanent,
     prunable_layers,
@@ -34,6 +35,6 @@ from lightning_edge.prune.surgery import (
 __all__ = [
     "ARCHITECTURE_KEY", "CRITERIA", "MASK_NAME", "ChannelGroup", "ChannelPruningResult", "CubicSchedule",
     "TaylorImportance", "apply_architecture", "apply_masks", "architecture", "attach_masks", "channel_groups",
-    "choose_channels", "group_importance", "magnitude_masks", "make_permanent", "prunable_groups",
+    "check_block", "choose_channels", "group_importance", "magnitude_masks", "make_permanent", "prunable_groups",
     "prunable_layers", "prune_channels", "remove_channels", "shrink_optimizer_state", "sparsity_report",
 ]

@@ -42,14 +42,24 @@ def prunable_layers(model: nn.Module, types: Sequence[type] = (nn.Conv2d, nn.Lin
     return layers
 
 
-def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str = "layer") -> dict[str, torch.Tensor]:
+def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str = "layer",
+                    block: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Masks (float32, 1 keeps and 0 prunes) removing the ``sparsity`` fraction of smallest-magnitude weights,
     in each layer (``scope="layer"``) or across all of them (``"global"``). Exactly round(sparsity * count)
-    weights go; ties go in index order (stable), so equal weights give equal masks on every rank."""
+    weights go; ties go in index order (stable), so equal weights give equal masks on every rank.
+
+    ``block=(out, in)`` prunes whole blocks instead: ``out`` output channels by ``in`` input channels (per
+    group) at one kernel position, scored by their mean magnitude, edge blocks cut short. The runtime's
+    kernels skip a block of zeros along the reduction axis, so ``(16, 4)`` (16 output channels, 4 input
+    channels) is the pattern its VNNI quads and AVX2 pairs turn into speed. Then as many whole blocks go as
+    bring the pruned count nearest sparsity * count, always leaving one block (a
+    small layer may end well below the target: its blocks are coarse)."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), not {sparsity}")
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', not {scope!r}")
+    if block is not None:
+        return _block_masks(weights, sparsity, scope, check_block(block))
     if scope == "layer":
         return {name: _smallest_out(weight.detach().abs().flatten(), sparsity).view_as(weight) for name, weight in weights.items()}
     magnitudes = torch.cat([weight.detach().abs().flatten().float() for weight in weights.values()])
@@ -61,6 +71,15 @@ def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: st
     return masks
 
 
+def check_block(block: Sequence[int]) -> tuple[int, int]:
+    """``block`` as (output channels, input channels), both positive integers, or a ValueError naming it."""
+    values = tuple(block) if isinstance(block, Sequence) and not isinstance(block, str) else (block,)
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"block must be two positive integers (output channels, input channels), e.g. [16, 4]; "
+                         f"not {block!r}")
+    return values
+
+
 def _smallest_out(magnitudes: torch.Tensor, sparsity: float) -> torch.Tensor:
     count = int(round(sparsity * magnitudes.numel()))
     mask = torch.ones(magnitudes.numel(), dtype=torch.float32, device=magnitudes.device)
@@ -68,6 +87,53 @@ def _smallest_out(magnitudes: torch.Tensor, sparsity: float) -> torch.Tensor:
         order = torch.sort(magnitudes.float(), stable=True).indices
         mask[order[:count]] = 0.0
     return mask
+
+
+def _block_scores(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean magnitude, weights held) of each (out, in) block of ``weight`` at each kernel position, flat in
+    (output block, input block, position) order."""
+    out_block, in_block = block
+    magnitudes = weight.detach().abs().float().reshape(weight.shape[0], weight.shape[1] if weight.dim() > 1 else 1, -1)
+    out_c, in_c, positions = magnitudes.shape
+    padded_out, padded_in = -(-out_c // out_block) * out_block, -(-in_c // in_block) * in_block
+    padding = (0, 0, 0, padded_in - in_c, 0, padded_out - out_c)
+    totals, held = (torch.nn.functional.pad(values, padding).reshape(
+        padded_out // out_block, out_block, padded_in // in_block, in_block, positions).sum((1, 3)).flatten()
+        for values in (magnitudes, torch.ones_like(magnitudes)))
+    return totals / held, held
+
+
+def _expand_blocks(keep: torch.Tensor, weight: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """A flat per-block keep vector (``_block_scores``' order) as a mask of ``weight``'s shape."""
+    out_c, in_c = weight.shape[0], weight.shape[1] if weight.dim() > 1 else 1
+    grid = keep.reshape(-(-out_c // block[0]), -(-in_c // block[1]), -1)
+    mask = grid.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)[:out_c, :in_c]
+    return mask.reshape(weight.shape).contiguous()
+
+
+def _block_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str,
+                 block: tuple[int, int]) -> dict[str, torch.Tensor]:
+    scored = {name: _block_scores(weight, block) for name, weight in weights.items()}
+    groups = [[name] for name in weights] if scope == "layer" else [list(weights)]
+    masks = {}
+    for names in groups:
+        scores = torch.cat([scored[name][0] for name in names])
+        held = torch.cat([scored[name][1] for name in names])
+        target = sparsity * float(held.sum())
+        order = torch.sort(scores, stable=True).indices
+        pruned = torch.cumsum(held[order], 0)
+        count = int(torch.searchsorted(pruned, torch.tensor(target), right=True))  # blocks whose total <= target
+        if count < len(order) and abs(float(pruned[count]) - target) < abs(target - (float(pruned[count - 1]) if count else 0.0)):
+            count += 1  # one more block lands nearer the target
+        count = min(count, len(order) - 1)  # a layer of one or two blocks keeps one: never a layer of zeros
+        keep = torch.ones(len(order), dtype=torch.float32, device=scores.device)
+        keep[order[:count]] = 0.0
+        offset = 0
+        for name in names:
+            blocks = scored[name][0].numel()
+            masks[name] = _expand_blocks(keep[offset:offset + blocks], weights[name], block).to(weights[name].device)
+            offset += blocks
+    return masks
 
 
 def attach_masks(layers: Iterable[tuple[str, nn.Module]]) -> None:

@@ -49,6 +49,19 @@ def pack_gemm_weights(codes: np.ndarray, groups: int, block: int, taps: int, dep
     return np.ascontiguousarray(w.transpose(0, 1, 3, 4, 2) if k_major else w.transpose(0, 1, 3, 2, 4))
 
 
+def sparse_steps(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``pack_gemm_weights``' array, [group][block][step][...] (a step being one tap's depth group of input
+    channels for the block's output channels), without its all-zero steps: (the nonzero steps' weights one
+    after another, each one's step index within its column, int32 column starts [groups * blocks + 1]). The
+    sparse kernels multiply only these (kernels.h)."""
+    columns, depth = packed.shape[0] * packed.shape[1], packed.shape[2]
+    steps = packed.reshape(columns, depth, -1)
+    nonzero = np.any(steps != 0, axis=2)
+    starts = np.zeros(columns + 1, np.int32)
+    starts[1:] = np.cumsum(nonzero.sum(axis=1))
+    return np.ascontiguousarray(steps[nonzero]), np.nonzero(nonzero)[1].astype(np.int32), starts
+
+
 # The depthwise lane layouts: (taps per lane, registers per block, int32 lanes per register, weight dtype).
 # "columns" is "quads" with each quad holding one kernel column's taps (kernel_h <= 4; see column_taps).
 DEPTHWISE_LAYOUTS = {"quads": (4, 4, 16, np.int8), "pairs": (2, 2, 8, np.int16), "columns": (4, 4, 16, np.int8)}
@@ -140,6 +153,9 @@ def kernel_arrays(plan: Plan, tensors: dict[str, np.ndarray], kernels: str) -> t
                     op["bias"], op["layout"] = op["bias"] + ".u8", "quads"
                 else:  # int16 pairs (also where the compensated bias would leave int32)
                     arrays[name] = pack_gemm_weights(codes, groups, op["block"], taps, k_major=layout == "neon")
+                if op.get("algorithm") == "sparse":
+                    arrays[name], arrays[name + ".steps"], arrays[name + ".step_starts"] = sparse_steps(arrays[name])
+                    op["steps"], op["step_starts"] = name + ".steps", name + ".step_starts"
                 op["groups"] = groups
             op["weights"] = name
         ops.append(_engine_record(op))

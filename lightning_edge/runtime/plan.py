@@ -215,7 +215,7 @@ class ConvOp(WindowFields, Op):
     primitive: str | None = None
     block: int | None = None            # output channels per packed block
     groups_run: int | None = None       # groups the GEMM runs: 1 where a grouped conv runs block-diagonally
-    algorithm: str | None = None        # "winograd" for Winograd F(2x2, 3x3)
+    algorithm: str | None = None        # "winograd" for Winograd F(2x2, 3x3); "sparse": only nonzero steps
     candidates: list[dict[str, Any]] | None = None
     timings_us: dict[str, float] | None = None
     wide_bias: bool = False             # acc + bias may leave int32: the scalar kernels add the bias in int64

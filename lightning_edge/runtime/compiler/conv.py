@@ -176,7 +176,7 @@ def conv_op(c: GraphCompiler, result: Pending, name: str, nodes: list[str], grid
     tensor = c.new_tensor(name, grid, shape)
     op_id = c.new_id()
     depthwise = f["groups"] == f["in_c"] == f["out_c"] and f["groups"] > 1 and not wide_bias
-    candidates = conv_candidates(f, depthwise)
+    candidates = conv_candidates(f, depthwise, codes)
     if wide_bias or 4 * bound.max() > INT32_MAX:  # Winograd computes 4 * acc; a wide bias needs the int16 layout
         candidates = [c_ for c_ in candidates if not c_.get("algorithm") and c_["block"] <= 16 and "kernels" not in c_]
     op = ConvOp(id=op_id, nodes=nodes, **{k: v for k, v in f.items() if k not in ("codes", "weight_scale", "bias", "flat")},

@@ -101,7 +101,22 @@ inline bool reads_input_in_place(const ConvOp& op) {
            op.wide_c == op.in_c && op.wide_h == op.in_h && op.wide_w == op.in_w;
 }
 
-// Kernels supplies kTile (pixels per micro-kernel call), multiply and epilogue; Element is the widened
+// A sparse column (kernels.h) as the dense micro-kernel reads a conv: its steps are the taps, one depth group each
+// (the offsets passed for the taps' are the steps').
+inline ConvOp steps_as_taps(const ConvOp& op, int steps) {
+    ConvOp shape = op;
+    shape.taps = steps;
+    shape.group_in_padded = conv_depth_group(op);
+    return shape;
+}
+
+// Whether Kernels has its own micro-kernel for sparse steps (multiply_steps); others run steps_as_taps.
+template <class Kernels, class = void>
+struct has_multiply_steps : std::false_type {};
+template <class Kernels>
+struct has_multiply_steps<Kernels, std::void_t<decltype(&Kernels::multiply_steps)>> : std::true_type {};
+
+// Kernels supplies kTile (pixels per micro-kernel call), multiply and epilogue (and optionally multiply_steps); Element is the widened
 // input's type (int16 centered, or uint8 bordered) and Weight the packed weights'.
 template <class Kernels, class Element = int16_t, class Weight = int16_t>
 void conv_driver(const ConvOp& op, const Element* wide, const Weight* packed, const uint8_t* skip, uint8_t* output,
@@ -113,6 +128,7 @@ void conv_driver(const ConvOp& op, const Element* wide, const Weight* packed, co
         for (int kx = 0; kx < op.kernel_w; ++kx)
             tap_offsets[ky * op.kernel_w + kx] = (static_cast<size_t>(ky) * op.wide_w + kx) * op.wide_c;
     const size_t block_stride = static_cast<size_t>(op.depth_padded) * op.block;
+    const int depth_group = conv_depth_group(op);
     const int per_image = op.out_h * op.out_w;
     const int step_h = op.stride_h / op.sample_h, step_w = op.stride_w / op.sample_w;  // widened rows per output row
     // Tiles run in panels of kPanel: each block of weights is used by every tile of the panel before the
@@ -137,12 +153,25 @@ void conv_driver(const ConvOp& op, const Element* wide, const Weight* packed, co
         for (int column = range.column_begin; column < range.column_end; ++column) {
             const int group = column / op.blocks, block = column % op.blocks;
             const Weight* weights = packed + (static_cast<size_t>(group) * op.blocks + block) * block_stride;
+            const Element* group_wide = wide + static_cast<size_t>(group) * op.group_in_padded;
+            const int steps = op.sparse ? op.step_starts[column + 1] - op.step_starts[column] : 0;
+            const size_t* step_offsets = op.sparse ? op.step_offsets + op.step_starts[column] : nullptr;
+            if (op.sparse) weights = packed + static_cast<size_t>(op.step_starts[column]) * depth_group * op.block;
+            ConvOp as_taps;  // the sparse column, for kernels without multiply_steps
+            if constexpr (!has_multiply_steps<Kernels>::value) {
+                if (op.sparse) as_taps = steps_as_taps(op, steps);
+            }
             const int channel = group * op.group_out + block * op.block;
             const int width = std::min(op.block, op.group_out - block * op.block);
             for (int tile = 0; tile < tiles; ++tile) {
                 const int first = panel + tile * kTile, count = std::min(kTile, panel_end - first);
-                Kernels::multiply(op, wide + static_cast<size_t>(group) * op.group_in_padded, bases[tile], count, tap_offsets,
-                                  weights, acc);
+                if (!op.sparse) {
+                    Kernels::multiply(op, group_wide, bases[tile], count, tap_offsets, weights, acc);
+                } else if constexpr (has_multiply_steps<Kernels>::value) {
+                    Kernels::multiply_steps(op, group_wide, bases[tile], count, step_offsets, steps, weights, acc);
+                } else {
+                    Kernels::multiply(as_taps, group_wide, bases[tile], count, step_offsets, weights, acc);
+                }
                 Kernels::epilogue(op, acc, count, first, channel, width, skip, output);
             }
         }

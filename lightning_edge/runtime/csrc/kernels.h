@@ -49,6 +49,14 @@ struct ConvOp {
     // carries the zero-point compensation -z_x * sum(w[c]) (INT8_SPEC rule 5).
     bool quads;
     const int8_t* weights8;
+    // Sparse (algorithm "sparse"): each (group, block) column multiplies only its nonzero steps, a step being
+    // one tap's depth group (4 input channels in quads, 2 in pairs) whose weights over the block are not all
+    // zero. Column k's steps are [step_starts[k], step_starts[k + 1]): their offsets into a pixel's window
+    // (tap offset + first channel) in step_offsets, their weights packed one step after another. Skipping
+    // a zero product changes no integer, so the result is the dense one bit for bit.
+    bool sparse;
+    const int32_t* step_starts;       // [groups * blocks + 1]
+    const size_t* step_offsets;       // [step_starts[groups * blocks]]
     const int32_t* bias;              // [out_c]
     const float* multiplier;          // [out_c]: float32(s_x * s_w[c]) / s_y
     int input_zero, output_zero, low, high;
@@ -142,12 +150,15 @@ double avx2_peak_macs(long iterations);
 constexpr int kTilePixels = 6;
 constexpr int kQuadTilePixels = 12;  // the VNNI micro-kernel's (32 registers)
 
+// Input channels per step of a conv's packed weights: a quad (u8 x s8) or a pair (int16).
+inline int conv_depth_group(const ConvOp& c) { return c.quads ? 4 : 2; }
+
 // Fills a conv's derived fields from its shape, groups, block, `quads` and `winograd` (the engine and the
 // native kernel tests both use it); returns the number of packed weights the layout holds.
 inline size_t derive_conv_fields(ConvOp& c) {
     c.group_in = c.in_c / c.groups, c.group_out = c.out_c / c.groups;
     c.taps = c.kernel_h * c.kernel_w;
-    const int depth_group = c.quads ? 4 : 2;
+    const int depth_group = conv_depth_group(c);
     c.group_in_padded = (c.group_in + depth_group - 1) / depth_group * depth_group;
     c.depth_padded = c.taps * c.group_in_padded;
     c.wide_h = (c.out_h - 1) * c.stride_h + c.kernel_h;

@@ -50,6 +50,41 @@ inline void multiply_tile(const ConvOp& op, const int16_t* wide, const size_t* b
         for (int v = 0; v < Vectors; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(acc + m * Block + v * 8), sum[m][v]);
 }
 
+// A sparse column's steps (kernels.h): each step is one pair of input channels at offsets[s] from every
+// pixel's window, its weights [Block][2] next; the pixels' addresses are computed once for the tile.
+template <int Count, int Block>
+inline void multiply_pair_steps(const int16_t* wide, const size_t* bases, const size_t* offsets, int steps,
+                                const int16_t* weights, int32_t* acc) {
+    constexpr int Vectors = Block / 8;
+    const int16_t* x[Count];
+#pragma GCC unroll 8
+    for (int m = 0; m < Count; ++m) x[m] = wide + bases[m];
+    __m256i sum[Count][Vectors];
+#pragma GCC unroll 8
+    for (int m = 0; m < Count; ++m)
+#pragma GCC unroll 2
+        for (int v = 0; v < Vectors; ++v) sum[m][v] = _mm256_setzero_si256();
+    const int16_t* w = weights;
+    for (int s = 0; s < steps; ++s, w += Block * 2) {
+        const size_t offset = offsets[s];
+        __m256i wv[Vectors];
+#pragma GCC unroll 2
+        for (int v = 0; v < Vectors; ++v) wv[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + v * 16));
+#pragma GCC unroll 8
+        for (int m = 0; m < Count; ++m) {
+            int32_t pair;
+            std::memcpy(&pair, x[m] + offset, sizeof(pair));
+            const __m256i a = _mm256_set1_epi32(pair);
+#pragma GCC unroll 2
+            for (int v = 0; v < Vectors; ++v) sum[m][v] = _mm256_add_epi32(sum[m][v], _mm256_madd_epi16(a, wv[v]));
+        }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < Count; ++m)
+#pragma GCC unroll 2
+        for (int v = 0; v < Vectors; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(acc + m * Block + v * 8), sum[m][v]);
+}
+
 template <int Block>
 inline void multiply_block(const ConvOp& op, const int16_t* wide, const size_t* bases, int count, const size_t* taps,
                            const int16_t* weights, int32_t* acc) {
@@ -73,6 +108,14 @@ struct Avx2Kernels {
                          const int16_t* weights, int32_t* acc) {
         if (op.block == 16) multiply_block<16>(op, wide, bases, count, taps, weights, acc);
         else multiply_block<8>(op, wide, bases, count, taps, weights, acc);
+    }
+
+    static void multiply_steps(const ConvOp& op, const int16_t* wide, const size_t* bases, int count, const size_t* offsets,
+                               int steps, const int16_t* weights, int32_t* acc) {
+        with_count<kTilePixels>(count, [&](auto rows) {
+            if (op.block == 16) multiply_pair_steps<rows.value, 16>(wide, bases, offsets, steps, weights, acc);
+            else multiply_pair_steps<rows.value, 8>(wide, bases, offsets, steps, weights, acc);
+        });
     }
 
     static void epilogue(const ConvOp& op, const int32_t* acc, int count, int first, int channel, int width,

@@ -81,6 +81,42 @@ inline void multiply_quads(const ConvOp& op, const uint8_t* wide, const size_t* 
     }
 }
 
+// A sparse column's steps (kernels.h): each step is one quad of input channels at offsets[s] from every
+// pixel's window, its Block weights [Block][4] next in `weights`. The pixels' addresses are computed once for
+// the tile, so a step costs what a dense quad costs: one broadcast and one vpdpbusd per pixel and register.
+template <int Count, int Block>
+inline void multiply_quad_steps(const uint8_t* wide, const size_t* bases, const size_t* offsets, int steps,
+                                const int8_t* weights, int32_t* acc) {
+    constexpr int Registers = Block / 16;
+    const uint8_t* x[Count];
+#pragma GCC unroll 16
+    for (int m = 0; m < Count; ++m) x[m] = wide + bases[m];
+    __m512i sum[Count][Registers];
+#pragma GCC unroll 16
+    for (int m = 0; m < Count; ++m)
+#pragma GCC unroll 2
+        for (int r = 0; r < Registers; ++r) sum[m][r] = _mm512_setzero_si512();
+    const int8_t* w = weights;
+    for (int s = 0; s < steps; ++s, w += Block * 4) {
+        const size_t offset = offsets[s];
+        __m512i wv[Registers];
+#pragma GCC unroll 2
+        for (int r = 0; r < Registers; ++r) wv[r] = _mm512_loadu_si512(w + 64 * r);
+#pragma GCC unroll 16
+        for (int m = 0; m < Count; ++m) {
+            int32_t quad;
+            std::memcpy(&quad, x[m] + offset, sizeof(quad));
+            const __m512i a = _mm512_set1_epi32(quad);
+#pragma GCC unroll 2
+            for (int r = 0; r < Registers; ++r) sum[m][r] = _mm512_dpbusd_epi32(sum[m][r], a, wv[r]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int m = 0; m < Count; ++m)
+#pragma GCC unroll 2
+        for (int r = 0; r < Registers; ++r) _mm512_store_si512(acc + m * Block + 16 * r, sum[m][r]);
+}
+
 template <int Block>
 inline void multiply_quads_count(const ConvOp& op, const uint8_t* wide, const size_t* bases, int count, const size_t* taps,
                                  const int8_t* weights, int32_t* acc) {
@@ -95,6 +131,15 @@ struct Avx512Kernels {
         if (op.block == 32) multiply_quads_count<32>(op, wide, bases, count, taps, weights, acc);
         else if (op.block == 16) multiply_quads_count<16>(op, wide, bases, count, taps, weights, acc);
         else multiply_quads_count<8>(op, wide, bases, count, taps, weights, acc);
+    }
+
+    static void multiply_steps(const ConvOp& op, const uint8_t* wide, const size_t* bases, int count, const size_t* offsets,
+                               int steps, const int8_t* weights, int32_t* acc) {
+        with_count<kQuadTilePixels>(count, [&](auto rows) {
+            if (op.block == 32) multiply_quad_steps<rows.value, 32>(wide, bases, offsets, steps, weights, acc);
+            else if (op.block == 16) multiply_quad_steps<rows.value, 16>(wide, bases, offsets, steps, weights, acc);
+            else multiply_quads<rows.value, 8>(steps_as_taps(op, steps), wide, bases, offsets, weights, acc);
+        });
     }
 
     // 16 channels per step; the 8-wide AVX2 epilogue finishes a remainder.

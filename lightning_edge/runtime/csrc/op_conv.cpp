@@ -36,7 +36,10 @@ class Conv final : public Operator {
         // kernels, whose epilogue adds the bias in int64 (INT8_SPEC rule 5: the sum is exact).
         wide_ = attrs.has("wide_bias") && attrs.get_int("wide_bias") != 0;
         if (wide_ && (c.quads || c.winograd)) throw std::invalid_argument("conv: a wide bias runs on the int16 layout");
-        const size_t weight_count = derive_conv_fields(c);
+        c.sparse = attrs.has("algorithm") && attrs.get_string("algorithm") == "sparse";
+        if (c.sparse && wide_) throw std::invalid_argument("conv: a wide bias runs the dense scalar kernels");
+        size_t weight_count = derive_conv_fields(c);
+        if (c.sparse) weight_count = read_steps(attrs, context);
         if (c.winograd) context.need_scratch(winograd_scratch_bytes(c));
         if (c.quads) c.weights8 = context.array<int8_t>(attrs, "weights", weight_count);
         else c.weights = context.array<int16_t>(attrs, "weights", weight_count);
@@ -89,6 +92,32 @@ class Conv final : public Operator {
     }
 
   private:
+    // The sparse layout's step lists (kernels.h): step_starts [columns + 1] rising from 0, and each step's index
+    // tap * depth groups + group, checked and turned into offsets into a pixel's window. Returns the packed
+    // weight count.
+    size_t read_steps(const Attributes& attrs, BuildContext& context) {
+        ConvOp& c = conv_;
+        const int columns = c.groups * c.blocks, depth_groups = c.group_in_padded / conv_depth_group(c);
+        c.step_starts = context.array<int32_t>(attrs, "step_starts", static_cast<size_t>(columns) + 1);
+        const long max_steps = static_cast<long>(c.taps) * depth_groups;
+        for (int k = 0; k < columns; ++k)
+            if (c.step_starts[k] < 0 || c.step_starts[k + 1] < c.step_starts[k] || c.step_starts[k + 1] - c.step_starts[k] > max_steps ||
+                (k == 0 && c.step_starts[0] != 0))
+                throw std::invalid_argument("conv: step_starts must rise from 0 by at most taps * depth groups per column");
+        const size_t total = static_cast<size_t>(c.step_starts[columns]);
+        const int32_t* steps = context.array<int32_t>(attrs, "steps", total);
+        step_offsets_.resize(total);
+        for (size_t i = 0; i < total; ++i) {
+            if (steps[i] < 0 || steps[i] >= max_steps) throw std::invalid_argument("conv: a sparse step is outside the window");
+            const int tap = steps[i] / depth_groups, group = steps[i] % depth_groups;
+            step_offsets_[i] = (static_cast<size_t>(tap / c.kernel_w) * c.wide_w + tap % c.kernel_w) * c.wide_c +
+                               static_cast<size_t>(group) * conv_depth_group(c);
+        }
+        c.step_offsets = step_offsets_.data();
+        return total * conv_depth_group(c) * c.block;
+    }
+
+    std::vector<size_t> step_offsets_;
     bool wide_ = false;
     ConvOp conv_{};
 };
