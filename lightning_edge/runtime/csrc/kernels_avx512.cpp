@@ -142,46 +142,42 @@ struct Avx512Kernels {
         });
     }
 
-    // 16 channels per step; the 8-wide AVX2 epilogue finishes a remainder.
+    // 16 channels per step, a ragged last step masked; each step's bias, multipliers and bounds are loaded once
+    // for the whole tile (channels outer, pixels inner).
     static void epilogue(const ConvOp& op, const int32_t* acc, int count, int first, int channel, int width,
                          const uint8_t* skip, uint8_t* output) {
-        const int vector_width = width / 16 * 16;
-        if (vector_width > 0) {
-            const __m512 low = _mm512_set1_ps(static_cast<float>(op.low - op.output_zero));
-            const __m512 high = _mm512_set1_ps(static_cast<float>(op.high - op.output_zero));
-            const __m512i zero = _mm512_set1_epi32(op.output_zero);
+        const __m512 low = _mm512_set1_ps(static_cast<float>(op.low - op.output_zero));
+        const __m512 high = _mm512_set1_ps(static_cast<float>(op.high - op.output_zero));
+        const __m512i zero = _mm512_set1_epi32(op.output_zero);
+        const bool residual = op.residual;
+        const size_t out_c = op.out_c;
+        const int block = op.block;
+        uint8_t* out = output + static_cast<size_t>(first) * out_c + channel;
+        const uint8_t* skip_at = residual ? skip + static_cast<size_t>(first) * out_c + channel : nullptr;
+        for (int j = 0; j < width; j += 16) {
+            const __mmask16 mask = width - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (width - j)) - 1);
+            const __m512i bias = _mm512_maskz_loadu_epi32(mask, op.bias + channel + j);
+            const __m512 multiplier = _mm512_maskz_loadu_ps(mask, op.multiplier + channel + j);
             for (int m = 0; m < count; ++m) {
-                const size_t base = static_cast<size_t>(first + m) * op.out_c + channel;
-                for (int j = 0; j < vector_width; j += 16) {
-                    const __m512i total = _mm512_add_epi32(_mm512_load_si512(acc + m * op.block + j), _mm512_loadu_si512(op.bias + channel + j));
-                    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(total), _mm512_loadu_ps(op.multiplier + channel + j));
-                    v = _mm512_min_ps(_mm512_max_ps(v, low), high);  // NaN -> low, as the scalar path
-                    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), zero);
-                    if (op.residual) {
-                        const __m512 conv_real = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(q, zero)), _mm512_set1_ps(op.conv_scale));
-                        const __m512i skip_codes = _mm512_sub_epi32(
-                            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(skip + base + j))), _mm512_set1_epi32(op.skip_zero));
-                        const __m512 skip_real = _mm512_mul_ps(_mm512_cvtepi32_ps(skip_codes), _mm512_set1_ps(op.skip_scale));
-                        __m512 sum = _mm512_div_ps(_mm512_add_ps(conv_real, skip_real), _mm512_set1_ps(op.sum_scale));
-                        sum = _mm512_min_ps(_mm512_max_ps(sum, _mm512_set1_ps(static_cast<float>(op.sum_low - op.sum_zero))),
-                                            _mm512_set1_ps(static_cast<float>(op.sum_high - op.sum_zero)));
-                        q = _mm512_add_epi32(_mm512_cvtps_epi32(sum), _mm512_set1_epi32(op.sum_zero));
-                    }
-                    _mm_storeu_si128(reinterpret_cast<__m128i*>(output + base + j), _mm512_cvtusepi32_epi8(q));
-                }
+                const __m512i total = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, acc + m * block + j), bias);
+                __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(total), multiplier);
+                v = _mm512_min_ps(_mm512_max_ps(v, low), high);  // NaN -> low, as the scalar path
+                __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), zero);
+                if (residual) q = add_skip(op, q, zero, _mm_maskz_loadu_epi8(mask, skip_at + m * out_c + j));
+                _mm_mask_storeu_epi8(out + m * out_c + j, mask, _mm512_cvtusepi32_epi8(q));
             }
         }
-        if (vector_width < width) {
-            const Epilogue8 epilogue(op);
-            for (int m = 0; m < count; ++m) {
-                const size_t base = static_cast<size_t>(first + m) * op.out_c + channel;
-                int j = vector_width;
-                for (; j + 8 <= width; j += 8)
-                    epilogue.store(op, _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + m * op.block + j)), channel + j,
-                                   skip ? skip + base + j : nullptr, output + base + j);
-                for (; j < width; ++j) output[base + j] = conv_epilogue(op, acc[m * op.block + j], channel + j, skip, base + j);
-            }
-        }
+    }
+
+    // The folded residual add of 16 channels (conv codes q, the skip's codes): kernels.h's conv_epilogue.
+    static __m512i add_skip(const ConvOp& op, __m512i q, __m512i zero, __m128i skip_codes) {
+        const __m512 conv_real = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(q, zero)), _mm512_set1_ps(op.conv_scale));
+        const __m512i centered = _mm512_sub_epi32(_mm512_cvtepu8_epi32(skip_codes), _mm512_set1_epi32(op.skip_zero));
+        const __m512 skip_real = _mm512_mul_ps(_mm512_cvtepi32_ps(centered), _mm512_set1_ps(op.skip_scale));
+        __m512 sum = _mm512_div_ps(_mm512_add_ps(conv_real, skip_real), _mm512_set1_ps(op.sum_scale));
+        sum = _mm512_min_ps(_mm512_max_ps(sum, _mm512_set1_ps(static_cast<float>(op.sum_low - op.sum_zero))),
+                            _mm512_set1_ps(static_cast<float>(op.sum_high - op.sum_zero)));
+        return _mm512_add_epi32(_mm512_cvtps_epi32(sum), _mm512_set1_epi32(op.sum_zero));
     }
 };
 

@@ -2,8 +2,6 @@
 // (the squeeze-excitation product (N,1,1,C) x (N,H,W,C), a broadcast add). Each operand's codes become float32
 // through its table (its dequantization, or a unary float function of it), the operation is one float32
 // operation, and the result is quantized by a float32 division, as INT8_SPEC rule 12 words it.
-#include <vector>
-
 #include "op_registry.h"
 
 namespace edge {
@@ -45,6 +43,9 @@ class Binary final : public Operator {
         out_ = attrs.get_grid("output_grid");
         tensors_.inputs = {context.tensor_index(attrs, "input", a_.per_sample()), context.tensor_index(attrs, "other", b_.per_sample())};
         tensors_.output = context.tensor_index(attrs, "output", static_cast<size_t>(height_) * width_ * channels_);
+        by_code_ = height_ * width_ >= 256 && (per_channel(b_, a_) || per_channel(a_, b_));
+        scale_is_b_ = per_channel(b_, a_);
+        if (by_code_) context.need_workspace(static_cast<size_t>(channels_) * 256);  // run_by_code's tables, per image
     }
 
     void run(const ExecutionContext& context) const override {
@@ -86,8 +87,7 @@ class Binary final : public Operator {
         const uint8_t* codes = b_is_scale ? a : b;
         const uint8_t* scales = b_is_scale ? b : a;
         const int channels = channels_, pixels = height_ * width_;
-        by_code_.resize(static_cast<size_t>(context.batch) * channels * 256);
-        uint8_t* tables = by_code_.data();
+        uint8_t* tables = static_cast<uint8_t*>(context.workspace());  // [image][channel][code]
         const Grid grid = out_;
         context.scheduler.parallel(context.batch * channels, 8, [&](int begin, int end, int) {
             for (int index = begin; index < end; ++index) {
@@ -116,8 +116,7 @@ class Binary final : public Operator {
         const uint8_t* a = context.tensor(tensors_.inputs[0]);
         const uint8_t* b = context.tensor(tensors_.inputs[1]);
         uint8_t* out = context.tensor(tensors_.output);
-        if (height_ * width_ >= 256 && (per_channel(b_, a_) || per_channel(a_, b_)))
-            return run_by_code<op>(context, a, b, out, per_channel(b_, a_));
+        if (by_code_) return run_by_code<op>(context, a, b, out, scale_is_b_);
         const Operand oa = a_, ob = b_;
         const Grid grid = out_;
         const int height = height_, width = width_, channels = channels_;
@@ -141,7 +140,8 @@ class Binary final : public Operator {
     int height_, width_, channels_;
     Operand a_{}, b_{};
     Grid out_{};
-    mutable std::vector<uint8_t> by_code_;  // run_by_code's tables: [image][channel][code]
+    bool by_code_ = false;     // one operand is constant per (image, channel) and an image has >= 256 pixels
+    bool scale_is_b_ = false;  // that operand is b
 };
 
 std::unique_ptr<Operator> make_binary(const Attributes& attrs, BuildContext& context) {
