@@ -545,6 +545,19 @@ class FloatConvOp(FloatWindowFields, Op):
 
 @op_kind
 @dataclass(kw_only=True)
+class Bf16ConvOp(FloatConvOp):
+    """``FloatConvOp``'s convolution in bfloat16 (``compile(..., precision="bf16")``): inputs and weights rounded to
+    bfloat16, products added pairwise to a float32 accumulator in vdpbf16ps's order, then the bias (INT8_SPEC rule
+    20). The weights are stored as float32 values that are exactly bfloat16 (the loader packs them into pairs).
+    A Relu or Clip that alone reads the conv's result is fused into it (``low``, ``high``; NaN passes through)."""
+
+    KIND = "bf16_conv"
+    low: float | None = None            # a Relu or Clip after the conv, fused: max(y, low) then min(y, high)
+    high: float | None = None
+
+
+@op_kind
+@dataclass(kw_only=True)
 class FloatPoolOp(FloatWindowFields, ImageFields, Op):
     """MaxPool or AveragePool of an f32 (C, H, W) tensor: the window maximum (padding never wins), or the float64
     sum over the window's elements inside the input divided by the count, rounded once; ``count`` is the elements

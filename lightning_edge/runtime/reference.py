@@ -465,6 +465,63 @@ def conv(node: Any, inputs: list, attributes: dict) -> np.ndarray:
     return _with_float_bias(_conv_sum(node, x, w, attributes), inputs[2] if len(inputs) > 2 else None)
 
 
+def bf16_round(x: Any) -> np.ndarray:
+    """float32 values rounded to bfloat16 as vcvtneps2bf16 does (rule 20): to nearest even, zeros and denormals
+    to a zero of their sign, NaN kept quiet; returned as float32 (the low 16 bits zero)."""
+    bits = np.ascontiguousarray(_f32(x), dtype=np.float32).view(np.uint32)
+    exponent, magnitude = bits & np.uint32(0x7F800000), bits & np.uint32(0x7FFFFFFF)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    rounded = np.where(magnitude > np.uint32(0x7F800000), (bits | np.uint32(0x00400000)) & np.uint32(0xFFFF0000), rounded)
+    rounded = np.where(exponent == 0, bits & np.uint32(0x80000000), rounded)
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+def _flushed(x: np.ndarray) -> np.ndarray:
+    """float32 results below the smallest normal flushed to a zero of their sign (vdpbf16ps's FTZ)."""
+    return np.where(np.abs(x) < np.finfo(np.float32).tiny, np.copysign(np.float32(0), x), x).astype(np.float32)
+
+
+def bf16_conv(node: Any, inputs: list, attributes: dict) -> np.ndarray:
+    """Conv in bfloat16 (rule 20): x and w rounded to bfloat16; per output, a float32 accumulator from +0 takes,
+    for each tap (a, b) in row-major order and each pair (2i, 2i + 1) of the group's input channels (a zero
+    channel after an odd count), ``fma(x[2i+1], w[2i+1], acc)`` then ``fma(x[2i], w[2i], acc)``, each rounded to
+    float32 with a denormal result flushed; then ``acc + bias`` in float32."""
+    x, weights = bf16_round(inputs[0]), bf16_round(inputs[1])
+    _check_2d(node, x)
+    out_channels, per_group, *kernel = weights.shape
+    strides = _spatial(attributes, "strides", 2, 1)
+    dilations = _spatial(attributes, "dilations", 2, 1)
+    begin, end = _padding(attributes, x.shape[2:], kernel, strides, dilations)
+    groups = int(attributes.get("group", 1))
+    batch = x.shape[0]
+    padded = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])))
+    out_h = (padded.shape[2] - (kernel[0] - 1) * dilations[0] - 1) // strides[0] + 1
+    out_w = (padded.shape[3] - (kernel[1] - 1) * dilations[1] - 1) // strides[1] + 1
+    taps = [padded[:, :, a * dilations[0]: a * dilations[0] + (out_h - 1) * strides[0] + 1: strides[0],
+                   b * dilations[1]: b * dilations[1] + (out_w - 1) * strides[1] + 1: strides[1]]
+            for a in range(kernel[0]) for b in range(kernel[1])]
+    # (batch, groups, reduction, pixels), r = tap * per_group + channel: taps outer, channels inner.
+    columns = np.stack(taps, axis=2).reshape(batch, groups, per_group, len(taps), out_h * out_w)
+    columns = columns.transpose(0, 1, 3, 2, 4).reshape(batch, groups, len(taps) * per_group, -1).astype(np.float64)
+    w = weights.reshape(groups, out_channels // groups, per_group, len(taps)).transpose(0, 1, 3, 2)
+    w = w.reshape(groups, out_channels // groups, -1).astype(np.float64)
+    acc = np.zeros((batch, groups, out_channels // groups, out_h * out_w), np.float32)
+    for tap in range(len(taps)):
+        for even in range(0, per_group, 2):
+            for channel in (even + 1, even):
+                if channel < per_group:
+                    r = tap * per_group + channel
+                    acc = _flushed((acc + columns[:, :, None, r, :] * w[None, :, :, r, None]).astype(np.float32))
+    acc = acc.reshape(batch, out_channels, out_h, out_w)
+    if len(inputs) > 2 and inputs[2] is not None:
+        acc = (acc + np.asarray(_f32(inputs[2]), np.float32).reshape(1, -1, 1, 1)).astype(np.float32)
+    return acc
+
+
+# Ops a precision other than float32 computes its own way (ReferenceModel(precision=...)).
+PRECISION_OPS: dict[str, dict[str, FloatOp]] = {"fp32": {}, "bf16": {"Conv": bf16_conv}}
+
+
 @_register("ConvTranspose")
 def conv_transpose(node: Any, inputs: list, attributes: dict) -> np.ndarray:
     x, w = (np.asarray(_f32(v), dtype=np.float64) for v in inputs[:2])
@@ -887,12 +944,17 @@ def integer_reduce_mean(model: "ReferenceModel", node: Any) -> _Pending | None:
 # ====================================================================== the graph
 class ReferenceModel:
     """An ONNX model evaluated by the spec. ``run(x)`` returns the outputs (float32 where the graph dequantizes);
+    ``precision="bf16"`` computes float convs in bfloat16 (rule 20), as ``compile(..., precision="bf16")`` does;
     ``tensors`` keeps every int8 tensor of the last run by its ONNX name (the QuantizeLinear output), for
     layer-by-layer checks."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, precision: str = "fp32"):
         import onnx
         from onnx import numpy_helper
+
+        if precision not in PRECISION_OPS:
+            raise ReferenceError(f"unknown precision {precision!r}; use one of {sorted(PRECISION_OPS)}")
+        self.precision_ops = PRECISION_OPS[precision]
 
         if isinstance(model, (str, os.PathLike)):
             model = onnx.load(os.fspath(model))
@@ -1000,7 +1062,9 @@ class ReferenceModel:
             for index, name in enumerate(node.output):
                 self.values[name] = _Pending("moved", node=node, operands=operands, output_index=index)
         else:
-            result = float_op(node, [self.real(name) if name else None for name in node.input])
+            inputs = [self.real(name) if name else None for name in node.input]
+            own = self.precision_ops.get(op)
+            result = own(node, inputs, _attributes(node)) if own else float_op(node, inputs)
             for name, value in zip(node.output, result if isinstance(result, tuple) else (result,)):
                 self.values[name] = value
 

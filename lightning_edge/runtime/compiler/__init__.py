@@ -50,9 +50,17 @@ from lightning_edge.runtime.compiler import conv, elementwise, float_region, mov
 __all__ = ["CompileError", "compile"]
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def compile(onnx_path: str | os.PathLike, edge_path: str | os.PathLike, *, select: bool = True,
-            tune_batch: int = 1, threads: int | None = None, input_shape: tuple[int, int, int] | None = None) -> Plan:
+            tune_batch: int = 1, threads: int | None = None, input_shape: tuple[int, int, int] | None = None,
+            precision: str = "fp32") -> Plan:
     """Compile ``onnx_path`` into ``edge_path`` (written atomically); returns the plan.
+
+    ``precision`` is the arithmetic of the float convs (a whole FP32 file's, and a QDQ file's float regions):
+    ``"fp32"`` (float32, rule 17) or ``"bf16"`` (bfloat16 inputs and weights, float32 accumulation, rule 20;
+    vdpbf16ps where the CPU has AVX512_BF16, the same bits in float32 elsewhere). Integer ops are unchanged.
 
     ``select`` times each layer's candidate kernels on its real shape at batch ``tune_batch`` with
     ``threads`` (default: all cores) and keeps the fastest; without it the first candidate is used.
@@ -60,12 +68,14 @@ def compile(onnx_path: str | os.PathLike, edge_path: str | os.PathLike, *, selec
     """
     import onnx
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     path = os.fspath(onnx_path)
     try:
         model = onnx.load(path)
     except Exception as error:  # protobuf raises several types for damaged files
         raise CompileError(None, f"{path} is not a readable ONNX file ({error})") from error
-    plan, arrays = GraphCompiler(model, os.path.basename(path), input_shape).build()
+    plan, arrays = GraphCompiler(model, os.path.basename(path), input_shape, precision).build()
     if select:
         select_primitives(plan, arrays, batch=tune_batch, threads=threads)
     else:

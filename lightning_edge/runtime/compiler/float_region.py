@@ -8,6 +8,7 @@ their dequantization table, float tensors, constants) with numpy broadcasting ex
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +16,11 @@ import numpy as np
 
 from lightning_edge.runtime.compiler.graph import (CompileError, Expression, GraphCompiler, MoveView, Op, Pending, Tensor,
                                                    rule)
-from lightning_edge.runtime.plan import (FLOAT_OPCODES, FloatConvOp, FloatExpressionOp, FloatInputOp, FloatLayerNormOp,
+from lightning_edge.runtime.plan import (FLOAT_OPCODES, Bf16ConvOp, FloatConvOp, FloatExpressionOp, FloatInputOp, FloatLayerNormOp,
                                          FloatMatMulOp, FloatOutputOp, FloatPoolOp, FloatReduceOp, FloatSoftmaxOp, GatherOp, TensorRecord, ToCodesOp,
                                          ToFloatOp)
 from lightning_edge.runtime.reference import (FLOAT_OPS, _attributes, _linear_taps, _padding, _pool_geometry, _reduce_axes,
-                                             _resize_plan, _source_coordinates, batch_norm_coefficients)
+                                             _resize_plan, _source_coordinates, batch_norm_coefficients, bf16_round)
 
 _OPCODE = {name: index for index, name in enumerate(FLOAT_OPCODES)}
 # ONNX op -> the program's opcode, for the elementwise ops whose operands are all registers.
@@ -100,7 +101,33 @@ def _evaluated(c: GraphCompiler, expression: Expression) -> FloatTensor:
 
     if is_move(expression.node):
         return move_float(c, expression.node, [to_float(c, expression.node, expression.operands[0])])[expression.node.output[0]]
+    fused = _fused_clamp(c, expression)
+    if fused is not None:
+        return fused
     return float_expression(c, expression, f"{expression.node.output[0]}")
+
+
+def _fused_clamp(c: GraphCompiler, expression: Expression) -> FloatTensor | None:
+    """A Relu or Clip (constant bounds) whose operand is a bf16_conv's result that nothing else reads: the conv
+    clamps its own output (its epilogue) and its tensor is the result; None where it cannot."""
+    node, source = expression.node, expression.operands[0] if expression.operands else None
+    if node.op_type not in ("Relu", "Clip") or not isinstance(source, FloatTensor):
+        return None
+    conv = source.producer
+    if not isinstance(conv, Bf16ConvOp) or conv.low is not None or conv.high is not None:
+        return None
+    name = c.tensors[source.index].name
+    if name in c.outputs or [reader.name for reader in c.readers.get(name, [])] != [node.name]:
+        return None
+    try:
+        low, high = (0.0, math.inf) if node.op_type == "Relu" else c.clip_bounds(node)
+    except CompileError:  # a bound computed at run time
+        return None
+    conv.low = None if low == -math.inf else float(np.float32(low))
+    conv.high = None if high == math.inf else float(np.float32(high))
+    conv.nodes = [*conv.nodes, node.name]
+    c.tensors[source.index].name = node.output[0]  # the tensor holds the clamped values (what a trace shows)
+    return source
 
 
 def to_codes(c: GraphCompiler, quantizer: Any, value: FloatTensor, grid: tuple[float, int, int, int]) -> Tensor:
@@ -379,7 +406,8 @@ def _float_image(c: GraphCompiler, node: Any, operand: Any) -> FloatTensor:
 
 
 def float_conv(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
-    """A Conv in float32 (any groups, stride, padding, dilation; a float bias): one float_conv op."""
+    """A Conv in float32 (any groups, stride, padding, dilation; a float bias): one float_conv op, or a bf16_conv
+    with its weights rounded to bfloat16 when the compiler's precision is bf16."""
     from lightning_edge.runtime.compiler.conv import explicit_pads
 
     x = _float_image(c, node, operands[0])
@@ -405,7 +433,10 @@ def float_conv(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
     bias = c.optional_constant(node, 2)
     output = new_float(c, node.output[0], (1, out_c, out_h, out_w))
     op_id = c.new_id()
-    output.producer = c.emit(FloatConvOp(
+    kind = FloatConvOp
+    if c.precision == "bf16":
+        kind, weights = Bf16ConvOp, bf16_round(weights)
+    output.producer = c.emit(kind(
         id=op_id, nodes=[node.name], input=x.index, output=output.index, in_c=channels, in_h=in_h, in_w=in_w,
         out_c=out_c, out_h=out_h, out_w=out_w, groups=groups, kernel_h=kernel_h, kernel_w=kernel_w, stride_h=strides[0],
         stride_w=strides[1], dilation_h=dilations[0], dilation_w=dilations[1], pad_top=pads[0], pad_left=pads[1],

@@ -148,8 +148,11 @@ def finisher(kind: str) -> Callable[[Finisher], Finisher]:
 class GraphCompiler:
     """One compilation: the graph's constants and readers, the plan's tensors, ops and arrays as they grow."""
 
-    def __init__(self, model: Any, source: str, input_shape: tuple[int, int, int] | None = None):
+    def __init__(self, model: Any, source: str, input_shape: tuple[int, int, int] | None = None,
+                 precision: str = "fp32"):
         from onnx import numpy_helper
+
+        self.precision = precision
 
         self.requested_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
         self.graph = model.graph

@@ -1,0 +1,71 @@
+// BF16 convolution arithmetic (INT8_SPEC rule 20): float32 values rounded to bfloat16 as vcvtneps2bf16 does,
+// and the tile GEMM every bf16_conv runs, out[row][p] = (sum over pairs j of x[2j+1] w[2j+1], then x[2j] w[2j],
+// each added to a float32 accumulator as one fused multiply-add that flushes a denormal result to zero, as
+// vdpbf16ps does) + bias. Two implementations give the same bits: vdpbf16ps on CPUs with AVX512_BF16, and the
+// exact float32 one (std::fma on the bfloat16 values, whose products are exact in float32) everywhere else.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace edge {
+
+// Pixels of one packed tile: three 16-lane vectors (the AVX-512 kernel keeps 8 rows x 3 vectors in registers).
+constexpr int kBf16TilePixels = 48;
+// Output rows (channels) the AVX-512 kernel computes together.
+constexpr int kBf16Rows = 8;
+
+// float32 -> bfloat16 bits: round to nearest even; zeros and denormals become a zero of their sign; a NaN
+// stays a NaN with its quiet bit set (vcvtneps2bf16's definition, MXCSR ignored).
+inline uint16_t bf16_bits(float value) {
+    uint32_t u;
+    std::memcpy(&u, &value, sizeof u);
+    if ((u & 0x7f800000u) == 0) return static_cast<uint16_t>((u >> 16) & 0x8000u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(u >> 16);
+}
+
+inline float bf16_value(uint16_t bits) {
+    const uint32_t u = static_cast<uint32_t>(bits) << 16;
+    float value;
+    std::memcpy(&value, &u, sizeof value);
+    return value;
+}
+
+// Two bfloat16 values in one 32-bit word, the element of even index in the low half (vdpbf16ps's pairs).
+inline uint32_t bf16_pair(float even, float odd) {
+    return static_cast<uint32_t>(bf16_bits(even)) | static_cast<uint32_t>(bf16_bits(odd)) << 16;
+}
+
+// One tile: `rows` output rows of `pixels` (<= kBf16TilePixels) outputs. Pair j of the reduction is the 32-bit
+// words x + offsets[j] .. + kBf16TilePixels (one per pixel; words past `pixels` are read but not used),
+// w: [rows][pairs] words, bias: rows floats or nullptr, out: row r at out + r * row_stride. An activation clamp
+// [low, high] follows the bias (-inf, inf for none).
+struct Bf16Tile {
+    const uint32_t* x;
+    const long* offsets;
+    const uint32_t* w;
+    const float* bias;
+    float* out;
+    long row_stride;
+    int rows, pairs, pixels;
+    float low, high;
+};
+
+using Bf16TileKernel = void (*)(const Bf16Tile& tile);
+
+// count bfloat16 pairs (even[i], odd[i]) into out[i]; odd may be nullptr (zeros).
+using Bf16PairKernel = void (*)(const float* even, const float* odd, uint32_t* out, int count);
+
+void bf16_pairs_exact(const float* even, const float* odd, uint32_t* out, int count);
+// vcvtne2ps2bf16 (nullptr where the build or CPU has no AVX512_BF16).
+Bf16PairKernel bf16_pairs_avx512();
+
+// The exact float32 implementation (any CPU).
+void bf16_tile_exact(const Bf16Tile& tile);
+// vdpbf16ps (nullptr where the build or CPU has no AVX512_BF16).
+Bf16TileKernel bf16_tile_avx512();
+
+}  // namespace edge

@@ -1,0 +1,144 @@
+// The bf16_conv tile GEMM (bf16.h): the exact float32 form for every CPU, and vdpbf16ps for AVX512_BF16.
+//
+// The AVX-512 kernel holds kBf16Rows x 3 accumulators of 16 pixels: per pair of the reduction it loads the
+// tile's three vectors of packed inputs once and broadcasts each row's weight pair, so one vdpbf16ps does 32
+// multiply-adds and the inputs are read once per 8 rows. vdpbf16ps adds the odd element's product, then the
+// even one's, each rounded to float32 with denormal results flushed; the exact form spells out the same steps.
+#include <cfloat>
+
+#include "bf16.h"
+#include "cpu_features.h"
+
+namespace edge {
+
+namespace {
+
+inline float flushed(float value) { return std::fabs(value) < FLT_MIN ? std::copysign(0.0f, value) : value; }
+
+inline float clamped(float value, float low, float high) {
+    value = value < low ? low : value;
+    return high < value ? high : value;
+}
+
+}  // namespace
+
+void bf16_pairs_exact(const float* even, const float* odd, uint32_t* out, int count) {
+    for (int i = 0; i < count; ++i) out[i] = bf16_pair(even[i], odd ? odd[i] : 0.0f);
+}
+
+void bf16_tile_exact(const Bf16Tile& t) {
+    for (int r = 0; r < t.rows; ++r) {
+        const uint32_t* w = t.w + static_cast<long>(r) * t.pairs;
+        const float bias = t.bias ? t.bias[r] : 0.0f;
+        float* out = t.out + r * t.row_stride;
+        for (int p = 0; p < t.pixels; ++p) {
+            float acc = 0.0f;
+            for (int j = 0; j < t.pairs; ++j) {
+                const uint32_t x = t.x[t.offsets[j] + p], weight = w[j];
+                acc = flushed(std::fma(bf16_value(static_cast<uint16_t>(x >> 16)), bf16_value(static_cast<uint16_t>(weight >> 16)), acc));
+                acc = flushed(std::fma(bf16_value(static_cast<uint16_t>(x)), bf16_value(static_cast<uint16_t>(weight)), acc));
+            }
+            out[p] = clamped(acc + bias, t.low, t.high);
+        }
+    }
+}
+
+}  // namespace edge
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,avx512f,avx512bw,avx512vl,avx512bf16")
+
+namespace edge {
+
+namespace {
+
+template <int Rows>
+void rows_avx512(const Bf16Tile& t, int row0) {
+    __m512 acc[Rows][3];
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_ps();
+    const uint32_t* w = t.w + static_cast<long>(row0) * t.pairs;
+    for (int j = 0; j < t.pairs; ++j) {
+        const uint32_t* x = t.x + t.offsets[j];
+        const __m512bh x0 = (__m512bh)_mm512_loadu_si512(x), x1 = (__m512bh)_mm512_loadu_si512(x + 16),
+                       x2 = (__m512bh)_mm512_loadu_si512(x + 32);
+#pragma GCC unroll 8
+        for (int r = 0; r < Rows; ++r) {
+            const __m512bh weight = (__m512bh)_mm512_set1_epi32(static_cast<int>(w[static_cast<long>(r) * t.pairs + j]));
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x0, weight);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x1, weight);
+            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], x2, weight);
+        }
+    }
+    const __m512 low = _mm512_set1_ps(t.low), high = _mm512_set1_ps(t.high);
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) {
+        const __m512 bias = _mm512_set1_ps(t.bias ? t.bias[row0 + r] : 0.0f);
+        float* out = t.out + (row0 + r) * t.row_stride;
+        for (int v = 0; v < 3; ++v) {
+            const int left = t.pixels - 16 * v;
+            if (left <= 0) break;
+            // max(low, y) and min(high, y) return y where y is NaN, as the exact form's comparisons do.
+            const __m512 y = _mm512_min_ps(high, _mm512_max_ps(low, _mm512_add_ps(acc[r][v], bias)));
+            _mm512_mask_storeu_ps(out + 16 * v, left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1), y);
+        }
+    }
+}
+
+void tile_avx512(const Bf16Tile& t) {
+    int row = 0;
+    for (; row + kBf16Rows <= t.rows; row += kBf16Rows) rows_avx512<kBf16Rows>(t, row);
+    switch (t.rows - row) {
+        case 7: rows_avx512<7>(t, row); break;
+        case 6: rows_avx512<6>(t, row); break;
+        case 5: rows_avx512<5>(t, row); break;
+        case 4: rows_avx512<4>(t, row); break;
+        case 3: rows_avx512<3>(t, row); break;
+        case 2: rows_avx512<2>(t, row); break;
+        case 1: rows_avx512<1>(t, row); break;
+        default: break;
+    }
+}
+
+// vcvtne2ps2bf16 puts the second operand's 16 conversions in the low half; vpermw interleaves the halves.
+void pairs_avx512(const float* even, const float* odd, uint32_t* out, int count) {
+    alignas(64) static const uint16_t interleave[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                                         8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i order = _mm512_load_si512(interleave);
+    for (int i = 0; i < count; i += 16) {
+        const int left = count - i;
+        const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+        const __m512 e = _mm512_maskz_loadu_ps(mask, even + i);
+        const __m512 o = odd ? _mm512_maskz_loadu_ps(mask, odd + i) : _mm512_setzero_ps();
+        const __m512i words = _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(o, e));
+        _mm512_mask_storeu_epi32(out + i, mask, words);
+    }
+}
+
+}  // namespace
+
+Bf16PairKernel bf16_pairs_avx512() {
+    const CpuFeatures& f = cpu_features();
+    return f.avx512f && f.avx512bw && f.avx512_bf16 ? pairs_avx512 : nullptr;
+}
+
+Bf16TileKernel bf16_tile_avx512() {
+    const CpuFeatures& f = cpu_features();
+    return f.avx512f && f.avx512bw && f.avx512_bf16 ? tile_avx512 : nullptr;
+}
+
+}  // namespace edge
+
+#pragma GCC pop_options
+
+#else
+
+namespace edge {
+Bf16TileKernel bf16_tile_avx512() { return nullptr; }
+Bf16PairKernel bf16_pairs_avx512() { return nullptr; }
+}  // namespace edge
+
+#endif

@@ -1,0 +1,214 @@
+// bf16_conv: a 2-D convolution of an f32 (C, H, W) tensor in ONNX order (groups, stride, padding, dilation,
+// optional bias) computed in bfloat16 as INT8_SPEC rule 20 fixes it: inputs and weights rounded to bfloat16,
+// products added to a float32 accumulator pair by pair (vdpbf16ps's order), then the bias; float32 out.
+//
+// Per group it is a GEMM: rows are the group's output channels; the reduction runs over the taps, and within a
+// tap over pairs of the group's input channels (an odd count ends with a zero channel). The op first converts
+// its input once into that form: per group, [channel pairs][wide_h][wide_w] 32-bit words of two bfloat16, with
+// a zero border of the padding, so every window read is in bounds. A stride-1 conv then reads its GEMM
+// operand straight from there: numbering output pixels over the wide width, tap (a, b) of pixel q is word
+// q + (a * dilation) * wide_w + b * dilation, so a tile of kBf16TilePixels consecutive wide pixels is one
+// contiguous run per pair (the columns past out_w are computed and dropped). A strided conv copies its
+// tile's words into a packed [pairs][kBf16TilePixels] block first. Work is split into (sample, group, tile)
+// units; weights are packed into pairs when the plan loads.
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "bf16.h"
+#include "float_region.h"
+#include "op_registry.h"
+
+namespace edge {
+
+namespace {
+
+class Bf16Conv final : public Operator {
+  public:
+    Bf16Conv(const Attributes& attrs, BuildContext& context) {
+        in_c_ = attrs.get_int("in_c"), in_h_ = attrs.get_int("in_h"), in_w_ = attrs.get_int("in_w");
+        out_c_ = attrs.get_int("out_c"), out_h_ = attrs.get_int("out_h"), out_w_ = attrs.get_int("out_w");
+        groups_ = attrs.get_int("groups");
+        kernel_h_ = attrs.get_int("kernel_h"), kernel_w_ = attrs.get_int("kernel_w");
+        stride_h_ = attrs.get_int("stride_h"), stride_w_ = attrs.get_int("stride_w");
+        dilation_h_ = attrs.get_int("dilation_h"), dilation_w_ = attrs.get_int("dilation_w");
+        pad_top_ = attrs.get_int("pad_top"), pad_left_ = attrs.get_int("pad_left");
+        check_positive({in_c_, in_h_, in_w_, out_c_, out_h_, out_w_, groups_, kernel_h_, kernel_w_, stride_h_, stride_w_,
+                        dilation_h_, dilation_w_}, "bf16_conv");
+        if (in_c_ % groups_ || out_c_ % groups_)
+            throw std::invalid_argument("bf16_conv: channels do not divide into groups");
+        const int64_t extent_h = static_cast<int64_t>(kernel_h_ - 1) * dilation_h_ + 1;
+        const int64_t extent_w = static_cast<int64_t>(kernel_w_ - 1) * dilation_w_ + 1;
+        if (extent_h > (1 << 24) || extent_w > (1 << 24))
+            throw std::invalid_argument("bf16_conv: the dilated kernel is too large");
+        if (pad_top_ < 0 || pad_left_ < 0 || pad_top_ >= extent_h || pad_left_ >= extent_w)
+            throw std::invalid_argument("bf16_conv: padding must be smaller than the dilated kernel");
+        group_in_ = in_c_ / groups_, group_out_ = out_c_ / groups_, channel_pairs_ = (group_in_ + 1) / 2;
+        taps_ = kernel_h_ * kernel_w_;
+        element_count({taps_, channel_pairs_, 2}, "bf16_conv");
+        pairs_ = taps_ * channel_pairs_;
+        wide_h_ = static_cast<int>((static_cast<int64_t>(out_h_) - 1) * stride_h_ + extent_h);
+        wide_w_ = static_cast<int>((static_cast<int64_t>(out_w_) - 1) * stride_w_ + extent_w);
+        plane_words_ = element_count({wide_h_, wide_w_}, "bf16_conv");
+        // A wide tile's last pixels read up to kBf16TilePixels + wide_w words past a sample's planes (dropped columns).
+        slack_words_ = static_cast<size_t>(kBf16TilePixels) + wide_w_;
+        sample_words_ = element_count({groups_, channel_pairs_, wide_h_, wide_w_}, "bf16_conv") + slack_words_;
+        const float* weights = context.array<float>(attrs, "weights",
+                                                    element_count({out_c_, group_in_, kernel_h_, kernel_w_}, "bf16_conv"));
+        pack_weights(weights);
+        if (attrs.has("bias")) bias_ = context.array<float>(attrs, "bias", static_cast<size_t>(out_c_));
+        tensors_.inputs = {context.tensor_index(attrs, "input", f32_bytes(element_count({in_c_, in_h_, in_w_}, "bf16_conv")))};
+        tensors_.output = context.tensor_index(attrs, "output", f32_bytes(element_count({out_c_, out_h_, out_w_}, "bf16_conv")));
+        wide_ = stride_h_ == 1 && stride_w_ == 1;
+        offsets_.resize(pairs_);
+        for (int t = 0; t < taps_; ++t)
+            for (int i = 0; i < channel_pairs_; ++i)
+                offsets_[static_cast<size_t>(t) * channel_pairs_ + i] =
+                    wide_ ? static_cast<long>(i) * static_cast<long>(plane_words_) +
+                                static_cast<long>(t / kernel_w_) * dilation_h_ * wide_w_ + static_cast<long>(t % kernel_w_) * dilation_w_
+                          : static_cast<long>(t * channel_pairs_ + i) * kBf16TilePixels;
+        context.need_workspace(sample_words_ * sizeof(uint32_t));
+        context.need_scratch((wide_ ? static_cast<size_t>(group_out_) * kBf16TilePixels
+                                    : static_cast<size_t>(pairs_) * kBf16TilePixels) * sizeof(uint32_t) + 64);
+        low_ = attrs.has("low") ? attrs.get_float("low") : -std::numeric_limits<float>::infinity();
+        high_ = attrs.has("high") ? attrs.get_float("high") : std::numeric_limits<float>::infinity();
+        if (!(low_ <= high_)) throw std::invalid_argument("bf16_conv: the clamp's low bound is above its high bound");
+        const bool native = std::strcmp(context.backend().name, "avx512") == 0 && bf16_tile_avx512() && bf16_pairs_avx512();
+        kernel_ = native ? bf16_tile_avx512() : bf16_tile_exact;
+        pairs_kernel_ = native ? bf16_pairs_avx512() : bf16_pairs_exact;
+    }
+
+    void run(const ExecutionContext& context) const override {
+        const float* in = reinterpret_cast<const float*>(context.tensor(tensors_.inputs[0]));
+        float* out = reinterpret_cast<float*>(context.tensor(tensors_.output));
+        uint32_t* words = static_cast<uint32_t*>(context.workspace());
+        const int rows = context.batch * groups_ * channel_pairs_ * wide_h_;
+        context.scheduler.parallel(rows, 16, [&](int begin, int end, int) { convert(in, words, begin, end); });
+        for (int n = 0; n < context.batch; ++n)
+            std::fill(words + (n + 1) * sample_words_ - slack_words_, words + (n + 1) * sample_words_, 0u);
+        const int pixels = wide_ ? out_h_ * wide_w_ : out_h_ * out_w_;
+        const int tiles = (pixels + kBf16TilePixels - 1) / kBf16TilePixels;
+        context.scheduler.parallel(context.batch * groups_ * tiles, 1, [&](int begin, int end, int thread) {
+            uint32_t* scratch = static_cast<uint32_t*>(context.scratch(thread));
+            for (int unit = begin; unit < end; ++unit) {
+                const int tile = unit % tiles, group = unit / tiles % groups_, n = unit / tiles / groups_;
+                const int first = tile * kBf16TilePixels, count = std::min(kBf16TilePixels, pixels - first);
+                const uint32_t* source = words + static_cast<size_t>(n) * sample_words_ +
+                                         static_cast<size_t>(group) * channel_pairs_ * plane_words_;
+                float* target = out + (static_cast<size_t>(n) * out_c_ + static_cast<size_t>(group) * group_out_) *
+                                          out_h_ * out_w_;
+                Bf16Tile t;
+                t.offsets = offsets_.data();
+                t.w = weights_.data() + static_cast<size_t>(group) * group_out_ * pairs_;
+                t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ : nullptr;
+                t.rows = group_out_, t.pairs = pairs_, t.pixels = count;
+                t.low = low_, t.high = high_;
+                if (wide_) {
+                    t.x = source + first;
+                    t.out = reinterpret_cast<float*>(scratch), t.row_stride = kBf16TilePixels;
+                    kernel_(t);
+                    drop_wide_columns(t.out, first, count, target);
+                } else {
+                    pack_tile(source, first, count, scratch);
+                    t.x = scratch;
+                    t.out = target + first, t.row_stride = out_h_ * out_w_;
+                    kernel_(t);
+                }
+            }
+        });
+    }
+
+  private:
+    // weights (out_c, group_in, kh, kw) -> [out_c][tap][channel pair] words, an odd group's last pair (w, 0).
+    void pack_weights(const float* weights) {
+        weights_.assign(static_cast<size_t>(out_c_) * pairs_, 0);
+        for (int o = 0; o < out_c_; ++o) {
+            const float* w = weights + static_cast<size_t>(o) * group_in_ * taps_;
+            for (int t = 0; t < taps_; ++t)
+                for (int i = 0; i < channel_pairs_; ++i) {
+                    const int c = 2 * i;
+                    const float even = w[static_cast<size_t>(c) * taps_ + t];
+                    const float odd = c + 1 < group_in_ ? w[static_cast<size_t>(c + 1) * taps_ + t] : 0.0f;
+                    weights_[static_cast<size_t>(o) * pairs_ + static_cast<size_t>(t) * channel_pairs_ + i] = bf16_pair(even, odd);
+                }
+        }
+    }
+
+    // Wide rows [begin, end) of (sample, group, channel pair, wide row): two input channels as bfloat16 pairs,
+    // zero in the border and for the missing odd channel.
+    void convert(const float* in, uint32_t* words, int begin, int end) const {
+        for (int row = begin; row < end; ++row) {
+            const int y = row % wide_h_ - pad_top_, pair = row / wide_h_ % channel_pairs_;
+            const int group = row / wide_h_ / channel_pairs_ % groups_, n = row / wide_h_ / channel_pairs_ / groups_;
+            uint32_t* target = words + static_cast<size_t>(n) * sample_words_ +
+                               (static_cast<size_t>(group) * channel_pairs_ + pair) * plane_words_ +
+                               static_cast<size_t>(row % wide_h_) * wide_w_;
+            const int channel = group * group_in_ + 2 * pair;
+            const bool has_odd = 2 * pair + 1 < group_in_;
+            if (y < 0 || y >= in_h_) {
+                std::fill(target, target + wide_w_, 0u);
+                continue;
+            }
+            const float* even = in + ((static_cast<size_t>(n) * in_c_ + channel) * in_h_ + y) * in_w_;
+            const float* odd = even + static_cast<size_t>(in_h_) * in_w_;
+            const int inside = std::min(in_w_, wide_w_ - pad_left_);
+            std::fill(target, target + pad_left_, 0u);
+            pairs_kernel_(even, has_odd ? odd : nullptr, target + pad_left_, inside);
+            std::fill(target + pad_left_ + inside, target + wide_w_, 0u);
+        }
+    }
+
+    // A strided conv's tile: output pixels [first, first + count) of every (tap, channel pair) into
+    // packed[pair][p], zero past `count`.
+    void pack_tile(const uint32_t* source, int first, int count, uint32_t* packed) const {
+        long base[kBf16TilePixels];
+        for (int p = 0; p < count; ++p)
+            base[p] = static_cast<long>((first + p) / out_w_) * stride_h_ * wide_w_ + static_cast<long>((first + p) % out_w_) * stride_w_;
+        for (int t = 0; t < taps_; ++t) {
+            const long shift = static_cast<long>(t / kernel_w_) * dilation_h_ * wide_w_ + static_cast<long>(t % kernel_w_) * dilation_w_;
+            for (int i = 0; i < channel_pairs_; ++i) {
+                const uint32_t* plane = source + static_cast<size_t>(i) * plane_words_ + shift;
+                uint32_t* target = packed + static_cast<size_t>(t * channel_pairs_ + i) * kBf16TilePixels;
+                for (int p = 0; p < count; ++p) target[p] = plane[base[p]];
+                std::fill(target + count, target + kBf16TilePixels, 0u);
+            }
+        }
+    }
+
+    // The tile's rows of wide pixels [first, first + count) without the columns past out_w, into `target`.
+    void drop_wide_columns(const float* tile, int first, int count, float* target) const {
+        for (int q = first; q < first + count;) {
+            const int y = q / wide_w_, x = q % wide_w_;
+            const int run = std::min(first + count - q, wide_w_ - x);
+            if (x < out_w_) {
+                const int kept = std::min(run, out_w_ - x);
+                for (int r = 0; r < group_out_; ++r)
+                    std::memcpy(target + static_cast<size_t>(r) * out_h_ * out_w_ + static_cast<size_t>(y) * out_w_ + x,
+                                tile + static_cast<size_t>(r) * kBf16TilePixels + (q - first), kept * sizeof(float));
+            }
+            q += run;
+        }
+    }
+
+    int in_c_, in_h_, in_w_, out_c_, out_h_, out_w_, groups_, kernel_h_, kernel_w_, stride_h_, stride_w_;
+    int dilation_h_, dilation_w_, pad_top_, pad_left_, group_in_, group_out_, channel_pairs_, taps_, pairs_;
+    int wide_h_, wide_w_;
+    size_t plane_words_, sample_words_, slack_words_;
+    bool wide_;
+    float low_, high_;
+    std::vector<uint32_t> weights_;
+    std::vector<long> offsets_;
+    const float* bias_ = nullptr;
+    Bf16TileKernel kernel_ = nullptr;
+    Bf16PairKernel pairs_kernel_ = nullptr;
+};
+
+std::unique_ptr<Operator> make_bf16_conv(const Attributes& attrs, BuildContext& context) {
+    return std::make_unique<Bf16Conv>(attrs, context);
+}
+
+}  // namespace
+
+EDGE_REGISTER_OP("bf16_conv", make_bf16_conv);
+
+}  // namespace edge
