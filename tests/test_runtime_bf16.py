@@ -1,0 +1,106 @@
+"""compile(..., precision="bf16"): float convs run in bfloat16 by INT8_SPEC rule 20 (bf16 inputs and weights,
+float32 accumulation in vdpbf16ps's order), bit for bit equal to ReferenceModel(precision="bf16") on every kernel
+path this CPU has (vdpbf16ps where it has AVX512_BF16, the exact float32 form elsewhere), and close to float32."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_edge.runtime import available_kernels, compile, load
+from lightning_edge.runtime.edge_format import read_edge
+from lightning_edge.runtime.reference import ReferenceError, ReferenceModel, bf16_round
+
+KERNELS = available_kernels()
+
+
+def export(model: nn.Module, path, shape) -> np.ndarray:
+    torch.manual_seed(0)
+    model.eval()
+    x = torch.randn(*shape)
+    torch.onnx.export(model, x, str(path), opset_version=17, dynamo=False)
+    return x.numpy()
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_bf16_rounding_is_round_to_nearest_even_with_denormals_flushed():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(10000) * 10.0 ** rng.integers(-30, 30, 10000)).astype(np.float32)
+    assert same_bits(bf16_round(x), torch.from_numpy(x).to(torch.bfloat16).float().numpy())
+    ties = np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8], np.float32)  # halfway: to the even neighbour
+    assert bf16_round(ties).tolist() == [1.0, 1 + 2 ** -6]
+    tiny = np.array([1e-40, -1e-40], np.float32)
+    assert same_bits(bf16_round(tiny), np.array([0.0, -0.0], np.float32))
+    assert np.isnan(bf16_round(np.array([np.nan], np.float32))).all()
+
+
+@pytest.mark.parametrize("geometry", [
+    dict(i=3, o=8, k=3, s=2, p=1, g=1, d=1),    # strided stem (packed tiles)
+    dict(i=8, o=8, k=3, s=1, p=2, g=4, d=2),    # grouped, dilated (wide tiles)
+    dict(i=8, o=8, k=3, s=1, p=1, g=8, d=1),    # depthwise
+    dict(i=16, o=24, k=1, s=1, p=0, g=1, d=1),  # pointwise
+    dict(i=5, o=13, k=5, s=2, p=2, g=1, d=1),   # odd channel count, ragged row block
+    dict(i=32, o=17, k=1, s=2, p=0, g=1, d=1),  # strided pointwise
+])
+def test_bf16_conv_matches_the_reference_bit_for_bit(tmp_path, geometry):
+    g = geometry
+    conv = nn.Conv2d(g["i"], g["o"], g["k"], stride=g["s"], padding=g["p"], groups=g["g"], dilation=g["d"])
+    x = export(conv, tmp_path / "conv.onnx", (3, g["i"], 13, 11))
+    plan = compile(tmp_path / "conv.onnx", tmp_path / "conv.edge", select=False, precision="bf16")
+    assert [op.kind for op in plan.ops] == ["float_input", "bf16_conv", "float_output"]
+    want = ReferenceModel(str(tmp_path / "conv.onnx"), precision="bf16").run(x)[0]
+    for kernels in KERNELS:
+        assert same_bits(load(tmp_path / "conv.edge", kernels=kernels).run(x), want), kernels
+
+
+class Block(nn.Module):
+    """A residual block with ReLU6 and a depthwise conv, ending in a conv: every value the reference and the
+    runtime compute is a bf16 conv or a one-step float32 elementwise op, so the whole output is bit-exact."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.expand = nn.Conv2d(16, 32, 1)
+        self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.project = nn.Conv2d(32, 16, 1)
+        self.head = nn.Conv2d(16, 10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = nn.functional.relu6(self.depthwise(nn.functional.relu6(self.expand(x))))
+        return self.head(torch.relu(self.project(y) + x))
+
+
+def test_bf16_block_is_bit_exact_and_fuses_its_activations(tmp_path):
+    x = export(Block(), tmp_path / "block.onnx", (4, 3, 24, 24))
+    compile(tmp_path / "block.onnx", tmp_path / "block.edge", select=False, precision="bf16")
+    plan, _ = read_edge(tmp_path / "block.edge")
+    convs = [op for op in plan["ops"] if op["kind"] == "bf16_conv"]
+    assert [(op.get("low"), op.get("high")) for op in convs] == [(0.0, None), (0.0, 6.0), (0.0, 6.0), (None, None), (None, None)]
+    assert sum(op["kind"] == "float_expression" for op in plan["ops"]) == 1  # the residual add and its ReLU
+    want = ReferenceModel(str(tmp_path / "block.onnx"), precision="bf16").run(x)[0]
+    for kernels in KERNELS:
+        assert same_bits(load(tmp_path / "block.edge", kernels=kernels).run(x), want), kernels
+
+
+def test_bf16_network_stays_close_to_float32(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    x = export(model, tmp_path / "net.onnx", (4, 3, 64, 64))
+    compile(tmp_path / "net.onnx", tmp_path / "bf16.edge", select=False, precision="bf16")
+    got = load(tmp_path / "bf16.edge").run(x)
+    want = model(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+
+
+def test_unknown_precision_is_refused(tmp_path):
+    export(nn.Conv2d(3, 4, 3), tmp_path / "conv.onnx", (1, 3, 8, 8))
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; use one of fp32, bf16"):
+        compile(tmp_path / "conv.onnx", tmp_path / "conv.edge", precision="fp16")
+    with pytest.raises(ReferenceError, match="unknown precision"):
+        ReferenceModel(str(tmp_path / "conv.onnx"), precision="int4")
