@@ -118,7 +118,7 @@ def _compile(args: argparse.Namespace) -> int:
 
     output = args.output or str(Path(args.onnx).with_suffix(".edge"))
     plan = compile(args.onnx, output, select=not args.no_select, tune_batch=args.tune_batch, threads=args.threads,
-                   input_shape=args.input_shape)
+                   input_shape=args.input_shape, precision=args.precision)
     convs = [op for op in plan.ops if isinstance(op, ConvOp)]
     folded = sum(op.skip is not None for op in convs)
     print(f"{output}: {len(plan.ops)} ops ({len(convs)} conv/linear, {folded} with a folded residual add), "
@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--threads", type=int, help="threads the kernel timings use (default: all cores)")
     compile_.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
                           help="the input's size, for a file exported with dynamic height and width")
+    compile_.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                          help="arithmetic of the float convs: fp32, or bf16 (vdpbf16ps on AVX512_BF16; INT8_SPEC rule 20)")
     compile_.set_defaults(handler=_compile)
     inspect = commands.add_parser("inspect", help="a .edge file layer by layer: op, fusion, kernel, MACs, bytes")
     inspect.add_argument("edge")

@@ -59,7 +59,8 @@ def test_bf16_conv_matches_the_reference_bit_for_bit(tmp_path, geometry):
 
 class Block(nn.Module):
     """A residual block with ReLU6 and a depthwise conv, ending in a conv: every value the reference and the
-    runtime compute is a bf16 conv or a one-step float32 elementwise op, so the whole output is bit-exact."""
+    runtime compute is a bf16 conv or a one-step float32 elementwise op, so the whole output is bit-exact.
+    The residual add and ReLU fuse into the conv before them; ``shared`` keeps one sum unfused (read twice)."""
 
     def __init__(self):
         super().__init__()
@@ -75,13 +76,14 @@ class Block(nn.Module):
         return self.head(torch.relu(self.project(y) + x))
 
 
-def test_bf16_block_is_bit_exact_and_fuses_its_activations(tmp_path):
+def test_bf16_block_is_bit_exact_and_fuses_its_activations_and_residual_add(tmp_path):
     x = export(Block(), tmp_path / "block.onnx", (4, 3, 24, 24))
     compile(tmp_path / "block.onnx", tmp_path / "block.edge", select=False, precision="bf16")
     plan, _ = read_edge(tmp_path / "block.edge")
     convs = [op for op in plan["ops"] if op["kind"] == "bf16_conv"]
-    assert [(op.get("low"), op.get("high")) for op in convs] == [(0.0, None), (0.0, 6.0), (0.0, 6.0), (None, None), (None, None)]
-    assert sum(op["kind"] == "float_expression" for op in plan["ops"]) == 1  # the residual add and its ReLU
+    assert [(op.get("low"), op.get("high")) for op in convs] == [(0.0, None), (0.0, 6.0), (0.0, 6.0), (0.0, None), (None, None)]
+    assert [op.get("skip") is not None for op in convs] == [False, False, False, True, False]  # project + x, then ReLU
+    assert not any(op["kind"] == "float_expression" for op in plan["ops"])
     want = ReferenceModel(str(tmp_path / "block.onnx"), precision="bf16").run(x)[0]
     for kernels in KERNELS:
         assert same_bits(load(tmp_path / "block.edge", kernels=kernels).run(x), want), kernels
@@ -104,3 +106,26 @@ def test_unknown_precision_is_refused(tmp_path):
         compile(tmp_path / "conv.onnx", tmp_path / "conv.edge", precision="fp16")
     with pytest.raises(ReferenceError, match="unknown precision"):
         ReferenceModel(str(tmp_path / "conv.onnx"), precision="int4")
+
+
+class SharedSum(nn.Module):
+    """A conv + residual sum that two ops read: the add cannot be fused and runs as its own float op."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x) + x
+        return torch.relu(y) * y
+
+
+def test_bf16_sum_read_twice_is_not_fused(tmp_path):
+    x = export(SharedSum(), tmp_path / "shared.onnx", (2, 4, 9, 9))
+    compile(tmp_path / "shared.onnx", tmp_path / "shared.edge", select=False, precision="bf16")
+    plan, _ = read_edge(tmp_path / "shared.edge")
+    conv = next(op for op in plan["ops"] if op["kind"] == "bf16_conv")
+    assert conv.get("skip") is None and conv.get("low") is None
+    want = ReferenceModel(str(tmp_path / "shared.onnx"), precision="bf16").run(x)[0]
+    for kernels in KERNELS:
+        assert same_bits(load(tmp_path / "shared.edge", kernels=kernels).run(x), want), kernels

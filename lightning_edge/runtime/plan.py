@@ -549,9 +549,12 @@ class Bf16ConvOp(FloatConvOp):
     """``FloatConvOp``'s convolution in bfloat16 (``compile(..., precision="bf16")``): inputs and weights rounded to
     bfloat16, products added pairwise to a float32 accumulator in vdpbf16ps's order, then the bias (INT8_SPEC rule
     20). The weights are stored as float32 values that are exactly bfloat16 (the loader packs them into pairs).
-    A Relu or Clip that alone reads the conv's result is fused into it (``low``, ``high``; NaN passes through)."""
+    An Add of another float tensor and a Relu or Clip that alone read the conv's result are fused into it
+    (``skip``, then ``low``, ``high``; NaN passes through): the same float32 steps, in the same order."""
 
     KIND = "bf16_conv"
+    INPUTS = ("input", "skip")
+    skip: int | None = None             # a residual Add after the conv, fused: y + skip (same shape), before the clamp
     low: float | None = None            # a Relu or Clip after the conv, fused: max(y, low) then min(y, high)
     high: float | None = None
 

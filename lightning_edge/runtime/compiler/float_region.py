@@ -101,33 +101,61 @@ def _evaluated(c: GraphCompiler, expression: Expression) -> FloatTensor:
 
     if is_move(expression.node):
         return move_float(c, expression.node, [to_float(c, expression.node, expression.operands[0])])[expression.node.output[0]]
-    fused = _fused_clamp(c, expression)
+    fused = _fused_epilogue(c, expression)
     if fused is not None:
         return fused
     return float_expression(c, expression, f"{expression.node.output[0]}")
 
 
-def _fused_clamp(c: GraphCompiler, expression: Expression) -> FloatTensor | None:
-    """A Relu or Clip (constant bounds) whose operand is a bf16_conv's result that nothing else reads: the conv
-    clamps its own output (its epilogue) and its tensor is the result; None where it cannot."""
-    node, source = expression.node, expression.operands[0] if expression.operands else None
-    if node.op_type not in ("Relu", "Clip") or not isinstance(source, FloatTensor):
+def _fused_epilogue(c: GraphCompiler, expression: Expression) -> FloatTensor | None:
+    """``relu(conv + other)``, ``conv + other`` or ``relu(conv)`` (Relu or Clip with constant bounds) where ``conv``
+    is a bf16_conv's result that nothing else reads and ``other`` a float tensor of its shape computed before it:
+    the conv adds and clamps in its own epilogue and its tensor is the result; None where it cannot."""
+    node, low, high, inner = expression.node, -math.inf, math.inf, expression
+    if node.op_type in ("Relu", "Clip"):
+        try:
+            low, high = (0.0, math.inf) if node.op_type == "Relu" else c.clip_bounds(node)
+        except CompileError:  # a bound computed at run time
+            return None
+        inner = expression.operands[0] if expression.operands else None
+    skip = None
+    if isinstance(inner, Expression) and inner.node.op_type == "Add" and len(inner.operands) == 2:
+        conv_side = [operand for operand in inner.operands if _lone_bf16_result(c, operand, inner.node)]
+        if not conv_side:
+            return None
+        conv_result = conv_side[0]
+        other = inner.operands[1] if inner.operands[0] is conv_result else inner.operands[0]
+        if isinstance(other, Expression) and ("expression", id(other)) in c.float_copies:
+            other = c.float_copies[("expression", id(other))][1]  # evaluated already (a block's input)
+        if not isinstance(other, FloatTensor) or other.shape != conv_result.shape or other.producer is None or \
+                c.ops.index(other.producer) > c.ops.index(conv_result.producer):
+            return None
+        skip, inner_node = other.index, inner.node
+    elif _lone_bf16_result(c, inner, node):
+        conv_result, inner_node = inner, None
+    else:
         return None
-    conv = source.producer
-    if not isinstance(conv, Bf16ConvOp) or conv.low is not None or conv.high is not None:
-        return None
-    name = c.tensors[source.index].name
-    if name in c.outputs or [reader.name for reader in c.readers.get(name, [])] != [node.name]:
-        return None
-    try:
-        low, high = (0.0, math.inf) if node.op_type == "Relu" else c.clip_bounds(node)
-    except CompileError:  # a bound computed at run time
-        return None
+    if inner_node is not None and inner is not expression and \
+            [reader.name for reader in c.readers.get(inner_node.output[0], [])] != [node.name]:
+        return None  # the sum is read elsewhere too
+    conv = conv_result.producer
+    conv.skip = skip
     conv.low = None if low == -math.inf else float(np.float32(low))
     conv.high = None if high == math.inf else float(np.float32(high))
-    conv.nodes = [*conv.nodes, node.name]
-    c.tensors[source.index].name = node.output[0]  # the tensor holds the clamped values (what a trace shows)
-    return source
+    conv.nodes = [*conv.nodes, *([inner_node.name] if inner_node is not None else []), *([node.name] if inner is not expression else [])]
+    c.tensors[conv_result.index].name = node.output[0]  # the tensor holds the epilogue's values (what a trace shows)
+    return conv_result
+
+
+def _lone_bf16_result(c: GraphCompiler, operand: Any, reader: Any) -> bool:
+    """``operand`` is a bf16_conv's result with no epilogue yet, read by ``reader`` alone and not a graph output."""
+    if not isinstance(operand, FloatTensor) or not isinstance(operand.producer, Bf16ConvOp):
+        return False
+    conv = operand.producer
+    if conv.skip is not None or conv.low is not None or conv.high is not None:
+        return False
+    name = c.tensors[operand.index].name
+    return name not in c.outputs and [r.name for r in c.readers.get(name, [])] == [reader.name]
 
 
 def to_codes(c: GraphCompiler, quantizer: Any, value: FloatTensor, grid: tuple[float, int, int, int]) -> Tensor:

@@ -58,7 +58,9 @@ class Bf16Conv final : public Operator {
         pack_weights(weights);
         if (attrs.has("bias")) bias_ = context.array<float>(attrs, "bias", static_cast<size_t>(out_c_));
         tensors_.inputs = {context.tensor_index(attrs, "input", f32_bytes(element_count({in_c_, in_h_, in_w_}, "bf16_conv")))};
-        tensors_.output = context.tensor_index(attrs, "output", f32_bytes(element_count({out_c_, out_h_, out_w_}, "bf16_conv")));
+        const size_t output_bytes = f32_bytes(element_count({out_c_, out_h_, out_w_}, "bf16_conv"));
+        tensors_.output = context.tensor_index(attrs, "output", output_bytes);
+        if (attrs.has("skip")) tensors_.inputs.push_back(context.tensor_index(attrs, "skip", output_bytes));
         wide_ = stride_h_ == 1 && stride_w_ == 1;
         offsets_.resize(pairs_);
         for (int t = 0; t < taps_; ++t)
@@ -81,6 +83,7 @@ class Bf16Conv final : public Operator {
     void run(const ExecutionContext& context) const override {
         const float* in = reinterpret_cast<const float*>(context.tensor(tensors_.inputs[0]));
         float* out = reinterpret_cast<float*>(context.tensor(tensors_.output));
+        const float* skip = tensors_.inputs.size() > 1 ? reinterpret_cast<const float*>(context.tensor(tensors_.inputs[1])) : nullptr;
         uint32_t* words = static_cast<uint32_t*>(context.workspace());
         const int rows = context.batch * groups_ * channel_pairs_ * wide_h_;
         context.scheduler.parallel(rows, 16, [&](int begin, int end, int) { convert(in, words, begin, end); });
@@ -102,17 +105,24 @@ class Bf16Conv final : public Operator {
                 t.w = weights_.data() + static_cast<size_t>(group) * group_out_ * pairs_;
                 t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ : nullptr;
                 t.rows = group_out_, t.pairs = pairs_, t.pixels = count;
-                t.low = low_, t.high = high_;
+                // With a residual add the clamp comes after it, in add_and_clamp.
+                t.low = skip ? -std::numeric_limits<float>::infinity() : low_;
+                t.high = skip ? std::numeric_limits<float>::infinity() : high_;
                 if (wide_) {
                     t.x = source + first;
                     t.out = reinterpret_cast<float*>(scratch), t.row_stride = kBf16TilePixels;
                     kernel_(t);
-                    drop_wide_columns(t.out, first, count, target);
+                    drop_wide_columns(t.out, first, count, target, skip ? skip + (target - out) : nullptr);
                 } else {
                     pack_tile(source, first, count, scratch);
                     t.x = scratch;
                     t.out = target + first, t.row_stride = out_h_ * out_w_;
                     kernel_(t);
+                    if (skip)
+                        for (int r = 0; r < group_out_; ++r) {
+                            const size_t at = static_cast<size_t>(r) * out_h_ * out_w_ + first;
+                            add_and_clamp(target + at, skip + (target - out) + at, count);
+                        }
                 }
             }
         });
@@ -175,16 +185,28 @@ class Bf16Conv final : public Operator {
         }
     }
 
-    // The tile's rows of wide pixels [first, first + count) without the columns past out_w, into `target`.
-    void drop_wide_columns(const float* tile, int first, int count, float* target) const {
+    // y = clamp(y + skip) over `count` outputs: the fused residual add, then the Relu/Clip.
+    void add_and_clamp(float* y, const float* skip, int count) const {
+        for (int i = 0; i < count; ++i) {
+            float value = y[i] + skip[i];
+            value = value < low_ ? low_ : value;
+            y[i] = high_ < value ? high_ : value;
+        }
+    }
+
+    // The tile's rows of wide pixels [first, first + count) without the columns past out_w, into `target`
+    // (plus `skip` at the same place, then clamped, where the conv has a fused residual add).
+    void drop_wide_columns(const float* tile, int first, int count, float* target, const float* skip) const {
         for (int q = first; q < first + count;) {
             const int y = q / wide_w_, x = q % wide_w_;
             const int run = std::min(first + count - q, wide_w_ - x);
             if (x < out_w_) {
                 const int kept = std::min(run, out_w_ - x);
-                for (int r = 0; r < group_out_; ++r)
-                    std::memcpy(target + static_cast<size_t>(r) * out_h_ * out_w_ + static_cast<size_t>(y) * out_w_ + x,
-                                tile + static_cast<size_t>(r) * kBf16TilePixels + (q - first), kept * sizeof(float));
+                for (int r = 0; r < group_out_; ++r) {
+                    const size_t at = static_cast<size_t>(r) * out_h_ * out_w_ + static_cast<size_t>(y) * out_w_ + x;
+                    std::memcpy(target + at, tile + static_cast<size_t>(r) * kBf16TilePixels + (q - first), kept * sizeof(float));
+                    if (skip) add_and_clamp(target + at, skip + at, kept);
+                }
             }
             q += run;
         }
