@@ -45,11 +45,14 @@ def test_bf16_rounding_is_round_to_nearest_even_with_denormals_flushed():
     dict(i=16, o=24, k=1, s=1, p=0, g=1, d=1),  # pointwise
     dict(i=5, o=13, k=5, s=2, p=2, g=1, d=1),   # odd channel count, ragged row block
     dict(i=32, o=17, k=1, s=2, p=0, g=1, d=1),  # strided pointwise
+    dict(i=8, o=8, k=3, s=2, p=1, g=8, d=1, size=(37, 41)),  # depthwise, strided, rows past 16 lanes
+    dict(i=4, o=8, k=5, s=1, p=2, g=4, d=1, size=(9, 35)),   # depthwise with a channel multiplier of 2
+    dict(i=6, o=6, k=3, s=3, p=1, g=6, d=2, size=(20, 50)),  # depthwise, stride 3, dilated
 ])
 def test_bf16_conv_matches_the_reference_bit_for_bit(tmp_path, geometry):
     g = geometry
     conv = nn.Conv2d(g["i"], g["o"], g["k"], stride=g["s"], padding=g["p"], groups=g["g"], dilation=g["d"])
-    x = export(conv, tmp_path / "conv.onnx", (3, g["i"], 13, 11))
+    x = export(conv, tmp_path / "conv.onnx", (3, g["i"], *g.get("size", (13, 11))))
     plan = compile(tmp_path / "conv.onnx", tmp_path / "conv.edge", select=False, precision="bf16")
     assert [op.kind for op in plan.ops] == ["float_input", "bf16_conv", "float_output"]
     want = ReferenceModel(str(tmp_path / "conv.onnx"), precision="bf16").run(x)[0]

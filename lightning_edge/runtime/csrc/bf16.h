@@ -63,6 +63,25 @@ void bf16_pairs_exact(const float* even, const float* odd, uint32_t* out, int co
 // vcvtne2ps2bf16 (nullptr where the build or CPU has no AVX512_BF16).
 Bf16PairKernel bf16_pairs_avx512();
 
+// One output plane of a depthwise bf16_conv (one input channel per group): the plane's bfloat16 values are
+// the low halves of `words` ([wide_h][wide_w], the converted input with its border); weights are the
+// channel's taps (bfloat16 values as float32, row-major). Rule 20's order for one input channel is one
+// fused multiply-add per tap in row-major order (the pair's zero channel adds nothing), then the bias, the
+// skip (or nullptr) and the clamp, as in the GEMM form.
+struct Bf16DepthwisePlane {
+    const uint32_t* words;
+    const float* weights;
+    float bias;
+    const float* skip;
+    float* out;
+    int wide_w, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w;
+    float low, high;
+};
+
+using Bf16DepthwiseKernel = void (*)(const Bf16DepthwisePlane& plane);
+// float32 fma with FTZ on AVX-512F (nullptr where the build or CPU lacks it).
+Bf16DepthwiseKernel bf16_depthwise_avx512();
+
 // The exact float32 implementation (any CPU).
 void bf16_tile_exact(const Bf16Tile& tile);
 // vdpbf16ps (nullptr where the build or CPU has no AVX512_BF16).

@@ -4,6 +4,7 @@
 // tile's three vectors of packed inputs once and broadcasts each row's weight pair, so one vdpbf16ps does 32
 // multiply-adds and the inputs are read once per 8 rows. vdpbf16ps adds the odd element's product, then the
 // even one's, each rounded to float32 with denormal results flushed; the exact form spells out the same steps.
+#include <algorithm>
 #include <cfloat>
 
 #include "bf16.h"
@@ -118,7 +119,63 @@ void pairs_avx512(const float* even, const float* odd, uint32_t* out, int count)
     }
 }
 
+// Output pixels in lanes, 16 of a row at a time; a stride-2 row gathers the even words of two loads. The
+// accumulator chain per pixel is rule 20's: +0, then one fma per tap (MXCSR's FTZ flushes denormal results,
+// as vdpbf16ps does; inputs are bfloat16 values, never denormal).
+template <int Stride>  // 1, 2, or 0 for any other stride
+inline __m512i depthwise_words(const uint32_t* row, int left, int stride, __mmask16 mask) {
+    if (Stride == 1) return _mm512_maskz_loadu_epi32(mask, row);
+    if (Stride == 2) {
+        const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        const __mmask16 first = left >= 8 ? __mmask16(0xffff) : __mmask16((1u << (2 * left - 1)) - 1);
+        const __mmask16 second = left >= 16 ? __mmask16(0x7fff) : left > 8 ? __mmask16((1u << (2 * (left - 8) - 1)) - 1) : __mmask16(0);
+        return _mm512_permutex2var_epi32(_mm512_maskz_loadu_epi32(first, row), evens, _mm512_maskz_loadu_epi32(second, row + 16));
+    }
+    alignas(64) uint32_t gathered[16] = {};
+    for (int i = 0; i < std::min(left, 16); ++i) gathered[i] = row[static_cast<long>(i) * stride];
+    return _mm512_load_si512(gathered);
+}
+
+template <int Stride>
+void depthwise_rows(const Bf16DepthwisePlane& d) {
+    const __m512 bias = _mm512_set1_ps(d.bias), low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
+    const long step_y = static_cast<long>(d.dilation_h) * d.wide_w;
+    for (int y = 0; y < d.out_h; ++y) {
+        const uint32_t* top = d.words + static_cast<long>(y) * d.stride_h * d.wide_w;
+        for (int x = 0; x < d.out_w; x += 16) {
+            const int left = d.out_w - x;
+            const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+            __m512 acc = _mm512_setzero_ps();
+            const float* w = d.weights;
+            const uint32_t* row = top + static_cast<long>(x) * d.stride_w;
+            for (int a = 0; a < d.kernel_h; ++a, row += step_y)
+                for (int b = 0; b < d.kernel_w; ++b, ++w) {
+                    const __m512i words = depthwise_words<Stride>(row + b * d.dilation_w, left, d.stride_w, mask);
+                    acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(words, 16)), _mm512_set1_ps(*w), acc);
+                }
+            __m512 out = _mm512_add_ps(acc, bias);
+            if (d.skip) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, d.skip + static_cast<long>(y) * d.out_w + x));
+            out = _mm512_min_ps(high, _mm512_max_ps(low, out));
+            _mm512_mask_storeu_ps(d.out + static_cast<long>(y) * d.out_w + x, mask, out);
+        }
+    }
+}
+
+void depthwise_avx512(const Bf16DepthwisePlane& d) {
+    const unsigned saved = _mm_getcsr();
+    _mm_setcsr(saved | 0x8000u);  // FTZ
+    if (d.stride_w == 1) depthwise_rows<1>(d);
+    else if (d.stride_w == 2) depthwise_rows<2>(d);
+    else depthwise_rows<0>(d);
+    _mm_setcsr(saved);
+}
+
 }  // namespace
+
+Bf16DepthwiseKernel bf16_depthwise_avx512() {
+    const CpuFeatures& f = cpu_features();
+    return f.avx512f ? depthwise_avx512 : nullptr;
+}
 
 Bf16PairKernel bf16_pairs_avx512() {
     const CpuFeatures& f = cpu_features();
@@ -139,6 +196,7 @@ Bf16TileKernel bf16_tile_avx512() {
 namespace edge {
 Bf16TileKernel bf16_tile_avx512() { return nullptr; }
 Bf16PairKernel bf16_pairs_avx512() { return nullptr; }
+Bf16DepthwiseKernel bf16_depthwise_avx512() { return nullptr; }
 }  // namespace edge
 
 #endif

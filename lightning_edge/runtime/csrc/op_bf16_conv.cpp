@@ -56,6 +56,9 @@ class Bf16Conv final : public Operator {
         const float* weights = context.array<float>(attrs, "weights",
                                                     element_count({out_c_, group_in_, kernel_h_, kernel_w_}, "bf16_conv"));
         pack_weights(weights);
+        if (group_in_ == 1)  // depthwise (any channel multiplier): the taps of each output channel as floats
+            for (size_t i = 0; i < static_cast<size_t>(out_c_) * taps_; ++i)
+                depthwise_weights_.push_back(bf16_value(bf16_bits(weights[i])));
         if (attrs.has("bias")) bias_ = context.array<float>(attrs, "bias", static_cast<size_t>(out_c_));
         tensors_.inputs = {context.tensor_index(attrs, "input", f32_bytes(element_count({in_c_, in_h_, in_w_}, "bf16_conv")))};
         const size_t output_bytes = f32_bytes(element_count({out_c_, out_h_, out_w_}, "bf16_conv"));
@@ -78,6 +81,7 @@ class Bf16Conv final : public Operator {
         const bool native = std::strcmp(context.backend().name, "avx512") == 0 && bf16_tile_avx512() && bf16_pairs_avx512();
         kernel_ = native ? bf16_tile_avx512() : bf16_tile_exact;
         pairs_kernel_ = native ? bf16_pairs_avx512() : bf16_pairs_exact;
+        if (group_in_ == 1 && native) depthwise_kernel_ = bf16_depthwise_avx512();
     }
 
     void run(const ExecutionContext& context) const override {
@@ -89,6 +93,12 @@ class Bf16Conv final : public Operator {
         context.scheduler.parallel(rows, 16, [&](int begin, int end, int) { convert(in, words, begin, end); });
         for (int n = 0; n < context.batch; ++n)
             std::fill(words + (n + 1) * sample_words_ - slack_words_, words + (n + 1) * sample_words_, 0u);
+        if (depthwise_kernel_) {
+            context.scheduler.parallel(context.batch * out_c_, 1, [&](int begin, int end, int) {
+                for (int unit = begin; unit < end; ++unit) depthwise_plane(words, skip, out, unit / out_c_, unit % out_c_);
+            });
+            return;
+        }
         const int pixels = wide_ ? out_h_ * wide_w_ : out_h_ * out_w_;
         const int tiles = (pixels + kBf16TilePixels - 1) / kBf16TilePixels;
         context.scheduler.parallel(context.batch * groups_ * tiles, 1, [&](int begin, int end, int thread) {
@@ -185,6 +195,21 @@ class Bf16Conv final : public Operator {
         }
     }
 
+    // Output channel `o` of sample `n` of a depthwise conv, by the depthwise kernel.
+    void depthwise_plane(const uint32_t* words, const float* skip, float* out, int n, int o) const {
+        const size_t plane = (static_cast<size_t>(n) * out_c_ + o) * out_h_ * out_w_;
+        Bf16DepthwisePlane d;
+        d.words = words + static_cast<size_t>(n) * sample_words_ + static_cast<size_t>(o / group_out_) * plane_words_;
+        d.weights = depthwise_weights_.data() + static_cast<size_t>(o) * taps_;
+        d.bias = bias_ ? bias_[o] : 0.0f;
+        d.skip = skip ? skip + plane : nullptr;
+        d.out = out + plane;
+        d.wide_w = wide_w_, d.out_h = out_h_, d.out_w = out_w_, d.kernel_h = kernel_h_, d.kernel_w = kernel_w_;
+        d.stride_h = stride_h_, d.stride_w = stride_w_, d.dilation_h = dilation_h_, d.dilation_w = dilation_w_;
+        d.low = low_, d.high = high_;
+        depthwise_kernel_(d);
+    }
+
     // y = clamp(y + skip) over `count` outputs: the fused residual add, then the Relu/Clip.
     void add_and_clamp(float* y, const float* skip, int count) const {
         for (int i = 0; i < count; ++i) {
@@ -223,6 +248,8 @@ class Bf16Conv final : public Operator {
     const float* bias_ = nullptr;
     Bf16TileKernel kernel_ = nullptr;
     Bf16PairKernel pairs_kernel_ = nullptr;
+    Bf16DepthwiseKernel depthwise_kernel_ = nullptr;
+    std::vector<float> depthwise_weights_;
 };
 
 std::unique_ptr<Operator> make_bf16_conv(const Attributes& attrs, BuildContext& context) {
