@@ -136,28 +136,48 @@ inline __m512i depthwise_words(const uint32_t* row, int left, int stride, __mmas
     return _mm512_load_si512(gathered);
 }
 
+// Vectors [x, x + 16 * Count) of output row y: Count independent fma chains, so the taps' fma latency overlaps.
+template <int Stride, int Count>
+inline void depthwise_vectors(const Bf16DepthwisePlane& d, const uint32_t* top, int y, int x) {
+    __m512 acc[Count];
+    __mmask16 mask[Count];
+    int left[Count];
+    for (int v = 0; v < Count; ++v) {
+        acc[v] = _mm512_setzero_ps();
+        left[v] = d.out_w - x - 16 * v;
+        mask[v] = left[v] >= 16 ? __mmask16(0xffff) : __mmask16((1u << left[v]) - 1);
+    }
+    const float* w = d.weights;
+    const uint32_t* row = top + static_cast<long>(x) * d.stride_w;
+    for (int a = 0; a < d.kernel_h; ++a, row += static_cast<long>(d.dilation_h) * d.wide_w)
+        for (int b = 0; b < d.kernel_w; ++b, ++w) {
+            const __m512 weight = _mm512_set1_ps(*w);
+#pragma GCC unroll 4
+            for (int v = 0; v < Count; ++v) {
+                const __m512i words = depthwise_words<Stride>(row + b * d.dilation_w + 16 * v * d.stride_w, left[v], d.stride_w, mask[v]);
+                acc[v] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(words, 16)), weight, acc[v]);
+            }
+        }
+    const __m512 bias = _mm512_set1_ps(d.bias), low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
+    for (int v = 0; v < Count; ++v) {
+        const long at = static_cast<long>(y) * d.out_w + x + 16 * v;
+        __m512 out = _mm512_add_ps(acc[v], bias);
+        if (d.skip) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask[v], d.skip + at));
+        out = _mm512_min_ps(high, _mm512_max_ps(low, out));
+        _mm512_mask_storeu_ps(d.out + at, mask[v], out);
+    }
+}
+
 template <int Stride>
 void depthwise_rows(const Bf16DepthwisePlane& d) {
-    const __m512 bias = _mm512_set1_ps(d.bias), low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
-    const long step_y = static_cast<long>(d.dilation_h) * d.wide_w;
     for (int y = 0; y < d.out_h; ++y) {
         const uint32_t* top = d.words + static_cast<long>(y) * d.stride_h * d.wide_w;
-        for (int x = 0; x < d.out_w; x += 16) {
-            const int left = d.out_w - x;
-            const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-            __m512 acc = _mm512_setzero_ps();
-            const float* w = d.weights;
-            const uint32_t* row = top + static_cast<long>(x) * d.stride_w;
-            for (int a = 0; a < d.kernel_h; ++a, row += step_y)
-                for (int b = 0; b < d.kernel_w; ++b, ++w) {
-                    const __m512i words = depthwise_words<Stride>(row + b * d.dilation_w, left, d.stride_w, mask);
-                    acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(words, 16)), _mm512_set1_ps(*w), acc);
-                }
-            __m512 out = _mm512_add_ps(acc, bias);
-            if (d.skip) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, d.skip + static_cast<long>(y) * d.out_w + x));
-            out = _mm512_min_ps(high, _mm512_max_ps(low, out));
-            _mm512_mask_storeu_ps(d.out + static_cast<long>(y) * d.out_w + x, mask, out);
-        }
+        int x = 0;
+        for (; x + 64 <= d.out_w; x += 64) depthwise_vectors<Stride, 4>(d, top, y, x);
+        const int rest = (d.out_w - x + 15) / 16;
+        if (rest == 3) depthwise_vectors<Stride, 3>(d, top, y, x);
+        else if (rest == 2) depthwise_vectors<Stride, 2>(d, top, y, x);
+        else if (rest == 1) depthwise_vectors<Stride, 1>(d, top, y, x);
     }
 }
 

@@ -118,7 +118,12 @@ class Bf16Conv final : public Operator {
                 // With a residual add the clamp comes after it, in add_and_clamp.
                 t.low = skip ? -std::numeric_limits<float>::infinity() : low_;
                 t.high = skip ? std::numeric_limits<float>::infinity() : high_;
-                if (wide_) {
+                if (wide_ && wide_w_ == out_w_) {  // no border columns (a 1x1 conv without padding): straight out
+                    t.x = source + first;
+                    t.out = target + first, t.row_stride = out_h_ * out_w_;
+                    kernel_(t);
+                    if (skip) add_and_clamp_rows(target + first, skip + (target - out) + first, count);
+                } else if (wide_) {
                     t.x = source + first;
                     t.out = reinterpret_cast<float*>(scratch), t.row_stride = kBf16TilePixels;
                     kernel_(t);
@@ -128,11 +133,7 @@ class Bf16Conv final : public Operator {
                     t.x = scratch;
                     t.out = target + first, t.row_stride = out_h_ * out_w_;
                     kernel_(t);
-                    if (skip)
-                        for (int r = 0; r < group_out_; ++r) {
-                            const size_t at = static_cast<size_t>(r) * out_h_ * out_w_ + first;
-                            add_and_clamp(target + at, skip + (target - out) + at, count);
-                        }
+                    if (skip) add_and_clamp_rows(target + first, skip + (target - out) + first, count);
                 }
             }
         });
@@ -208,6 +209,14 @@ class Bf16Conv final : public Operator {
         d.stride_h = stride_h_, d.stride_w = stride_w_, d.dilation_h = dilation_h_, d.dilation_w = dilation_w_;
         d.low = low_, d.high = high_;
         depthwise_kernel_(d);
+    }
+
+    // add_and_clamp on `count` outputs of each of the group's rows (planes of out_h * out_w).
+    void add_and_clamp_rows(float* y, const float* skip, int count) const {
+        for (int r = 0; r < group_out_; ++r) {
+            const size_t at = static_cast<size_t>(r) * out_h_ * out_w_;
+            add_and_clamp(y + at, skip + at, count);
+        }
     }
 
     // y = clamp(y + skip) over `count` outputs: the fused residual add, then the Relu/Clip.
