@@ -48,6 +48,7 @@ def test_bf16_rounding_is_round_to_nearest_even_with_denormals_flushed():
     dict(i=8, o=8, k=3, s=2, p=1, g=8, d=1, size=(37, 41)),  # depthwise, strided, rows past 16 lanes
     dict(i=4, o=8, k=5, s=1, p=2, g=4, d=1, size=(9, 35)),   # depthwise with a channel multiplier of 2
     dict(i=6, o=6, k=3, s=3, p=1, g=6, d=2, size=(20, 50)),  # depthwise, stride 3, dilated
+    dict(i=16, o=24, k=3, s=1, p=1, g=2, d=1, size=(5, 5)),  # a map smaller than a tile: tiles span the batch
 ])
 def test_bf16_conv_matches_the_reference_bit_for_bit(tmp_path, geometry):
     g = geometry
@@ -79,8 +80,9 @@ class Block(nn.Module):
         return self.head(torch.relu(self.project(y) + x))
 
 
-def test_bf16_block_is_bit_exact_and_fuses_its_activations_and_residual_add(tmp_path):
-    x = export(Block(), tmp_path / "block.onnx", (4, 3, 24, 24))
+@pytest.mark.parametrize("side", [24, 8])  # 8: every map is smaller than a tile (batch-spanning tiles)
+def test_bf16_block_is_bit_exact_and_fuses_its_activations_and_residual_add(tmp_path, side):
+    x = export(Block(), tmp_path / "block.onnx", (4, 3, side, side))
     compile(tmp_path / "block.onnx", tmp_path / "block.edge", select=False, precision="bf16")
     plan, _ = read_edge(tmp_path / "block.edge")
     convs = [op for op in plan["ops"] if op["kind"] == "bf16_conv"]

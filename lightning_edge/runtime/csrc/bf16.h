@@ -63,24 +63,42 @@ void bf16_pairs_exact(const float* even, const float* odd, uint32_t* out, int co
 // vcvtne2ps2bf16 (nullptr where the build or CPU has no AVX512_BF16).
 Bf16PairKernel bf16_pairs_avx512();
 
-// One output plane of a depthwise bf16_conv (one input channel per group): the plane's bfloat16 values are
-// the low halves of `words` ([wide_h][wide_w], the converted input with its border); weights are the
-// channel's taps (bfloat16 values as float32, row-major). Rule 20's order for one input channel is one
-// fused multiply-add per tap in row-major order (the pair's zero channel adds nothing), then the bias, the
-// skip (or nullptr) and the clamp, as in the GEMM form.
+// One output plane of a depthwise bf16_conv (one input channel per group): `input` is the channel's plane
+// (in_h x in_w) already rounded to bfloat16 values; weights are the channel's taps (bfloat16 values as float32,
+// row-major). Rule 20's order for one input channel is one fused multiply-add per tap in row-major order (the
+// pair's zero channel adds nothing, and neither does a tap in the padding: acc + 0 is acc, never -0), then the
+// bias, the skip (or nullptr) and the clamp, as in the GEMM form.
 struct Bf16DepthwisePlane {
-    const uint32_t* words;
+    const float* input;
     const float* weights;
     float bias;
     const float* skip;
     float* out;
-    int wide_w, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w;
+    int in_h, in_w, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
     float low, high;
 };
 
+// count float32 values rounded to bfloat16 (bf16_bits), as float32.
+using Bf16RoundKernel = void (*)(const float* in, float* out, size_t count);
+void bf16_round_exact(const float* in, float* out, size_t count);
+// vcvtneps2bf16 (nullptr where the build or CPU has no AVX512_BF16).
+Bf16RoundKernel bf16_round_avx512();
+
 using Bf16DepthwiseKernel = void (*)(const Bf16DepthwisePlane& plane);
-// float32 fma with FTZ on AVX-512F (nullptr where the build or CPU lacks it).
+// float32 fma on AVX-512F (nullptr where the build or CPU lacks it); the caller holds a Bf16FlushScope.
 Bf16DepthwiseKernel bf16_depthwise_avx512();
+
+// MXCSR's flush-to-zero on this thread while it lives (what vdpbf16ps does by itself); a no-op off x86.
+class Bf16FlushScope {
+  public:
+    Bf16FlushScope();
+    ~Bf16FlushScope();
+    Bf16FlushScope(const Bf16FlushScope&) = delete;
+    Bf16FlushScope& operator=(const Bf16FlushScope&) = delete;
+
+  private:
+    unsigned saved_ = 0;
+};
 
 // The exact float32 implementation (any CPU).
 void bf16_tile_exact(const Bf16Tile& tile);

@@ -27,6 +27,10 @@ void bf16_pairs_exact(const float* even, const float* odd, uint32_t* out, int co
     for (int i = 0; i < count; ++i) out[i] = bf16_pair(even[i], odd ? odd[i] : 0.0f);
 }
 
+void bf16_round_exact(const float* in, float* out, size_t count) {
+    for (size_t i = 0; i < count; ++i) out[i] = bf16_value(bf16_bits(in[i]));
+}
+
 void bf16_tile_exact(const Bf16Tile& t) {
     for (int r = 0; r < t.rows; ++r) {
         const uint32_t* w = t.w + static_cast<long>(r) * t.pairs;
@@ -120,25 +124,39 @@ void pairs_avx512(const float* even, const float* odd, uint32_t* out, int count)
 }
 
 // Output pixels in lanes, 16 of a row at a time; a stride-2 row gathers the even words of two loads. The
-// accumulator chain per pixel is rule 20's: +0, then one fma per tap (MXCSR's FTZ flushes denormal results,
-// as vdpbf16ps does; inputs are bfloat16 values, never denormal).
+// accumulator chain per pixel is rule 20's: +0, then one fma per tap (the caller's Bf16FlushScope flushes
+// denormal results, as vdpbf16ps does; inputs are bfloat16 values, never denormal).
+// Input columns [column, column + 16 * stride) of `row` at every stride-th one into lanes, zero outside
+// [0, in_w) (masked loads never touch the columns they skip).
 template <int Stride>  // 1, 2, or 0 for any other stride
-inline __m512i depthwise_words(const uint32_t* row, int left, int stride, __mmask16 mask) {
-    if (Stride == 1) return _mm512_maskz_loadu_epi32(mask, row);
+inline __m512 depthwise_values(const float* row, int column, int in_w, int stride, int lanes) {
+    auto range = [&](int begin) {  // mask of the 16 columns [begin, begin + 16) that lie inside
+        const int low = std::max(0, -begin), high = std::min(16, in_w - begin);
+        return high <= low ? __mmask16(0) : __mmask16(((1u << (high - low)) - 1) << low);
+    };
+    if (Stride == 1) {
+        const __mmask16 lanes_mask = lanes >= 16 ? __mmask16(0xffff) : __mmask16((1u << lanes) - 1);
+        return _mm512_maskz_loadu_ps(range(column) & lanes_mask, row + column);
+    }
     if (Stride == 2) {
         const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-        const __mmask16 first = left >= 8 ? __mmask16(0xffff) : __mmask16((1u << (2 * left - 1)) - 1);
-        const __mmask16 second = left >= 16 ? __mmask16(0x7fff) : left > 8 ? __mmask16((1u << (2 * (left - 8) - 1)) - 1) : __mmask16(0);
-        return _mm512_permutex2var_epi32(_mm512_maskz_loadu_epi32(first, row), evens, _mm512_maskz_loadu_epi32(second, row + 16));
+        const int used = 2 * std::min(lanes, 16) - 1;  // columns the lanes read: [column, column + used)
+        const __mmask16 first = range(column) & (used >= 16 ? __mmask16(0xffff) : __mmask16((1u << used) - 1));
+        const __mmask16 second = used <= 16 ? __mmask16(0) : range(column + 16) & __mmask16((1u << (used - 16)) - 1);
+        return _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(first, row + column), evens,
+                                      _mm512_maskz_loadu_ps(second, row + column + 16));
     }
-    alignas(64) uint32_t gathered[16] = {};
-    for (int i = 0; i < std::min(left, 16); ++i) gathered[i] = row[static_cast<long>(i) * stride];
-    return _mm512_load_si512(gathered);
+    alignas(64) float gathered[16] = {};
+    for (int i = 0; i < std::min(lanes, 16); ++i) {
+        const int at = column + i * stride;
+        if (at >= 0 && at < in_w) gathered[i] = row[at];
+    }
+    return _mm512_load_ps(gathered);
 }
 
 // Vectors [x, x + 16 * Count) of output row y: Count independent fma chains, so the taps' fma latency overlaps.
 template <int Stride, int Count>
-inline void depthwise_vectors(const Bf16DepthwisePlane& d, const uint32_t* top, int y, int x) {
+inline void depthwise_vectors(const Bf16DepthwisePlane& d, int y, int x) {
     __m512 acc[Count];
     __mmask16 mask[Count];
     int left[Count];
@@ -147,17 +165,19 @@ inline void depthwise_vectors(const Bf16DepthwisePlane& d, const uint32_t* top, 
         left[v] = d.out_w - x - 16 * v;
         mask[v] = left[v] >= 16 ? __mmask16(0xffff) : __mmask16((1u << left[v]) - 1);
     }
-    const float* w = d.weights;
-    const uint32_t* row = top + static_cast<long>(x) * d.stride_w;
-    for (int a = 0; a < d.kernel_h; ++a, row += static_cast<long>(d.dilation_h) * d.wide_w)
-        for (int b = 0; b < d.kernel_w; ++b, ++w) {
-            const __m512 weight = _mm512_set1_ps(*w);
+    for (int a = 0; a < d.kernel_h; ++a) {
+        const int input_row = y * d.stride_h + a * d.dilation_h - d.pad_top;
+        if (input_row < 0 || input_row >= d.in_h) continue;  // a padding row adds +0 products: acc unchanged
+        const float* row = d.input + static_cast<long>(input_row) * d.in_w;
+        for (int b = 0; b < d.kernel_w; ++b) {
+            const __m512 weight = _mm512_set1_ps(d.weights[a * d.kernel_w + b]);
+            const int column = x * d.stride_w + b * d.dilation_w - d.pad_left;
 #pragma GCC unroll 4
-            for (int v = 0; v < Count; ++v) {
-                const __m512i words = depthwise_words<Stride>(row + b * d.dilation_w + 16 * v * d.stride_w, left[v], d.stride_w, mask[v]);
-                acc[v] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(words, 16)), weight, acc[v]);
-            }
+            for (int v = 0; v < Count; ++v)
+                acc[v] = _mm512_fmadd_ps(depthwise_values<Stride>(row, column + 16 * v * d.stride_w, d.in_w, d.stride_w, left[v]),
+                                         weight, acc[v]);
         }
+    }
     const __m512 bias = _mm512_set1_ps(d.bias), low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
     for (int v = 0; v < Count; ++v) {
         const long at = static_cast<long>(y) * d.out_w + x + 16 * v;
@@ -171,26 +191,39 @@ inline void depthwise_vectors(const Bf16DepthwisePlane& d, const uint32_t* top, 
 template <int Stride>
 void depthwise_rows(const Bf16DepthwisePlane& d) {
     for (int y = 0; y < d.out_h; ++y) {
-        const uint32_t* top = d.words + static_cast<long>(y) * d.stride_h * d.wide_w;
         int x = 0;
-        for (; x + 64 <= d.out_w; x += 64) depthwise_vectors<Stride, 4>(d, top, y, x);
+        for (; x + 64 <= d.out_w; x += 64) depthwise_vectors<Stride, 4>(d, y, x);
         const int rest = (d.out_w - x + 15) / 16;
-        if (rest == 3) depthwise_vectors<Stride, 3>(d, top, y, x);
-        else if (rest == 2) depthwise_vectors<Stride, 2>(d, top, y, x);
-        else if (rest == 1) depthwise_vectors<Stride, 1>(d, top, y, x);
+        if (rest == 3) depthwise_vectors<Stride, 3>(d, y, x);
+        else if (rest == 2) depthwise_vectors<Stride, 2>(d, y, x);
+        else if (rest == 1) depthwise_vectors<Stride, 1>(d, y, x);
+    }
+}
+
+void round_avx512(const float* in, float* out, size_t count) {
+    for (size_t i = 0; i < count; i += 16) {
+        const size_t left = count - i;
+        const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+        const __m256i bits = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, in + i));
+        _mm512_mask_storeu_ps(out + i, mask, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));
     }
 }
 
 void depthwise_avx512(const Bf16DepthwisePlane& d) {
-    const unsigned saved = _mm_getcsr();
-    _mm_setcsr(saved | 0x8000u);  // FTZ
     if (d.stride_w == 1) depthwise_rows<1>(d);
     else if (d.stride_w == 2) depthwise_rows<2>(d);
     else depthwise_rows<0>(d);
-    _mm_setcsr(saved);
 }
 
 }  // namespace
+
+Bf16RoundKernel bf16_round_avx512() {
+    const CpuFeatures& f = cpu_features();
+    return f.avx512f && f.avx512bw && f.avx512_bf16 ? round_avx512 : nullptr;
+}
+
+Bf16FlushScope::Bf16FlushScope() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8000u); }
+Bf16FlushScope::~Bf16FlushScope() { _mm_setcsr(saved_); }
 
 Bf16DepthwiseKernel bf16_depthwise_avx512() {
     const CpuFeatures& f = cpu_features();
@@ -217,6 +250,9 @@ namespace edge {
 Bf16TileKernel bf16_tile_avx512() { return nullptr; }
 Bf16PairKernel bf16_pairs_avx512() { return nullptr; }
 Bf16DepthwiseKernel bf16_depthwise_avx512() { return nullptr; }
+Bf16RoundKernel bf16_round_avx512() { return nullptr; }
+Bf16FlushScope::Bf16FlushScope() {}
+Bf16FlushScope::~Bf16FlushScope() {}
 }  // namespace edge
 
 #endif

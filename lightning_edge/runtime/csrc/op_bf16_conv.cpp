@@ -65,38 +65,51 @@ class Bf16Conv final : public Operator {
         tensors_.output = context.tensor_index(attrs, "output", output_bytes);
         if (attrs.has("skip")) tensors_.inputs.push_back(context.tensor_index(attrs, "skip", output_bytes));
         wide_ = stride_h_ == 1 && stride_w_ == 1;
-        offsets_.resize(pairs_);
+        wide_offsets_.resize(pairs_), packed_offsets_.resize(pairs_);
         for (int t = 0; t < taps_; ++t)
-            for (int i = 0; i < channel_pairs_; ++i)
-                offsets_[static_cast<size_t>(t) * channel_pairs_ + i] =
-                    wide_ ? static_cast<long>(i) * static_cast<long>(plane_words_) +
-                                static_cast<long>(t / kernel_w_) * dilation_h_ * wide_w_ + static_cast<long>(t % kernel_w_) * dilation_w_
-                          : static_cast<long>(t * channel_pairs_ + i) * kBf16TilePixels;
+            for (int i = 0; i < channel_pairs_; ++i) {
+                const size_t j = static_cast<size_t>(t) * channel_pairs_ + i;
+                wide_offsets_[j] = static_cast<long>(i) * static_cast<long>(plane_words_) + tap_shift(t);
+                packed_offsets_[j] = static_cast<long>(j) * kBf16TilePixels;
+            }
         context.need_workspace(sample_words_ * sizeof(uint32_t));
-        context.need_scratch((wide_ ? static_cast<size_t>(group_out_) * kBf16TilePixels
-                                    : static_cast<size_t>(pairs_) * kBf16TilePixels) * sizeof(uint32_t) + 64);
+        // A packed tile's words, then a tile of outputs (the wide and batch-spanning tiles write there first).
+        context.need_scratch(static_cast<size_t>(pairs_ + group_out_) * kBf16TilePixels * sizeof(uint32_t) + 64);
         low_ = attrs.has("low") ? attrs.get_float("low") : -std::numeric_limits<float>::infinity();
         high_ = attrs.has("high") ? attrs.get_float("high") : std::numeric_limits<float>::infinity();
         if (!(low_ <= high_)) throw std::invalid_argument("bf16_conv: the clamp's low bound is above its high bound");
         const bool native = std::strcmp(context.backend().name, "avx512") == 0 && bf16_tile_avx512() && bf16_pairs_avx512();
         kernel_ = native ? bf16_tile_avx512() : bf16_tile_exact;
         pairs_kernel_ = native ? bf16_pairs_avx512() : bf16_pairs_exact;
-        if (group_in_ == 1 && native) depthwise_kernel_ = bf16_depthwise_avx512();
+        if (group_in_ == 1 && native && bf16_round_avx512()) depthwise_kernel_ = bf16_depthwise_avx512();
+        // The depthwise kernel reads the input rounded to bfloat16 values in place of the converted pairs.
+        if (depthwise_kernel_) context.need_workspace(f32_bytes(element_count({in_c_, in_h_, in_w_}, "bf16_conv")));
     }
 
     void run(const ExecutionContext& context) const override {
         const float* in = reinterpret_cast<const float*>(context.tensor(tensors_.inputs[0]));
         float* out = reinterpret_cast<float*>(context.tensor(tensors_.output));
         const float* skip = tensors_.inputs.size() > 1 ? reinterpret_cast<const float*>(context.tensor(tensors_.inputs[1])) : nullptr;
+        if (depthwise_kernel_) {
+            float* rounded = static_cast<float*>(context.workspace());
+            const size_t sample = static_cast<size_t>(in_c_) * in_h_ * in_w_;
+            const Bf16RoundKernel round = bf16_round_avx512();
+            context.scheduler.parallel(context.batch * in_c_, 8, [&](int begin, int end, int) {
+                round(in + begin * sample / in_c_, rounded + begin * sample / in_c_, (end - begin) * sample / in_c_);
+            });
+            context.scheduler.parallel(context.batch * out_c_, 1, [&](int begin, int end, int) {
+                const Bf16FlushScope flush;
+                for (int unit = begin; unit < end; ++unit) depthwise_plane(rounded, skip, out, unit / out_c_, unit % out_c_);
+            });
+            return;
+        }
         uint32_t* words = static_cast<uint32_t*>(context.workspace());
         const int rows = context.batch * groups_ * channel_pairs_ * wide_h_;
         context.scheduler.parallel(rows, 16, [&](int begin, int end, int) { convert(in, words, begin, end); });
         for (int n = 0; n < context.batch; ++n)
             std::fill(words + (n + 1) * sample_words_ - slack_words_, words + (n + 1) * sample_words_, 0u);
-        if (depthwise_kernel_) {
-            context.scheduler.parallel(context.batch * out_c_, 1, [&](int begin, int end, int) {
-                for (int unit = begin; unit < end; ++unit) depthwise_plane(words, skip, out, unit / out_c_, unit % out_c_);
-            });
+        if (context.batch > 1 && out_h_ * out_w_ < kBf16TilePixels) {  // small maps: tiles span the batch
+            run_spanning(context.batch, words, skip, out, context);
             return;
         }
         const int pixels = wide_ ? out_h_ * wide_w_ : out_h_ * out_w_;
@@ -111,7 +124,7 @@ class Bf16Conv final : public Operator {
                 float* target = out + (static_cast<size_t>(n) * out_c_ + static_cast<size_t>(group) * group_out_) *
                                           out_h_ * out_w_;
                 Bf16Tile t;
-                t.offsets = offsets_.data();
+                t.offsets = wide_ ? wide_offsets_.data() : packed_offsets_.data();
                 t.w = weights_.data() + static_cast<size_t>(group) * group_out_ * pairs_;
                 t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ : nullptr;
                 t.rows = group_out_, t.pairs = pairs_, t.pixels = count;
@@ -129,7 +142,9 @@ class Bf16Conv final : public Operator {
                     kernel_(t);
                     drop_wide_columns(t.out, first, count, target, skip ? skip + (target - out) : nullptr);
                 } else {
-                    pack_tile(source, first, count, scratch);
+                    long base[kBf16TilePixels];
+                    for (int p = 0; p < count; ++p) base[p] = pixel_base(first + p);
+                    pack_tile(source, base, count, scratch);
                     t.x = scratch;
                     t.out = target + first, t.row_stride = out_h_ * out_w_;
                     kernel_(t);
@@ -179,14 +194,59 @@ class Bf16Conv final : public Operator {
         }
     }
 
-    // A strided conv's tile: output pixels [first, first + count) of every (tap, channel pair) into
-    // packed[pair][p], zero past `count`.
-    void pack_tile(const uint32_t* source, int first, int count, uint32_t* packed) const {
-        long base[kBf16TilePixels];
-        for (int p = 0; p < count; ++p)
-            base[p] = static_cast<long>((first + p) / out_w_) * stride_h_ * wide_w_ + static_cast<long>((first + p) % out_w_) * stride_w_;
+    // Maps smaller than a tile at batch > 1: tiles of kBf16TilePixels (sample, pixel) outputs over the whole
+    // batch, packed, computed into the scratch tile and scattered to each sample's planes (plus skip, clamped).
+    void run_spanning(int batch, const uint32_t* words, const float* skip, float* out, const ExecutionContext& context) const {
+        const int plane = out_h_ * out_w_, total = batch * plane;
+        const int tiles = (total + kBf16TilePixels - 1) / kBf16TilePixels;
+        context.scheduler.parallel(groups_ * tiles, 1, [&](int begin, int end, int thread) {
+            uint32_t* packed = static_cast<uint32_t*>(context.scratch(thread));
+            float* results = reinterpret_cast<float*>(packed + static_cast<size_t>(pairs_) * kBf16TilePixels);
+            for (int unit = begin; unit < end; ++unit) {
+                const int group = unit / tiles, first = unit % tiles * kBf16TilePixels;
+                const int count = std::min(kBf16TilePixels, total - first);
+                long base[kBf16TilePixels];
+                size_t place[kBf16TilePixels];  // each output's index in the (batch, out_c, out_h, out_w) output
+                for (int p = 0; p < count; ++p) {
+                    const int n = (first + p) / plane, q = (first + p) % plane;
+                    base[p] = static_cast<long>(n) * static_cast<long>(sample_words_) + pixel_base(q);
+                    place[p] = (static_cast<size_t>(n) * out_c_ + static_cast<size_t>(group) * group_out_) * plane + q;
+                }
+                pack_tile(words + static_cast<size_t>(group) * channel_pairs_ * plane_words_, base, count, packed);
+                Bf16Tile t;
+                t.x = packed, t.offsets = packed_offsets_.data();
+                t.w = weights_.data() + static_cast<size_t>(group) * group_out_ * pairs_;
+                t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ : nullptr;
+                t.out = results, t.row_stride = kBf16TilePixels;
+                t.rows = group_out_, t.pairs = pairs_, t.pixels = count;
+                t.low = skip ? -std::numeric_limits<float>::infinity() : low_;
+                t.high = skip ? std::numeric_limits<float>::infinity() : high_;
+                kernel_(t);
+                for (int r = 0; r < group_out_; ++r)
+                    for (int p = 0; p < count; ++p) {
+                        const size_t at = place[p] + static_cast<size_t>(r) * plane;
+                        out[at] = results[static_cast<size_t>(r) * kBf16TilePixels + p];
+                        if (skip) add_and_clamp(out + at, skip + at, 1);
+                    }
+            }
+        });
+    }
+
+    // Output pixel q's window origin in a group's converted planes (words from the plane start).
+    long pixel_base(int q) const {
+        return static_cast<long>(q / out_w_) * stride_h_ * wide_w_ + static_cast<long>(q % out_w_) * stride_w_;
+    }
+
+    // Tap t's offset from a window origin in the converted planes.
+    long tap_shift(int t) const {
+        return static_cast<long>(t / kernel_w_) * dilation_h_ * wide_w_ + static_cast<long>(t % kernel_w_) * dilation_w_;
+    }
+
+    // A packed tile: the words of every (tap, channel pair) at the `count` window origins `base` (from
+    // `source`, a group's first plane) into packed[pair][p], zero past `count`.
+    void pack_tile(const uint32_t* source, const long* base, int count, uint32_t* packed) const {
         for (int t = 0; t < taps_; ++t) {
-            const long shift = static_cast<long>(t / kernel_w_) * dilation_h_ * wide_w_ + static_cast<long>(t % kernel_w_) * dilation_w_;
+            const long shift = tap_shift(t);
             for (int i = 0; i < channel_pairs_; ++i) {
                 const uint32_t* plane = source + static_cast<size_t>(i) * plane_words_ + shift;
                 uint32_t* target = packed + static_cast<size_t>(t * channel_pairs_ + i) * kBf16TilePixels;
@@ -197,16 +257,17 @@ class Bf16Conv final : public Operator {
     }
 
     // Output channel `o` of sample `n` of a depthwise conv, by the depthwise kernel.
-    void depthwise_plane(const uint32_t* words, const float* skip, float* out, int n, int o) const {
+    void depthwise_plane(const float* rounded, const float* skip, float* out, int n, int o) const {
         const size_t plane = (static_cast<size_t>(n) * out_c_ + o) * out_h_ * out_w_;
         Bf16DepthwisePlane d;
-        d.words = words + static_cast<size_t>(n) * sample_words_ + static_cast<size_t>(o / group_out_) * plane_words_;
+        d.input = rounded + (static_cast<size_t>(n) * in_c_ + o / group_out_) * in_h_ * in_w_;
         d.weights = depthwise_weights_.data() + static_cast<size_t>(o) * taps_;
         d.bias = bias_ ? bias_[o] : 0.0f;
         d.skip = skip ? skip + plane : nullptr;
         d.out = out + plane;
-        d.wide_w = wide_w_, d.out_h = out_h_, d.out_w = out_w_, d.kernel_h = kernel_h_, d.kernel_w = kernel_w_;
+        d.in_h = in_h_, d.in_w = in_w_, d.out_h = out_h_, d.out_w = out_w_, d.kernel_h = kernel_h_, d.kernel_w = kernel_w_;
         d.stride_h = stride_h_, d.stride_w = stride_w_, d.dilation_h = dilation_h_, d.dilation_w = dilation_w_;
+        d.pad_top = pad_top_, d.pad_left = pad_left_;
         d.low = low_, d.high = high_;
         depthwise_kernel_(d);
     }
@@ -253,7 +314,7 @@ class Bf16Conv final : public Operator {
     bool wide_;
     float low_, high_;
     std::vector<uint32_t> weights_;
-    std::vector<long> offsets_;
+    std::vector<long> wide_offsets_, packed_offsets_;
     const float* bias_ = nullptr;
     Bf16TileKernel kernel_ = nullptr;
     Bf16PairKernel pairs_kernel_ = nullptr;
