@@ -41,7 +41,8 @@ inline uint32_t bf16_pair(float even, float odd) {
 
 // One tile: `rows` output rows of `pixels` (<= kBf16TilePixels) outputs. Pair j of the reduction is the 32-bit
 // words x + offsets[j] .. + kBf16TilePixels (one per pixel; words past `pixels` are read but not used),
-// w: [rows][pairs] words, bias: rows floats or nullptr, out: row r at out + r * row_stride. An activation clamp
+// w: [ceil(rows / kBf16Rows)][pairs][kBf16Rows] words (a block's weight pairs for one j side by side, rows past
+// `rows` zero), bias: rows floats or nullptr, out: row r at out + r * row_stride. An activation clamp
 // [low, high] follows the bias (-inf, inf for none).
 struct Bf16Tile {
     const uint32_t* x;

@@ -33,13 +33,13 @@ void bf16_round_exact(const float* in, float* out, size_t count) {
 
 void bf16_tile_exact(const Bf16Tile& t) {
     for (int r = 0; r < t.rows; ++r) {
-        const uint32_t* w = t.w + static_cast<long>(r) * t.pairs;
+        const uint32_t* w = t.w + static_cast<long>(r / kBf16Rows) * t.pairs * kBf16Rows + r % kBf16Rows;
         const float bias = t.bias ? t.bias[r] : 0.0f;
         float* out = t.out + r * t.row_stride;
         for (int p = 0; p < t.pixels; ++p) {
             float acc = 0.0f;
             for (int j = 0; j < t.pairs; ++j) {
-                const uint32_t x = t.x[t.offsets[j] + p], weight = w[j];
+                const uint32_t x = t.x[t.offsets[j] + p], weight = w[static_cast<long>(j) * kBf16Rows];
                 acc = flushed(std::fma(bf16_value(static_cast<uint16_t>(x >> 16)), bf16_value(static_cast<uint16_t>(weight >> 16)), acc));
                 acc = flushed(std::fma(bf16_value(static_cast<uint16_t>(x)), bf16_value(static_cast<uint16_t>(weight)), acc));
             }
@@ -65,14 +65,14 @@ void rows_avx512(const Bf16Tile& t, int row0) {
     __m512 acc[Rows][3];
 #pragma GCC unroll 8
     for (int r = 0; r < Rows; ++r) acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_ps();
-    const uint32_t* w = t.w + static_cast<long>(row0) * t.pairs;
+    const uint32_t* w = t.w + static_cast<long>(row0 / kBf16Rows) * t.pairs * kBf16Rows;
     for (int j = 0; j < t.pairs; ++j) {
         const uint32_t* x = t.x + t.offsets[j];
         const __m512bh x0 = (__m512bh)_mm512_loadu_si512(x), x1 = (__m512bh)_mm512_loadu_si512(x + 16),
                        x2 = (__m512bh)_mm512_loadu_si512(x + 32);
 #pragma GCC unroll 8
         for (int r = 0; r < Rows; ++r) {
-            const __m512bh weight = (__m512bh)_mm512_set1_epi32(static_cast<int>(w[static_cast<long>(r) * t.pairs + j]));
+            const __m512bh weight = (__m512bh)_mm512_set1_epi32(static_cast<int>(w[static_cast<long>(j) * kBf16Rows + r]));
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x0, weight);
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x1, weight);
             acc[r][2] = _mm512_dpbf16_ps(acc[r][2], x2, weight);

@@ -125,7 +125,7 @@ class Bf16Conv final : public Operator {
                                           out_h_ * out_w_;
                 Bf16Tile t;
                 t.offsets = wide_ ? wide_offsets_.data() : packed_offsets_.data();
-                t.w = weights_.data() + static_cast<size_t>(group) * group_out_ * pairs_;
+                t.w = weights_.data() + static_cast<size_t>(group) * row_blocks_ * pairs_ * kBf16Rows;
                 t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ : nullptr;
                 t.rows = group_out_, t.pairs = pairs_, t.pixels = count;
                 // With a residual add the clamp comes after it, in add_and_clamp.
@@ -155,9 +155,11 @@ class Bf16Conv final : public Operator {
     }
 
   private:
-    // weights (out_c, group_in, kh, kw) -> [out_c][tap][channel pair] words, an odd group's last pair (w, 0).
+    // weights (out_c, group_in, kh, kw) -> per group [row block][tap, channel pair][kBf16Rows] words (Bf16Tile's
+    // layout), an odd group's last pair (w, 0).
     void pack_weights(const float* weights) {
-        weights_.assign(static_cast<size_t>(out_c_) * pairs_, 0);
+        row_blocks_ = (group_out_ + kBf16Rows - 1) / kBf16Rows;
+        weights_.assign(static_cast<size_t>(groups_) * row_blocks_ * pairs_ * kBf16Rows, 0);
         for (int o = 0; o < out_c_; ++o) {
             const float* w = weights + static_cast<size_t>(o) * group_in_ * taps_;
             for (int t = 0; t < taps_; ++t)
@@ -165,7 +167,9 @@ class Bf16Conv final : public Operator {
                     const int c = 2 * i;
                     const float even = w[static_cast<size_t>(c) * taps_ + t];
                     const float odd = c + 1 < group_in_ ? w[static_cast<size_t>(c + 1) * taps_ + t] : 0.0f;
-                    weights_[static_cast<size_t>(o) * pairs_ + static_cast<size_t>(t) * channel_pairs_ + i] = bf16_pair(even, odd);
+                    const size_t j = static_cast<size_t>(t) * channel_pairs_ + i, row = o % group_out_;
+                    const size_t block = static_cast<size_t>(o / group_out_) * row_blocks_ + row / kBf16Rows;
+                    weights_[(block * pairs_ + j) * kBf16Rows + row % kBf16Rows] = bf16_pair(even, odd);
                 }
         }
     }
@@ -215,7 +219,7 @@ class Bf16Conv final : public Operator {
                 pack_tile(words + static_cast<size_t>(group) * channel_pairs_ * plane_words_, base, count, packed);
                 Bf16Tile t;
                 t.x = packed, t.offsets = packed_offsets_.data();
-                t.w = weights_.data() + static_cast<size_t>(group) * group_out_ * pairs_;
+                t.w = weights_.data() + static_cast<size_t>(group) * row_blocks_ * pairs_ * kBf16Rows;
                 t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ : nullptr;
                 t.out = results, t.row_stride = kBf16TilePixels;
                 t.rows = group_out_, t.pairs = pairs_, t.pixels = count;
@@ -309,7 +313,7 @@ class Bf16Conv final : public Operator {
 
     int in_c_, in_h_, in_w_, out_c_, out_h_, out_w_, groups_, kernel_h_, kernel_w_, stride_h_, stride_w_;
     int dilation_h_, dilation_w_, pad_top_, pad_left_, group_in_, group_out_, channel_pairs_, taps_, pairs_;
-    int wide_h_, wide_w_;
+    int wide_h_, wide_w_, row_blocks_ = 0;
     size_t plane_words_, sample_words_, slack_words_;
     bool wide_;
     float low_, high_;
