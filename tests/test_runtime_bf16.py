@@ -134,3 +134,23 @@ def test_bf16_sum_read_twice_is_not_fused(tmp_path):
     want = ReferenceModel(str(tmp_path / "shared.onnx"), precision="bf16").run(x)[0]
     for kernels in KERNELS:
         assert same_bits(load(tmp_path / "shared.edge", kernels=kernels).run(x), want), kernels
+
+
+def test_damaged_bf16_conv_is_refused(tmp_path):
+    """A bf16_conv record whose clamp is inverted or whose weights are the wrong length stops at load, by name."""
+    from lightning_edge.runtime.edge_format import EdgeFormatError, write_edge
+
+    export(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6()), tmp_path / "conv.onnx", (1, 3, 8, 8))
+    compile(tmp_path / "conv.onnx", tmp_path / "conv.edge", select=False, precision="bf16")
+    plan, arrays = read_edge(tmp_path / "conv.edge")
+    conv = next(op for op in plan["ops"] if op["kind"] == "bf16_conv")
+    assert (conv["low"], conv["high"]) == (0.0, 6.0)
+    conv["low"], conv["high"] = 6.0, 0.0
+    write_edge(tmp_path / "inverted.edge", plan, arrays)
+    with pytest.raises(EdgeFormatError, match="low bound 6.0 is above its high bound 0.0"):
+        load(tmp_path / "inverted.edge")
+    conv["low"], conv["high"] = 0.0, 6.0
+    arrays[conv["weights"]] = arrays[conv["weights"]][:-1]
+    write_edge(tmp_path / "short.edge", plan, arrays)
+    with pytest.raises(Exception, match="weights"):
+        load(tmp_path / "short.edge")

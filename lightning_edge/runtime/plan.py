@@ -558,6 +558,11 @@ class Bf16ConvOp(FloatConvOp):
     low: float | None = None            # a Relu or Clip after the conv, fused: max(y, low) then min(y, high)
     high: float | None = None
 
+    def validate(self, tensor_count: int) -> None:
+        super().validate(tensor_count)
+        if self.low is not None and self.high is not None and not self.low <= self.high:
+            raise PlanError(f"op {self.id}: the clamp's low bound {self.low} is above its high bound {self.high}")
+
 
 @op_kind
 @dataclass(kw_only=True)

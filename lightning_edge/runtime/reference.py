@@ -393,6 +393,16 @@ def _check_2d(node: Any, x: np.ndarray) -> None:
         raise ReferenceError(f"{node.op_type} {node.name!r}: only NCHW (2-D spatial) tensors are supported")
 
 
+def _conv_geometry(node: Any, x: np.ndarray, weights: np.ndarray, attributes: dict) -> tuple:
+    """(out_channels, per_group, kernel, strides, dilations, (pad_begin, pad_end), groups) of a 2-D Conv."""
+    _check_2d(node, x)
+    out_channels, per_group, *kernel = weights.shape
+    strides = _spatial(attributes, "strides", 2, 1)
+    dilations = _spatial(attributes, "dilations", 2, 1)
+    padding = _padding(attributes, x.shape[2:], kernel, strides, dilations)
+    return out_channels, per_group, kernel, strides, dilations, padding, int(attributes.get("group", 1))
+
+
 def _conv_sum(node: Any, x: np.ndarray, weights: np.ndarray, attributes: dict) -> np.ndarray:
     """``sum(x * w)`` over each window and input channel of its group, in float64: exact for centered int8 codes,
     a float64 sum of exact products for float32 data. ``x`` is unpadded (N, C, H, W); padding adds zeros.
@@ -400,12 +410,7 @@ def _conv_sum(node: Any, x: np.ndarray, weights: np.ndarray, attributes: dict) -
     Summed one kernel tap at a time, as a (pixels x channels) by (channels x outputs) product per group on the
     NHWC input (a depthwise conv's is an elementwise product): no (pixels x window) copy is ever made, which
     would be kernel_h * kernel_w times the input's size."""
-    _check_2d(node, x)
-    out_channels, per_group, *kernel = weights.shape
-    strides = _spatial(attributes, "strides", 2, 1)
-    dilations = _spatial(attributes, "dilations", 2, 1)
-    begin, end = _padding(attributes, x.shape[2:], kernel, strides, dilations)
-    groups = int(attributes.get("group", 1))
+    out_channels, per_group, kernel, strides, dilations, (begin, end), groups = _conv_geometry(node, x, weights, attributes)
     per_group_out = out_channels // groups
     batch = x.shape[0]
     padded = np.pad(x.astype(np.float64).transpose(0, 2, 3, 1), ((0, 0), (begin[0], end[0]), (begin[1], end[1]), (0, 0)))
@@ -487,12 +492,7 @@ def bf16_conv(node: Any, inputs: list, attributes: dict) -> np.ndarray:
     channel after an odd count), ``fma(x[2i+1], w[2i+1], acc)`` then ``fma(x[2i], w[2i], acc)``, each rounded to
     float32 with a denormal result flushed; then ``acc + bias`` in float32."""
     x, weights = bf16_round(inputs[0]), bf16_round(inputs[1])
-    _check_2d(node, x)
-    out_channels, per_group, *kernel = weights.shape
-    strides = _spatial(attributes, "strides", 2, 1)
-    dilations = _spatial(attributes, "dilations", 2, 1)
-    begin, end = _padding(attributes, x.shape[2:], kernel, strides, dilations)
-    groups = int(attributes.get("group", 1))
+    out_channels, per_group, kernel, strides, dilations, (begin, end), groups = _conv_geometry(node, x, weights, attributes)
     batch = x.shape[0]
     padded = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])))
     out_h = (padded.shape[2] - (kernel[0] - 1) * dilations[0] - 1) // strides[0] + 1

@@ -25,46 +25,29 @@ namespace {
 
 class Bf16Conv final : public Operator {
   public:
-    Bf16Conv(const Attributes& attrs, BuildContext& context) {
-        in_c_ = attrs.get_int("in_c"), in_h_ = attrs.get_int("in_h"), in_w_ = attrs.get_int("in_w");
-        out_c_ = attrs.get_int("out_c"), out_h_ = attrs.get_int("out_h"), out_w_ = attrs.get_int("out_w");
-        groups_ = attrs.get_int("groups");
-        kernel_h_ = attrs.get_int("kernel_h"), kernel_w_ = attrs.get_int("kernel_w");
-        stride_h_ = attrs.get_int("stride_h"), stride_w_ = attrs.get_int("stride_w");
-        dilation_h_ = attrs.get_int("dilation_h"), dilation_w_ = attrs.get_int("dilation_w");
-        pad_top_ = attrs.get_int("pad_top"), pad_left_ = attrs.get_int("pad_left");
-        check_positive({in_c_, in_h_, in_w_, out_c_, out_h_, out_w_, groups_, kernel_h_, kernel_w_, stride_h_, stride_w_,
-                        dilation_h_, dilation_w_}, "bf16_conv");
-        if (in_c_ % groups_ || out_c_ % groups_)
-            throw std::invalid_argument("bf16_conv: channels do not divide into groups");
-        const int64_t extent_h = static_cast<int64_t>(kernel_h_ - 1) * dilation_h_ + 1;
-        const int64_t extent_w = static_cast<int64_t>(kernel_w_ - 1) * dilation_w_ + 1;
-        if (extent_h > (1 << 24) || extent_w > (1 << 24))
-            throw std::invalid_argument("bf16_conv: the dilated kernel is too large");
-        if (pad_top_ < 0 || pad_left_ < 0 || pad_top_ >= extent_h || pad_left_ >= extent_w)
-            throw std::invalid_argument("bf16_conv: padding must be smaller than the dilated kernel");
-        group_in_ = in_c_ / groups_, group_out_ = out_c_ / groups_, channel_pairs_ = (group_in_ + 1) / 2;
-        taps_ = kernel_h_ * kernel_w_;
+    Bf16Conv(const Attributes& attrs, BuildContext& context) : g_(attrs, "bf16_conv") {
+        group_in_ = g_.in_c / g_.groups, group_out_ = g_.out_c / g_.groups, channel_pairs_ = (group_in_ + 1) / 2;
+        taps_ = g_.kernel_h * g_.kernel_w;
         element_count({taps_, channel_pairs_, 2}, "bf16_conv");
         pairs_ = taps_ * channel_pairs_;
-        wide_h_ = static_cast<int>((static_cast<int64_t>(out_h_) - 1) * stride_h_ + extent_h);
-        wide_w_ = static_cast<int>((static_cast<int64_t>(out_w_) - 1) * stride_w_ + extent_w);
+        wide_h_ = static_cast<int>((static_cast<int64_t>(g_.out_h) - 1) * g_.stride_h + g_.extent_h);
+        wide_w_ = static_cast<int>((static_cast<int64_t>(g_.out_w) - 1) * g_.stride_w + g_.extent_w);
         plane_words_ = element_count({wide_h_, wide_w_}, "bf16_conv");
         // A wide tile's last pixels read up to kBf16TilePixels + wide_w words past a sample's planes (dropped columns).
         slack_words_ = static_cast<size_t>(kBf16TilePixels) + wide_w_;
-        sample_words_ = element_count({groups_, channel_pairs_, wide_h_, wide_w_}, "bf16_conv") + slack_words_;
+        sample_words_ = element_count({g_.groups, channel_pairs_, wide_h_, wide_w_}, "bf16_conv") + slack_words_;
         const float* weights = context.array<float>(attrs, "weights",
-                                                    element_count({out_c_, group_in_, kernel_h_, kernel_w_}, "bf16_conv"));
+                                                    element_count({g_.out_c, group_in_, g_.kernel_h, g_.kernel_w}, "bf16_conv"));
         pack_weights(weights);
         if (group_in_ == 1)  // depthwise (any channel multiplier): the taps of each output channel as floats
-            for (size_t i = 0; i < static_cast<size_t>(out_c_) * taps_; ++i)
+            for (size_t i = 0; i < static_cast<size_t>(g_.out_c) * taps_; ++i)
                 depthwise_weights_.push_back(bf16_value(bf16_bits(weights[i])));
-        if (attrs.has("bias")) bias_ = context.array<float>(attrs, "bias", static_cast<size_t>(out_c_));
-        tensors_.inputs = {context.tensor_index(attrs, "input", f32_bytes(element_count({in_c_, in_h_, in_w_}, "bf16_conv")))};
-        const size_t output_bytes = f32_bytes(element_count({out_c_, out_h_, out_w_}, "bf16_conv"));
+        if (attrs.has("bias")) bias_ = context.array<float>(attrs, "bias", static_cast<size_t>(g_.out_c));
+        tensors_.inputs = {context.tensor_index(attrs, "input", f32_bytes(element_count({g_.in_c, g_.in_h, g_.in_w}, "bf16_conv")))};
+        const size_t output_bytes = f32_bytes(element_count({g_.out_c, g_.out_h, g_.out_w}, "bf16_conv"));
         tensors_.output = context.tensor_index(attrs, "output", output_bytes);
         if (attrs.has("skip")) tensors_.inputs.push_back(context.tensor_index(attrs, "skip", output_bytes));
-        wide_ = stride_h_ == 1 && stride_w_ == 1;
+        wide_ = g_.stride_h == 1 && g_.stride_w == 1;
         wide_offsets_.resize(pairs_), packed_offsets_.resize(pairs_);
         for (int t = 0; t < taps_; ++t)
             for (int i = 0; i < channel_pairs_; ++i) {
@@ -83,7 +66,7 @@ class Bf16Conv final : public Operator {
         pairs_kernel_ = native ? bf16_pairs_avx512() : bf16_pairs_exact;
         if (group_in_ == 1 && native && bf16_round_avx512()) depthwise_kernel_ = bf16_depthwise_avx512();
         // The depthwise kernel reads the input rounded to bfloat16 values in place of the converted pairs.
-        if (depthwise_kernel_) context.need_workspace(f32_bytes(element_count({in_c_, in_h_, in_w_}, "bf16_conv")));
+        if (depthwise_kernel_) context.need_workspace(f32_bytes(element_count({g_.in_c, g_.in_h, g_.in_w}, "bf16_conv")));
     }
 
     void run(const ExecutionContext& context) const override {
@@ -92,37 +75,37 @@ class Bf16Conv final : public Operator {
         const float* skip = tensors_.inputs.size() > 1 ? reinterpret_cast<const float*>(context.tensor(tensors_.inputs[1])) : nullptr;
         if (depthwise_kernel_) {
             float* rounded = static_cast<float*>(context.workspace());
-            const size_t sample = static_cast<size_t>(in_c_) * in_h_ * in_w_;
+            const size_t sample = static_cast<size_t>(g_.in_c) * g_.in_h * g_.in_w;
             const Bf16RoundKernel round = bf16_round_avx512();
-            context.scheduler.parallel(context.batch * in_c_, 8, [&](int begin, int end, int) {
-                round(in + begin * sample / in_c_, rounded + begin * sample / in_c_, (end - begin) * sample / in_c_);
+            context.scheduler.parallel(context.batch * g_.in_c, 8, [&](int begin, int end, int) {
+                round(in + begin * sample / g_.in_c, rounded + begin * sample / g_.in_c, (end - begin) * sample / g_.in_c);
             });
-            context.scheduler.parallel(context.batch * out_c_, 1, [&](int begin, int end, int) {
+            context.scheduler.parallel(context.batch * g_.out_c, 1, [&](int begin, int end, int) {
                 const Bf16FlushScope flush;
-                for (int unit = begin; unit < end; ++unit) depthwise_plane(rounded, skip, out, unit / out_c_, unit % out_c_);
+                for (int unit = begin; unit < end; ++unit) depthwise_plane(rounded, skip, out, unit / g_.out_c, unit % g_.out_c);
             });
             return;
         }
         uint32_t* words = static_cast<uint32_t*>(context.workspace());
-        const int rows = context.batch * groups_ * channel_pairs_ * wide_h_;
+        const int rows = context.batch * g_.groups * channel_pairs_ * wide_h_;
         context.scheduler.parallel(rows, 16, [&](int begin, int end, int) { convert(in, words, begin, end); });
         for (int n = 0; n < context.batch; ++n)
             std::fill(words + (n + 1) * sample_words_ - slack_words_, words + (n + 1) * sample_words_, 0u);
-        if (context.batch > 1 && out_h_ * out_w_ < kBf16TilePixels) {  // small maps: tiles span the batch
+        if (context.batch > 1 && g_.out_h * g_.out_w < kBf16TilePixels) {  // small maps: tiles span the batch
             run_spanning(context.batch, words, skip, out, context);
             return;
         }
-        const int pixels = wide_ ? out_h_ * wide_w_ : out_h_ * out_w_;
+        const int pixels = wide_ ? g_.out_h * wide_w_ : g_.out_h * g_.out_w;
         const int tiles = (pixels + kBf16TilePixels - 1) / kBf16TilePixels;
-        context.scheduler.parallel(context.batch * groups_ * tiles, 1, [&](int begin, int end, int thread) {
+        context.scheduler.parallel(context.batch * g_.groups * tiles, 1, [&](int begin, int end, int thread) {
             uint32_t* scratch = static_cast<uint32_t*>(context.scratch(thread));
             for (int unit = begin; unit < end; ++unit) {
-                const int tile = unit % tiles, group = unit / tiles % groups_, n = unit / tiles / groups_;
+                const int tile = unit % tiles, group = unit / tiles % g_.groups, n = unit / tiles / g_.groups;
                 const int first = tile * kBf16TilePixels, count = std::min(kBf16TilePixels, pixels - first);
                 const uint32_t* source = words + static_cast<size_t>(n) * sample_words_ +
                                          static_cast<size_t>(group) * channel_pairs_ * plane_words_;
-                float* target = out + (static_cast<size_t>(n) * out_c_ + static_cast<size_t>(group) * group_out_) *
-                                          out_h_ * out_w_;
+                float* target = out + (static_cast<size_t>(n) * g_.out_c + static_cast<size_t>(group) * group_out_) *
+                                          g_.out_h * g_.out_w;
                 Bf16Tile t;
                 t.offsets = wide_ ? wide_offsets_.data() : packed_offsets_.data();
                 t.w = weights_.data() + static_cast<size_t>(group) * row_blocks_ * pairs_ * kBf16Rows;
@@ -131,9 +114,9 @@ class Bf16Conv final : public Operator {
                 // With a residual add the clamp comes after it, in add_and_clamp.
                 t.low = skip ? -std::numeric_limits<float>::infinity() : low_;
                 t.high = skip ? std::numeric_limits<float>::infinity() : high_;
-                if (wide_ && wide_w_ == out_w_) {  // no border columns (a 1x1 conv without padding): straight out
+                if (wide_ && wide_w_ == g_.out_w) {  // no border columns (a 1x1 conv without padding): straight out
                     t.x = source + first;
-                    t.out = target + first, t.row_stride = out_h_ * out_w_;
+                    t.out = target + first, t.row_stride = g_.out_h * g_.out_w;
                     kernel_(t);
                     if (skip) add_and_clamp_rows(target + first, skip + (target - out) + first, count);
                 } else if (wide_) {
@@ -146,7 +129,7 @@ class Bf16Conv final : public Operator {
                     for (int p = 0; p < count; ++p) base[p] = pixel_base(first + p);
                     pack_tile(source, base, count, scratch);
                     t.x = scratch;
-                    t.out = target + first, t.row_stride = out_h_ * out_w_;
+                    t.out = target + first, t.row_stride = g_.out_h * g_.out_w;
                     kernel_(t);
                     if (skip) add_and_clamp_rows(target + first, skip + (target - out) + first, count);
                 }
@@ -159,8 +142,8 @@ class Bf16Conv final : public Operator {
     // layout), an odd group's last pair (w, 0).
     void pack_weights(const float* weights) {
         row_blocks_ = (group_out_ + kBf16Rows - 1) / kBf16Rows;
-        weights_.assign(static_cast<size_t>(groups_) * row_blocks_ * pairs_ * kBf16Rows, 0);
-        for (int o = 0; o < out_c_; ++o) {
+        weights_.assign(static_cast<size_t>(g_.groups) * row_blocks_ * pairs_ * kBf16Rows, 0);
+        for (int o = 0; o < g_.out_c; ++o) {
             const float* w = weights + static_cast<size_t>(o) * group_in_ * taps_;
             for (int t = 0; t < taps_; ++t)
                 for (int i = 0; i < channel_pairs_; ++i) {
@@ -178,32 +161,32 @@ class Bf16Conv final : public Operator {
     // zero in the border and for the missing odd channel.
     void convert(const float* in, uint32_t* words, int begin, int end) const {
         for (int row = begin; row < end; ++row) {
-            const int y = row % wide_h_ - pad_top_, pair = row / wide_h_ % channel_pairs_;
-            const int group = row / wide_h_ / channel_pairs_ % groups_, n = row / wide_h_ / channel_pairs_ / groups_;
+            const int y = row % wide_h_ - g_.pad_top, pair = row / wide_h_ % channel_pairs_;
+            const int group = row / wide_h_ / channel_pairs_ % g_.groups, n = row / wide_h_ / channel_pairs_ / g_.groups;
             uint32_t* target = words + static_cast<size_t>(n) * sample_words_ +
                                (static_cast<size_t>(group) * channel_pairs_ + pair) * plane_words_ +
                                static_cast<size_t>(row % wide_h_) * wide_w_;
             const int channel = group * group_in_ + 2 * pair;
             const bool has_odd = 2 * pair + 1 < group_in_;
-            if (y < 0 || y >= in_h_) {
+            if (y < 0 || y >= g_.in_h) {
                 std::fill(target, target + wide_w_, 0u);
                 continue;
             }
-            const float* even = in + ((static_cast<size_t>(n) * in_c_ + channel) * in_h_ + y) * in_w_;
-            const float* odd = even + static_cast<size_t>(in_h_) * in_w_;
-            const int inside = std::min(in_w_, wide_w_ - pad_left_);
-            std::fill(target, target + pad_left_, 0u);
-            pairs_kernel_(even, has_odd ? odd : nullptr, target + pad_left_, inside);
-            std::fill(target + pad_left_ + inside, target + wide_w_, 0u);
+            const float* even = in + ((static_cast<size_t>(n) * g_.in_c + channel) * g_.in_h + y) * g_.in_w;
+            const float* odd = even + static_cast<size_t>(g_.in_h) * g_.in_w;
+            const int inside = std::min(g_.in_w, wide_w_ - g_.pad_left);
+            std::fill(target, target + g_.pad_left, 0u);
+            pairs_kernel_(even, has_odd ? odd : nullptr, target + g_.pad_left, inside);
+            std::fill(target + g_.pad_left + inside, target + wide_w_, 0u);
         }
     }
 
     // Maps smaller than a tile at batch > 1: tiles of kBf16TilePixels (sample, pixel) outputs over the whole
     // batch, packed, computed into the scratch tile and scattered to each sample's planes (plus skip, clamped).
     void run_spanning(int batch, const uint32_t* words, const float* skip, float* out, const ExecutionContext& context) const {
-        const int plane = out_h_ * out_w_, total = batch * plane;
+        const int plane = g_.out_h * g_.out_w, total = batch * plane;
         const int tiles = (total + kBf16TilePixels - 1) / kBf16TilePixels;
-        context.scheduler.parallel(groups_ * tiles, 1, [&](int begin, int end, int thread) {
+        context.scheduler.parallel(g_.groups * tiles, 1, [&](int begin, int end, int thread) {
             uint32_t* packed = static_cast<uint32_t*>(context.scratch(thread));
             float* results = reinterpret_cast<float*>(packed + static_cast<size_t>(pairs_) * kBf16TilePixels);
             for (int unit = begin; unit < end; ++unit) {
@@ -214,7 +197,7 @@ class Bf16Conv final : public Operator {
                 for (int p = 0; p < count; ++p) {
                     const int n = (first + p) / plane, q = (first + p) % plane;
                     base[p] = static_cast<long>(n) * static_cast<long>(sample_words_) + pixel_base(q);
-                    place[p] = (static_cast<size_t>(n) * out_c_ + static_cast<size_t>(group) * group_out_) * plane + q;
+                    place[p] = (static_cast<size_t>(n) * g_.out_c + static_cast<size_t>(group) * group_out_) * plane + q;
                 }
                 pack_tile(words + static_cast<size_t>(group) * channel_pairs_ * plane_words_, base, count, packed);
                 Bf16Tile t;
@@ -238,12 +221,12 @@ class Bf16Conv final : public Operator {
 
     // Output pixel q's window origin in a group's converted planes (words from the plane start).
     long pixel_base(int q) const {
-        return static_cast<long>(q / out_w_) * stride_h_ * wide_w_ + static_cast<long>(q % out_w_) * stride_w_;
+        return static_cast<long>(q / g_.out_w) * g_.stride_h * wide_w_ + static_cast<long>(q % g_.out_w) * g_.stride_w;
     }
 
     // Tap t's offset from a window origin in the converted planes.
     long tap_shift(int t) const {
-        return static_cast<long>(t / kernel_w_) * dilation_h_ * wide_w_ + static_cast<long>(t % kernel_w_) * dilation_w_;
+        return static_cast<long>(t / g_.kernel_w) * g_.dilation_h * wide_w_ + static_cast<long>(t % g_.kernel_w) * g_.dilation_w;
     }
 
     // A packed tile: the words of every (tap, channel pair) at the `count` window origins `base` (from
@@ -262,16 +245,16 @@ class Bf16Conv final : public Operator {
 
     // Output channel `o` of sample `n` of a depthwise conv, by the depthwise kernel.
     void depthwise_plane(const float* rounded, const float* skip, float* out, int n, int o) const {
-        const size_t plane = (static_cast<size_t>(n) * out_c_ + o) * out_h_ * out_w_;
+        const size_t plane = (static_cast<size_t>(n) * g_.out_c + o) * g_.out_h * g_.out_w;
         Bf16DepthwisePlane d;
-        d.input = rounded + (static_cast<size_t>(n) * in_c_ + o / group_out_) * in_h_ * in_w_;
+        d.input = rounded + (static_cast<size_t>(n) * g_.in_c + o / group_out_) * g_.in_h * g_.in_w;
         d.weights = depthwise_weights_.data() + static_cast<size_t>(o) * taps_;
         d.bias = bias_ ? bias_[o] : 0.0f;
         d.skip = skip ? skip + plane : nullptr;
         d.out = out + plane;
-        d.in_h = in_h_, d.in_w = in_w_, d.out_h = out_h_, d.out_w = out_w_, d.kernel_h = kernel_h_, d.kernel_w = kernel_w_;
-        d.stride_h = stride_h_, d.stride_w = stride_w_, d.dilation_h = dilation_h_, d.dilation_w = dilation_w_;
-        d.pad_top = pad_top_, d.pad_left = pad_left_;
+        d.in_h = g_.in_h, d.in_w = g_.in_w, d.out_h = g_.out_h, d.out_w = g_.out_w, d.kernel_h = g_.kernel_h, d.kernel_w = g_.kernel_w;
+        d.stride_h = g_.stride_h, d.stride_w = g_.stride_w, d.dilation_h = g_.dilation_h, d.dilation_w = g_.dilation_w;
+        d.pad_top = g_.pad_top, d.pad_left = g_.pad_left;
         d.low = low_, d.high = high_;
         depthwise_kernel_(d);
     }
@@ -279,7 +262,7 @@ class Bf16Conv final : public Operator {
     // add_and_clamp on `count` outputs of each of the group's rows (planes of out_h * out_w).
     void add_and_clamp_rows(float* y, const float* skip, int count) const {
         for (int r = 0; r < group_out_; ++r) {
-            const size_t at = static_cast<size_t>(r) * out_h_ * out_w_;
+            const size_t at = static_cast<size_t>(r) * g_.out_h * g_.out_w;
             add_and_clamp(y + at, skip + at, count);
         }
     }
@@ -299,10 +282,10 @@ class Bf16Conv final : public Operator {
         for (int q = first; q < first + count;) {
             const int y = q / wide_w_, x = q % wide_w_;
             const int run = std::min(first + count - q, wide_w_ - x);
-            if (x < out_w_) {
-                const int kept = std::min(run, out_w_ - x);
+            if (x < g_.out_w) {
+                const int kept = std::min(run, g_.out_w - x);
                 for (int r = 0; r < group_out_; ++r) {
-                    const size_t at = static_cast<size_t>(r) * out_h_ * out_w_ + static_cast<size_t>(y) * out_w_ + x;
+                    const size_t at = static_cast<size_t>(r) * g_.out_h * g_.out_w + static_cast<size_t>(y) * g_.out_w + x;
                     std::memcpy(target + at, tile + static_cast<size_t>(r) * kBf16TilePixels + (q - first), kept * sizeof(float));
                     if (skip) add_and_clamp(target + at, skip + at, kept);
                 }
@@ -311,8 +294,8 @@ class Bf16Conv final : public Operator {
         }
     }
 
-    int in_c_, in_h_, in_w_, out_c_, out_h_, out_w_, groups_, kernel_h_, kernel_w_, stride_h_, stride_w_;
-    int dilation_h_, dilation_w_, pad_top_, pad_left_, group_in_, group_out_, channel_pairs_, taps_, pairs_;
+    const FloatConvGeometry g_;
+    int group_in_, group_out_, channel_pairs_, taps_, pairs_;
     int wide_h_, wide_w_, row_blocks_ = 0;
     size_t plane_words_, sample_words_, slack_words_;
     bool wide_;
