@@ -3,6 +3,7 @@ EdgeFormatError, nothing else (no other exception, no crash, no hang).
 
     .venv/bin/python scripts/fuzz_edge.py --files 100000
     .venv/bin/python scripts/fuzz_edge.py --fp32 --files 100000   # the FP32 file of the same network
+    .venv/bin/python scripts/fuzz_edge.py --bf16 --files 100000   # that FP32 file compiled with precision="bf16"
     # under AddressSanitizer (docs/runtime.md builds the instrumented extension; no torch in that process):
     .venv/bin/python scripts/fuzz_edge.py --write-seed /tmp/seed.edge
     LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
@@ -42,9 +43,10 @@ from lightning_edge.runtime.edge_format import HEADER_BYTES, parse_edge, read_ed
 HOSTILE = [-1, 0, 1, 3, 7, 2**31 - 1, 2**31, 2**40, -(2**40), 1.5, "x", None, [1], {"a": 1}]
 
 
-def seed_file(folder: Path, fp32: bool = False) -> Path:
+def seed_file(folder: Path, fp32: bool = False, precision: str = "fp32") -> Path:
     """A small network with every op kind the engine has (a float region included), quantized by ONNX Runtime's
-    quantize_static and compiled; with ``fp32``, its FP32 file compiled as it is (the float32 ops)."""
+    quantize_static and compiled; with ``fp32``, its FP32 file compiled as it is in ``precision`` (the float32
+    ops, or bf16_conv for its convs)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -86,7 +88,7 @@ def seed_file(folder: Path, fp32: bool = False) -> Path:
     torch.onnx.export(model, torch.zeros(1, 1, 12, 12), float_path, input_names=["input"], output_names=["output"],
                       opset_version=17, dynamo=False, dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     if fp32:
-        compile(float_path, folder / "seed.edge", select=False)
+        compile(float_path, folder / "seed.edge", select=False, precision=precision)
         return folder / "seed.edge"
     rng = np.random.default_rng(0)
     onnx_path = quantize_static_qdq(float_path, str(folder / "seed.onnx"),
@@ -149,19 +151,21 @@ def main() -> int:
     parser.add_argument("--write-seed", help="only compile the small network's .edge file to this path, then exit")
     parser.add_argument("--fp32", action="store_true", help="compile the small network's FP32 file instead of its QDQ "
                                                             "file (fuzzes the float32 ops)")
+    parser.add_argument("--bf16", action="store_true", help="compile the FP32 file with precision='bf16' (fuzzes bf16_conv)")
     args = parser.parse_args()
+    seed_options = {"fp32": args.fp32 or args.bf16, "precision": "bf16" if args.bf16 else "fp32"}
     if args.write_seed:
         import shutil
 
         with tempfile.TemporaryDirectory() as folder:
-            shutil.copy(seed_file(Path(folder), args.fp32), args.write_seed)
+            shutil.copy(seed_file(Path(folder), **seed_options), args.write_seed)
         return 0
     rng = np.random.default_rng(args.seed)
     kernels = available_kernels()
     counts = {"loaded and ran": 0, "refused": 0, "other": 0}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        seed = Path(args.seed_edge) if args.seed_edge else seed_file(Path(folder), args.fp32)
+        seed = Path(args.seed_edge) if args.seed_edge else seed_file(Path(folder), **seed_options)
         original = seed.read_bytes()
         plan, tensors = read_edge(seed)
         x = rng.standard_normal((2, *plan["input"]["shape"])).astype(np.float32)  # any seed's input (an FP32 file's too)
