@@ -42,15 +42,19 @@ inline uint32_t bf16_pair(float even, float odd) {
 // One tile: `rows` output rows of `pixels` (<= kBf16TilePixels) outputs. Pair j of the reduction is the 32-bit
 // words x + offsets[j] .. + kBf16TilePixels (one per pixel; words past `pixels` are read but not used),
 // w: [ceil(rows / kBf16Rows)][pairs][kBf16Rows] words (a block's weight pairs for one j side by side, rows past
-// `rows` zero), bias: rows floats or nullptr, out: row r at out + r * row_stride. An activation clamp
-// [low, high] follows the bias (-inf, inf for none).
+// `rows` zero), bias: rows floats or nullptr. Only the pixels whose bit is set in `keep` are written, one
+// after another from out + r * row_stride for row r (a wide tile drops its border columns this way); each is
+// acc + bias, plus the float at the same place under `skip` where that is not nullptr (a residual add), then
+// clamped to [low, high] (-inf, inf for none).
 struct Bf16Tile {
     const uint32_t* x;
     const long* offsets;
     const uint32_t* w;
     const float* bias;
+    const float* skip;
     float* out;
     long row_stride;
+    uint64_t keep;
     int rows, pairs, pixels;
     float low, high;
 };

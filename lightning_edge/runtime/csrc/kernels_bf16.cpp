@@ -36,14 +36,19 @@ void bf16_tile_exact(const Bf16Tile& t) {
         const uint32_t* w = t.w + static_cast<long>(r / kBf16Rows) * t.pairs * kBf16Rows + r % kBf16Rows;
         const float bias = t.bias ? t.bias[r] : 0.0f;
         float* out = t.out + r * t.row_stride;
+        const float* skip = t.skip ? t.skip + r * t.row_stride : nullptr;
+        long written = 0;
         for (int p = 0; p < t.pixels; ++p) {
+            if (!(t.keep >> p & 1)) continue;
             float acc = 0.0f;
             for (int j = 0; j < t.pairs; ++j) {
                 const uint32_t x = t.x[t.offsets[j] + p], weight = w[static_cast<long>(j) * kBf16Rows];
                 acc = flushed(std::fma(bf16_value(static_cast<uint16_t>(x >> 16)), bf16_value(static_cast<uint16_t>(weight >> 16)), acc));
                 acc = flushed(std::fma(bf16_value(static_cast<uint16_t>(x)), bf16_value(static_cast<uint16_t>(weight)), acc));
             }
-            out[p] = clamped(acc + bias, t.low, t.high);
+            float y = acc + bias;
+            if (skip) y = y + skip[written];
+            out[written++] = clamped(y, t.low, t.high);
         }
     }
 }
@@ -79,16 +84,26 @@ void rows_avx512(const Bf16Tile& t, int row0) {
         }
     }
     const __m512 low = _mm512_set1_ps(t.low), high = _mm512_set1_ps(t.high);
+    const uint64_t valid = t.pixels >= 64 ? ~uint64_t{0} : (uint64_t{1} << t.pixels) - 1;
 #pragma GCC unroll 8
     for (int r = 0; r < Rows; ++r) {
         const __m512 bias = _mm512_set1_ps(t.bias ? t.bias[row0 + r] : 0.0f);
         float* out = t.out + (row0 + r) * t.row_stride;
+        const float* skip = t.skip ? t.skip + (row0 + r) * t.row_stride : nullptr;
+        int written = 0;
         for (int v = 0; v < 3; ++v) {
-            const int left = t.pixels - 16 * v;
-            if (left <= 0) break;
+            const __mmask16 keep = static_cast<__mmask16>((t.keep & valid) >> (16 * v));
+            if (!keep) continue;
+            const int count = __builtin_popcount(keep);
+            const __mmask16 first = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
+            __m512 y = _mm512_add_ps(acc[r][v], bias);
+            // The kept lanes' skip values, consecutive in memory, spread to their lanes (register expand and
+            // compress: their memory forms are slow on some CPUs).
+            if (skip) y = _mm512_add_ps(y, _mm512_maskz_expand_ps(keep, _mm512_maskz_loadu_ps(first, skip + written)));
             // max(low, y) and min(high, y) return y where y is NaN, as the exact form's comparisons do.
-            const __m512 y = _mm512_min_ps(high, _mm512_max_ps(low, _mm512_add_ps(acc[r][v], bias)));
-            _mm512_mask_storeu_ps(out + 16 * v, left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1), y);
+            y = _mm512_min_ps(high, _mm512_max_ps(low, y));
+            _mm512_mask_storeu_ps(out + written, first, _mm512_maskz_compress_ps(keep, y));
+            written += count;
         }
     }
 }

@@ -56,7 +56,7 @@ class Bf16Conv final : public Operator {
                 packed_offsets_[j] = static_cast<long>(j) * kBf16TilePixels;
             }
         context.need_workspace(sample_words_ * sizeof(uint32_t));
-        // A packed tile's words, then a tile of outputs (the wide and batch-spanning tiles write there first).
+        // A packed tile's words, then a tile of outputs (the batch-spanning tiles write there first).
         context.need_scratch(static_cast<size_t>(pairs_ + group_out_) * kBf16TilePixels * sizeof(uint32_t) + 64);
         low_ = attrs.has("low") ? attrs.get_float("low") : -std::numeric_limits<float>::infinity();
         high_ = attrs.has("high") ? attrs.get_float("high") : std::numeric_limits<float>::infinity();
@@ -111,28 +111,26 @@ class Bf16Conv final : public Operator {
                 t.w = weights_.data() + static_cast<size_t>(group) * row_blocks_ * pairs_ * kBf16Rows;
                 t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ : nullptr;
                 t.rows = group_out_, t.pairs = pairs_, t.pixels = count;
-                // With a residual add the clamp comes after it, in add_and_clamp.
-                t.low = skip ? -std::numeric_limits<float>::infinity() : low_;
-                t.high = skip ? std::numeric_limits<float>::infinity() : high_;
-                if (wide_ && wide_w_ == g_.out_w) {  // no border columns (a 1x1 conv without padding): straight out
+                t.low = low_, t.high = high_;
+                t.row_stride = g_.out_h * g_.out_w;
+                const float* skip_plane = skip ? skip + (target - out) : nullptr;
+                size_t written = first;  // the output index of the tile's first kept pixel
+                if (wide_) {
+                    // Wide pixel q is output (q / wide_w, q % wide_w) when that column is inside out_w.
                     t.x = source + first;
-                    t.out = target + first, t.row_stride = g_.out_h * g_.out_w;
-                    kernel_(t);
-                    if (skip) add_and_clamp_rows(target + first, skip + (target - out) + first, count);
-                } else if (wide_) {
-                    t.x = source + first;
-                    t.out = reinterpret_cast<float*>(scratch), t.row_stride = kBf16TilePixels;
-                    kernel_(t);
-                    drop_wide_columns(t.out, first, count, target, skip ? skip + (target - out) : nullptr);
+                    t.keep = 0;
+                    for (int p = 0; p < count; ++p) t.keep |= uint64_t{(first + p) % wide_w_ < g_.out_w} << p;
+                    written = static_cast<size_t>(first / wide_w_) * g_.out_w + std::min(first % wide_w_, g_.out_w);
                 } else {
                     long base[kBf16TilePixels];
                     for (int p = 0; p < count; ++p) base[p] = pixel_base(first + p);
                     pack_tile(source, base, count, scratch);
                     t.x = scratch;
-                    t.out = target + first, t.row_stride = g_.out_h * g_.out_w;
-                    kernel_(t);
-                    if (skip) add_and_clamp_rows(target + first, skip + (target - out) + first, count);
+                    t.keep = ~uint64_t{0};
                 }
+                t.out = target + written;
+                t.skip = skip_plane ? skip_plane + written : nullptr;
+                kernel_(t);
             }
         });
     }
@@ -204,7 +202,7 @@ class Bf16Conv final : public Operator {
                 t.x = packed, t.offsets = packed_offsets_.data();
                 t.w = weights_.data() + static_cast<size_t>(group) * row_blocks_ * pairs_ * kBf16Rows;
                 t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ : nullptr;
-                t.out = results, t.row_stride = kBf16TilePixels;
+                t.out = results, t.row_stride = kBf16TilePixels, t.skip = nullptr, t.keep = ~uint64_t{0};
                 t.rows = group_out_, t.pairs = pairs_, t.pixels = count;
                 t.low = skip ? -std::numeric_limits<float>::infinity() : low_;
                 t.high = skip ? std::numeric_limits<float>::infinity() : high_;
@@ -259,38 +257,12 @@ class Bf16Conv final : public Operator {
         depthwise_kernel_(d);
     }
 
-    // add_and_clamp on `count` outputs of each of the group's rows (planes of out_h * out_w).
-    void add_and_clamp_rows(float* y, const float* skip, int count) const {
-        for (int r = 0; r < group_out_; ++r) {
-            const size_t at = static_cast<size_t>(r) * g_.out_h * g_.out_w;
-            add_and_clamp(y + at, skip + at, count);
-        }
-    }
-
     // y = clamp(y + skip) over `count` outputs: the fused residual add, then the Relu/Clip.
     void add_and_clamp(float* y, const float* skip, int count) const {
         for (int i = 0; i < count; ++i) {
             float value = y[i] + skip[i];
             value = value < low_ ? low_ : value;
             y[i] = high_ < value ? high_ : value;
-        }
-    }
-
-    // The tile's rows of wide pixels [first, first + count) without the columns past out_w, into `target`
-    // (plus `skip` at the same place, then clamped, where the conv has a fused residual add).
-    void drop_wide_columns(const float* tile, int first, int count, float* target, const float* skip) const {
-        for (int q = first; q < first + count;) {
-            const int y = q / wide_w_, x = q % wide_w_;
-            const int run = std::min(first + count - q, wide_w_ - x);
-            if (x < g_.out_w) {
-                const int kept = std::min(run, g_.out_w - x);
-                for (int r = 0; r < group_out_; ++r) {
-                    const size_t at = static_cast<size_t>(r) * g_.out_h * g_.out_w + static_cast<size_t>(y) * g_.out_w + x;
-                    std::memcpy(target + at, tile + static_cast<size_t>(r) * kBf16TilePixels + (q - first), kept * sizeof(float));
-                    if (skip) add_and_clamp(target + at, skip + at, kept);
-                }
-            }
-            q += run;
         }
     }
 
