@@ -154,3 +154,28 @@ def test_damaged_bf16_conv_is_refused(tmp_path):
     write_edge(tmp_path / "short.edge", plan, arrays)
     with pytest.raises(Exception, match="weights"):
         load(tmp_path / "short.edge")
+
+
+class Downsample(nn.Module):
+    """A strided block with ResNet's option-A shortcut (subsample, pad channels): the shortcut is computed only
+    when the Add is, after the conv, so the conv moves after it to take the add into its epilogue."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2))
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + shortcut)
+
+
+def test_bf16_conv_moves_after_a_late_shortcut_to_fuse_it(tmp_path):
+    x = export(Downsample(), tmp_path / "down.onnx", (2, 4, 12, 12))
+    compile(tmp_path / "down.onnx", tmp_path / "down.edge", select=False, precision="bf16")
+    plan, _ = read_edge(tmp_path / "down.edge")
+    assert not any(op["kind"] == "float_expression" for op in plan["ops"])
+    assert [op.get("skip") is not None for op in plan["ops"] if op["kind"] == "bf16_conv"] == [False, True]
+    want = ReferenceModel(str(tmp_path / "down.onnx"), precision="bf16").run(x)[0]
+    for kernels in KERNELS:
+        assert same_bits(load(tmp_path / "down.edge", kernels=kernels).run(x), want), kernels

@@ -125,10 +125,16 @@ def _fused_epilogue(c: GraphCompiler, expression: Expression) -> FloatTensor | N
             return None
         conv_result = conv_side[0]
         other = inner.operands[1] if inner.operands[0] is conv_result else inner.operands[0]
-        if isinstance(other, Expression) and ("expression", id(other)) in c.float_copies:
-            other = c.float_copies[("expression", id(other))][1]  # evaluated already (a block's input)
-        if not isinstance(other, FloatTensor) or other.shape != conv_result.shape or other.producer is None or \
-                c.ops.index(other.producer) > c.ops.index(conv_result.producer):
+        if isinstance(other, Expression) or (isinstance(other, FloatTensor) and other.producer is not None and
+                                             c.ops.index(other.producer) > c.ops.index(conv_result.producer)):
+            # Computed after the conv (a shortcut's subsampling, evaluated only now): the conv, which nothing
+            # but this Add reads, moves after it.
+            other = to_float(c, inner.node, other)
+            if not isinstance(other, FloatTensor) or other.shape != conv_result.shape:
+                return None
+            c.ops.remove(conv_result.producer)
+            c.ops.append(conv_result.producer)
+        if not isinstance(other, FloatTensor) or other.shape != conv_result.shape or other.producer is None:
             return None
         skip, inner_node = other.index, inner.node
     elif _lone_bf16_result(c, inner, node):
