@@ -179,3 +179,27 @@ def test_bf16_conv_moves_after_a_late_shortcut_to_fuse_it(tmp_path):
     want = ReferenceModel(str(tmp_path / "down.onnx"), precision="bf16").run(x)[0]
     for kernels in KERNELS:
         assert same_bits(load(tmp_path / "down.edge", kernels=kernels).run(x), want), kernels
+
+
+class InvertedClip(nn.Module):
+    """A conv clamped to an empty range (ONNX Clip with min > max makes every value max): not a clamp the conv's
+    epilogue can take, so it stays its own float op and the file still loads."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(self.conv(x), min=1.0, max=-1.0)
+
+
+def test_bf16_inverted_clip_is_not_fused(tmp_path):
+    x = export(InvertedClip(), tmp_path / "clip.onnx", (1, 3, 8, 8))
+    compile(tmp_path / "clip.onnx", tmp_path / "clip.edge", select=False, precision="bf16")
+    plan, _ = read_edge(tmp_path / "clip.edge")
+    conv = next(op for op in plan["ops"] if op["kind"] == "bf16_conv")
+    assert conv.get("low") is None and conv.get("high") is None
+    want = ReferenceModel(str(tmp_path / "clip.onnx"), precision="bf16").run(x)[0]
+    assert np.all(want == -1.0)
+    for kernels in KERNELS:
+        assert same_bits(load(tmp_path / "clip.edge", kernels=kernels).run(x), want), kernels

@@ -117,33 +117,35 @@ def _fused_epilogue(c: GraphCompiler, expression: Expression) -> FloatTensor | N
             low, high = (0.0, math.inf) if node.op_type == "Relu" else c.clip_bounds(node)
         except CompileError:  # a bound computed at run time
             return None
+        if low > high:  # ONNX makes every value `high`; the float_expression op computes that, the conv refuses it
+            return None
         inner = expression.operands[0] if expression.operands else None
     skip = None
     if isinstance(inner, Expression) and inner.node.op_type == "Add" and len(inner.operands) == 2:
+        if inner is not expression and [r.name for r in c.readers.get(inner.node.output[0], [])] != [node.name]:
+            return None  # the sum is read elsewhere too
         conv_side = [operand for operand in inner.operands if _lone_bf16_result(c, operand, inner.node)]
         if not conv_side:
             return None
         conv_result = conv_side[0]
         other = inner.operands[1] if inner.operands[0] is conv_result else inner.operands[0]
-        if isinstance(other, Expression) or (isinstance(other, FloatTensor) and other.producer is not None and
-                                             c.ops.index(other.producer) > c.ops.index(conv_result.producer)):
-            # Computed after the conv (a shortcut's subsampling, evaluated only now): the conv, which nothing
-            # but this Add reads, moves after it.
+        computed_later = isinstance(other, Expression) or (
+            isinstance(other, FloatTensor) and other.producer is not None and
+            c.ops.index(other.producer) > c.ops.index(conv_result.producer))
+        if isinstance(other, Expression):
             other = to_float(c, inner.node, other)
-            if not isinstance(other, FloatTensor) or other.shape != conv_result.shape:
-                return None
-            c.ops.remove(conv_result.producer)
-            c.ops.append(conv_result.producer)
         if not isinstance(other, FloatTensor) or other.shape != conv_result.shape or other.producer is None:
             return None
+        if computed_later:
+            # A shortcut's subsampling, evaluated only now: the conv, which nothing but this Add reads, moves
+            # after it.
+            c.ops.remove(conv_result.producer)
+            c.ops.append(conv_result.producer)
         skip, inner_node = other.index, inner.node
     elif _lone_bf16_result(c, inner, node):
         conv_result, inner_node = inner, None
     else:
         return None
-    if inner_node is not None and inner is not expression and \
-            [reader.name for reader in c.readers.get(inner_node.output[0], [])] != [node.name]:
-        return None  # the sum is read elsewhere too
     conv = conv_result.producer
     conv.skip = skip
     conv.low = None if low == -math.inf else float(np.float32(low))

@@ -55,9 +55,6 @@ class Bf16Conv final : public Operator {
                 wide_offsets_[j] = static_cast<long>(i) * static_cast<long>(plane_words_) + tap_shift(t);
                 packed_offsets_[j] = static_cast<long>(j) * kBf16TilePixels;
             }
-        context.need_workspace(sample_words_ * sizeof(uint32_t));
-        // A packed tile's words, then a tile of outputs (the batch-spanning tiles write there first).
-        context.need_scratch(static_cast<size_t>(pairs_ + group_out_) * kBf16TilePixels * sizeof(uint32_t) + 64);
         low_ = attrs.has("low") ? attrs.get_float("low") : -std::numeric_limits<float>::infinity();
         high_ = attrs.has("high") ? attrs.get_float("high") : std::numeric_limits<float>::infinity();
         if (!(low_ <= high_)) throw std::invalid_argument("bf16_conv: the clamp's low bound is above its high bound");
@@ -65,8 +62,26 @@ class Bf16Conv final : public Operator {
         kernel_ = native ? bf16_tile_avx512() : bf16_tile_exact;
         pairs_kernel_ = native ? bf16_pairs_avx512() : bf16_pairs_exact;
         if (group_in_ == 1 && native && bf16_round_avx512()) depthwise_kernel_ = bf16_depthwise_avx512();
-        // The depthwise kernel reads the input rounded to bfloat16 values in place of the converted pairs.
-        if (depthwise_kernel_) context.need_workspace(f32_bytes(element_count({g_.in_c, g_.in_h, g_.in_w}, "bf16_conv")));
+        if (depthwise_kernel_) {
+            // The depthwise kernel reads the input rounded to bfloat16 values in place of the converted pairs.
+            context.need_workspace(f32_bytes(element_count({g_.in_c, g_.in_h, g_.in_w}, "bf16_conv")));
+            return;
+        }
+        context.need_workspace(sample_words_ * sizeof(uint32_t));
+        // A packed tile's words, then a tile of outputs (the batch-spanning tiles write there first).
+        context.need_scratch(static_cast<size_t>(pairs_ + group_out_) * kBf16TilePixels * sizeof(uint32_t) + 64);
+        if (wide_) {
+            // Wide pixel q is output (q / wide_w, q % wide_w) when that column is inside out_w: per tile, the
+            // kept pixels' mask and the output index of its first kept pixel.
+            const int pixels = g_.out_h * wide_w_;
+            for (int first = 0; first < pixels; first += kBf16TilePixels) {
+                uint64_t keep = 0;
+                for (int p = 0; p < std::min(kBf16TilePixels, pixels - first); ++p)
+                    keep |= uint64_t{(first + p) % wide_w_ < g_.out_w} << p;
+                wide_keep_.push_back(keep);
+                wide_written_.push_back(static_cast<size_t>(first / wide_w_) * g_.out_w + std::min(first % wide_w_, g_.out_w));
+            }
+        }
     }
 
     void run(const ExecutionContext& context) const override {
@@ -116,11 +131,9 @@ class Bf16Conv final : public Operator {
                 const float* skip_plane = skip ? skip + (target - out) : nullptr;
                 size_t written = first;  // the output index of the tile's first kept pixel
                 if (wide_) {
-                    // Wide pixel q is output (q / wide_w, q % wide_w) when that column is inside out_w.
                     t.x = source + first;
-                    t.keep = 0;
-                    for (int p = 0; p < count; ++p) t.keep |= uint64_t{(first + p) % wide_w_ < g_.out_w} << p;
-                    written = static_cast<size_t>(first / wide_w_) * g_.out_w + std::min(first % wide_w_, g_.out_w);
+                    t.keep = wide_keep_[tile];
+                    written = wide_written_[tile];
                 } else {
                     long base[kBf16TilePixels];
                     for (int p = 0; p < count; ++p) base[p] = pixel_base(first + p);
@@ -274,6 +287,8 @@ class Bf16Conv final : public Operator {
     float low_, high_;
     std::vector<uint32_t> weights_;
     std::vector<long> wide_offsets_, packed_offsets_;
+    std::vector<uint64_t> wide_keep_;  // per tile of a stride-1 conv: its kept pixels
+    std::vector<size_t> wide_written_;  // per tile of a stride-1 conv: the output index of its first kept pixel
     const float* bias_ = nullptr;
     Bf16TileKernel kernel_ = nullptr;
     Bf16PairKernel pairs_kernel_ = nullptr;
