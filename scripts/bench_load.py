@@ -9,8 +9,9 @@ the median and the 99th percentile of single batch-1 calls, not a median alone. 
 scripts/bench_runtime.py builds it, random weights, the QDQ file from ``--source``), and for each load (that
 many `python -c "while True: pass"` processes started before and stopped after the row), the engines
 alternate in blocks of ``--calls`` calls with an idle gap between blocks; every engine gets 2 threads (or
-``--threads``; OpenVINO with one stream and its latency hint, when installed). Ours runs twice: with its default policy and with ``shared_cpu=True`` (the policy for a CPU other
-busy processes share).
+``--threads``; OpenVINO with one stream and its latency hint, when installed). Ours runs three times: with its
+default policy (``shared_cpu=None``: the shared-CPU policy while the pool sees contention), with
+``shared_cpu=True`` (that policy always) and with ``shared_cpu=False`` (never).
 
 The kernel path and CPU flags are printed; OUT/results.json and OUT/results.md hold every row.
 """
@@ -32,6 +33,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_runtime import MODELS, build_files  # noqa: E402  (the models and their input sizes, built one way)
 
 BUSY = "while True: pass"
+# Our engine's rows: the default policy, then the two it chooses between, forced.
+OURS = {"ours": None, "ours shared_cpu": True, "ours dedicated": False}
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,13 +74,12 @@ def measure_row(name: str, load: int, args: argparse.Namespace, out: Path) -> di
     edge = folder / f"{args.source}.edge"
     if not edge.exists():
         compile(qdq, str(edge), tune_batch=1, threads=args.threads)
-    ours = load_edge(edge, threads=args.threads)
-    ours_shared = load_edge(edge, threads=args.threads, shared_cpu=True)
+    ours = {engine: load_edge(edge, threads=args.threads, shared_cpu=policy) for engine, policy in OURS.items()}
     theirs = onnxruntime_session(qdq, args.threads)
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     feed = {theirs.get_inputs()[0].name: x}
-    candidates = {"ours": lambda: ours.run(x), "ours shared_cpu": lambda: ours_shared.run(x),
-                  "onnxruntime": lambda: theirs.run(None, feed)}
+    candidates = {engine: (lambda session=session: session.run(x)) for engine, session in ours.items()}
+    candidates["onnxruntime"] = lambda: theirs.run(None, feed)
     precisions = None
     try:
         infer, precisions = openvino_session(qdq, args.threads)
@@ -97,9 +99,9 @@ def measure_row(name: str, load: int, args: argparse.Namespace, out: Path) -> di
     stats = {engine: statistics(np.asarray(value)) for engine, value in times.items()}
     reference = stats["onnxruntime"]
     ratios = {engine: {key: stats[engine][key] / reference[key] for key in ("mean", "median", "p99")}
-              for engine in ("ours", "ours shared_cpu")}
+              for engine in OURS}
     return {"model": name, "size": size, "busy": load, "source": args.source, "threads": args.threads,
-            "kernels": ours.kernels, "openvino_precisions": precisions, "ms": stats, "ours_over_ort": ratios}
+            "kernels": ours["ours"].kernels, "openvino_precisions": precisions, "ms": stats, "ours_over_ort": ratios}
 
 
 def table(rows: list[dict]) -> str:
@@ -128,12 +130,11 @@ def main() -> None:
         for load in args.loads:
             row = measure_row(name, load, args, out)
             rows.append(row)
-            r = row["ours_over_ort"]["ours"]
-            print(f"{name:12s} busy={load} [{row['kernels']}] ours mean {row['ms']['ours']['mean']:.3f} "
-                  f"p99 {row['ms']['ours']['p99']:.3f} ms | shared_cpu mean {row['ms']['ours shared_cpu']['mean']:.3f} "
-                  f"p99 {row['ms']['ours shared_cpu']['p99']:.3f} | ORT mean {row['ms']['onnxruntime']['mean']:.3f} "
-                  f"p99 {row['ms']['onnxruntime']['p99']:.3f} ms | ours/ORT mean {r['mean']:.2f}x p99 {r['p99']:.2f}x",
-                  flush=True)
+            mine = " | ".join(f"{engine} mean {row['ms'][engine]['mean']:.3f} p99 {row['ms'][engine]['p99']:.3f} "
+                              f"({row['ours_over_ort'][engine]['mean']:.2f}x, {row['ours_over_ort'][engine]['p99']:.2f}x)"
+                              for engine in OURS)
+            print(f"{name:12s} busy={load} [{row['kernels']}] {mine} | ORT mean {row['ms']['onnxruntime']['mean']:.3f} "
+                  f"p99 {row['ms']['onnxruntime']['p99']:.3f} ms", flush=True)
     command = "python scripts/bench_load.py " + " ".join(sys.argv[1:])
     payload = {"command": command.strip(), "machine": info, "rows": rows,
                "seconds": round(time.perf_counter() - started, 1)}

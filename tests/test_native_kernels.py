@@ -63,8 +63,9 @@ def test_neon_kernels_match_scalar_under_qemu(native_output, tmp_path):
     assert not differing, f"aarch64 computes other bits than x86 for: {', '.join(differing)}"
 
 
-@pytest.mark.parametrize("threads, spin, shared_cpu", [(2, 20000, 0), (2, 0, 0), (3, 100, 1), (5, 20000, 0), (5, 20000, 1)])
-def test_thread_pool_runs_every_chunk_once_when_crowded(threads, spin, shared_cpu, tmp_path):
+@pytest.mark.parametrize("threads, spin, sharing", [(2, 20000, 0), (2, 0, 0), (3, 100, 1), (5, 20000, 0), (5, 20000, 1),
+                                                    (3, 20000, 2), (5, 100, 2)])
+def test_thread_pool_runs_every_chunk_once_when_crowded(threads, spin, sharing, tmp_path):
     """The pool's chunk claims (one compare-and-swap on the call's generation, chunk count and next chunk)
     under 300,000 calls; with more threads than cores the OS deschedules workers mid-claim. An earlier
     version read the count apart from the claim word and hung here within a second."""
@@ -72,7 +73,7 @@ def test_thread_pool_runs_every_chunk_once_when_crowded(threads, spin, shared_cp
         pytest.skip("needs g++")
     binary = tmp_path / "check_pool"
     subprocess.run(["g++", *FLAGS, str(POOL_STRESS), "-o", str(binary)], check=True, capture_output=True, text=True)
-    result = subprocess.run([str(binary), str(threads), str(spin), str(shared_cpu), "300000"], capture_output=True,
+    result = subprocess.run([str(binary), str(threads), str(spin), str(sharing), "300000"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "each exactly once" in result.stdout

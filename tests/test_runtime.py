@@ -187,11 +187,29 @@ def test_any_batch_size_and_thread_count_give_the_same_numbers(tmp_path):
     assert np.array_equal(session.run(x[0]), one_thread[:1])  # a single CHW image is a batch of one
     # More threads than cores (each op's chunks then go to whichever thread the OS runs), workers that
     # sleep at once between ops, and the shared-CPU policy: still the same numbers.
-    for threads, spin, shared_cpu in ((7, None, False), (3, 0, False), (2, None, True)):
+    for threads, spin, shared_cpu in ((7, None, False), (3, 0, None), (2, None, True), (7, None, None)):
         crowded = load(edge_path, threads=threads, spin=spin, shared_cpu=shared_cpu)
         assert crowded.threads == threads and crowded.shared_cpu == shared_cpu and (spin is None or crowded.spin == spin)
         for _ in range(3):
             assert np.array_equal(crowded.run(x), one_thread)
+
+
+def test_thread_pool_policy_follows_contention(tmp_path):
+    """shared_cpu=None (the default) turns the shared-CPU policy on when the pool sees contention: with seven
+    threads on this machine's cores, workers are descheduled while they hold chunks. True keeps it on, False off."""
+    _, edge_path, _ = export_and_compile(calibrated_network("mobilenetv2_100"), tmp_path)
+    x = np.random.default_rng(5).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    sessions = {policy: load(edge_path, threads=7, shared_cpu=policy) for policy in (None, True, False)}
+    seen = {policy: False for policy in sessions}
+    for _ in range(40):
+        for policy, session in sessions.items():
+            session.run(x)
+            seen[policy] |= session.cpu_contended
+    assert seen == {None: True, True: True, False: False}
+    assert [session.shared_cpu for session in sessions.values()] == [None, True, False]
+    assert load(edge_path).shared_cpu is None
+    with pytest.raises(TypeError, match="shared_cpu='yes'"):
+        load(edge_path, shared_cpu="yes")
 
 
 def test_session_errors_name_the_problem(tmp_path):

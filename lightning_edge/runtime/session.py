@@ -20,11 +20,16 @@ from lightning_edge.runtime.packing import kernel_arrays
 from lightning_edge.runtime.plan import INPUT_KINDS, Plan, PlanError
 
 
+# shared_cpu= as the engine's CpuSharing: False dedicated, True shared, None automatic.
+_SHARING = {False: 0, True: 1, None: 2}
+
+
 class Session:
     """A loaded plan bound to a thread pool and a kernel path; run it on float32 NCHW batches of any size."""
 
     def __init__(self, plan: Plan | dict[str, Any], tensors: dict[str, np.ndarray], threads: int | None = None,
-                 kernels: str = "auto", path: str = "<plan>", spin: int | None = None, shared_cpu: bool = False):
+                 kernels: str = "auto", path: str = "<plan>", spin: int | None = None,
+                 shared_cpu: bool | None = None):
         if kernels not in KERNELS:
             raise ValueError(f"kernels={kernels!r}: choose one of {', '.join(KERNELS)}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -32,6 +37,8 @@ class Session:
         if spin is not None and (not isinstance(spin, int) or isinstance(spin, bool) or spin < 0):
             raise ValueError(f"spin={spin!r}: give how many pause instructions an idle worker spins before it sleeps "
                              "(0: sleep at once), or None for the default")
+        if shared_cpu is not None and not isinstance(shared_cpu, bool):
+            raise TypeError(f"shared_cpu={shared_cpu!r}: give True, False, or None to follow what the pool sees")
         try:
             plan = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
         except PlanError as error:
@@ -42,9 +49,7 @@ class Session:
         try:
             ops, arrays = kernel_arrays(plan, tensors, resolved)
             sizes = [tensor.bytes_per_sample for tensor in plan.tensors]
-            if not isinstance(shared_cpu, bool):
-                raise TypeError(f"shared_cpu={shared_cpu!r}: give True or False")
-            pool = {"shared_cpu": shared_cpu} if spin is None else {"spin": spin, "shared_cpu": shared_cpu}
+            pool = {"sharing": _SHARING[shared_cpu]} if spin is None else {"spin": spin, "sharing": _SHARING[shared_cpu]}
             self._engine = module.Engine(ops, sizes, arrays, threads or default_threads(), resolved, **pool)
             ends = sorted((op for op in plan.ops if op.KIND in INPUT_KINDS), key=lambda op: op.index)
             self.input_shapes = [(op.channels, op.height, op.width) for op in ends]
@@ -73,9 +78,17 @@ class Session:
         return self._engine.spin
 
     @property
-    def shared_cpu(self) -> bool:
-        """Whether the thread pool runs the policy for a CPU that other busy processes share."""
-        return self._engine.shared_cpu
+    def shared_cpu(self) -> bool | None:
+        """The policy asked for: True (always act as if other busy processes share the CPU), False (never), None
+        (while the pool sees contention: see ``cpu_contended``)."""
+        return {value: key for key, value in _SHARING.items()}[self._engine.sharing]
+
+    @property
+    def cpu_contended(self) -> bool:
+        """Whether the pool acts now as if other busy processes share the CPU: always with ``shared_cpu=True``,
+        never with False, and with None from a sign of contention (a woken worker that did not start in time, or
+        one descheduled while it held work) until half a second passes without one."""
+        return self._engine.contended
 
     @property
     def input_names(self) -> list[str]:
@@ -153,15 +166,17 @@ class Session:
 
 
 def load(edge_path: str | os.PathLike, threads: int | None = None, kernels: str = "auto",
-         spin: int | None = None, shared_cpu: bool = False) -> Session:
+         spin: int | None = None, shared_cpu: bool | None = None) -> Session:
     """Load a .edge file (checked before use). ``threads=None`` uses all cores; ``kernels`` forces a path.
 
     The threads share each op's work in small chunks that whichever thread is free claims, so a thread the OS
     deschedules (another busy process on the core) delays only the chunk it holds. Between runs a worker spins
     ``spin`` pause instructions (None: the default, under a millisecond) before it sleeps; ``spin=0`` sleeps
-    at once. ``shared_cpu=True`` is the policy for a CPU that other busy processes share (a phone, a board
-    running a camera pipeline): the caller stops waiting for a worker the OS has descheduled, and spinning
-    workers give their core away now and then (scripts/bench_load.py measures both policies)."""
+    at once. On a CPU that other busy processes share (a phone, a board running a camera pipeline) the pool
+    changes policy: the caller stops waiting for a worker the OS has descheduled, and spinning workers give
+    their core away now and then. By default (``shared_cpu=None``) it does so while it sees contention, from
+    the first sign until half a second passes without one; ``shared_cpu=True`` keeps that policy always,
+    ``False`` never (scripts/bench_load.py measures all three)."""
     path = os.fspath(edge_path)
     plan, tensors = read_edge(path)
     return Session(plan, tensors, threads=threads, kernels=kernels, path=path, spin=spin, shared_cpu=shared_cpu)

@@ -4,7 +4,7 @@
 // after all of them; a lost or doubled chunk, or a call that never returns, fails (the test has a timeout).
 //
 //     g++ -O2 -std=c++17 -pthread -I lightning_edge/runtime/csrc tests/native/check_thread_pool.cpp -o check_pool
-//     ./check_pool THREADS SPIN SHARED_CPU CALLS
+//     ./check_pool THREADS SPIN SHARING CALLS       (SHARING: 0 dedicated, 1 shared, 2 auto)
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -14,13 +14,14 @@
 
 int main(int argc, char** argv) {
     if (argc != 5) {
-        std::fprintf(stderr, "usage: %s THREADS SPIN SHARED_CPU CALLS\n", argv[0]);
+        std::fprintf(stderr, "usage: %s THREADS SPIN SHARING CALLS\n", argv[0]);
         return 2;
     }
     const int threads = std::atoi(argv[1]), spin = std::atoi(argv[2]);
-    const bool shared_cpu = std::atoi(argv[3]) != 0;
+    const int sharing = std::atoi(argv[3]);
+    if (sharing < 0 || sharing > 2) return 2;
     const long calls = std::atol(argv[4]);
-    edge::ThreadPool pool(threads, spin, shared_cpu);
+    edge::ThreadPool pool(threads, spin, static_cast<edge::CpuSharing>(sharing));
     std::vector<std::atomic<int>> runs(16);
     std::vector<std::atomic<int>> by_thread(threads);
     unsigned state = 12345;
@@ -43,8 +44,8 @@ int main(int argc, char** argv) {
         }
         chunks_run += chunks;
     }
-    std::printf("threads %d spin %d shared_cpu %d: %ld calls, %ld chunks, each exactly once; by thread:", threads, spin,
-                static_cast<int>(shared_cpu), calls, chunks_run);
+    std::printf("threads %d spin %d sharing %d: %ld calls, %ld chunks, each exactly once; by thread:", threads, spin,
+                sharing, calls, chunks_run);
     for (auto& count : by_thread) std::printf(" %d", count.load());
     std::printf("\n");
     return 0;

@@ -99,7 +99,8 @@ std::vector<py::ssize_t> to_shape(const std::vector<long>& shape) { return std::
 class PyEngine {
   public:
     PyEngine(py::list ops, py::list tensor_sizes, py::dict arrays, int threads, const std::string& kernels, int spin,
-             bool shared_cpu) {
+             int sharing) {
+        if (sharing < 0 || sharing > 2) throw std::invalid_argument("sharing: 0 (dedicated), 1 (shared) or 2 (auto)");
         std::vector<size_t> sizes;
         for (auto size : tensor_sizes) sizes.push_back(size.cast<size_t>());
         std::vector<OpDescription> descriptions;
@@ -123,13 +124,14 @@ class PyEngine {
                 }
                 table[name] = ref;
             }
-        engine_ = std::make_unique<Engine>(descriptions, std::move(sizes), table, threads, kernels, spin, shared_cpu);
+        engine_ = std::make_unique<Engine>(descriptions, std::move(sizes), table, threads, kernels, spin, static_cast<CpuSharing>(sharing));
     }
 
     std::string backend() const { return engine_->backend(); }
     int threads() const { return engine_->threads(); }
     int spin() const { return engine_->spin(); }
-    bool shared_cpu() const { return engine_->shared_cpu(); }
+    int sharing() const { return static_cast<int>(engine_->sharing()); }
+    bool contended() const { return engine_->contended(); }
     int output_count() const { return engine_->output_count(); }
     int input_count() const { return engine_->input_count(); }
 
@@ -211,9 +213,9 @@ class PyEngine {
 PYBIND11_MODULE(_engine, m) {
     m.doc() = "lightning-edge INT8 runtime kernels (see lightning_edge.runtime.session)";
     py::class_<edge::PyEngine>(m, "Engine")
-        .def(py::init<py::list, py::list, py::dict, int, const std::string&, int, bool>(), py::arg("ops"),
+        .def(py::init<py::list, py::list, py::dict, int, const std::string&, int, int>(), py::arg("ops"),
              py::arg("tensor_sizes"), py::arg("arrays"), py::arg("threads"), py::arg("kernels") = "auto",
-             py::arg("spin") = edge::ThreadPool::kDefaultSpin, py::arg("shared_cpu") = false)
+             py::arg("spin") = edge::ThreadPool::kDefaultSpin, py::arg("sharing") = static_cast<int>(edge::CpuSharing::kAuto))
         .def("run", &edge::PyEngine::run, py::arg("x"))
         .def("trace", &edge::PyEngine::trace, py::arg("x"))
         .def("profile", &edge::PyEngine::profile, py::arg("x"), py::arg("repeats") = 10)
@@ -221,7 +223,8 @@ PYBIND11_MODULE(_engine, m) {
         .def_property_readonly("backend", &edge::PyEngine::backend)
         .def_property_readonly("threads", &edge::PyEngine::threads)
         .def_property_readonly("spin", &edge::PyEngine::spin)
-        .def_property_readonly("shared_cpu", &edge::PyEngine::shared_cpu)
+        .def_property_readonly("sharing", &edge::PyEngine::sharing)
+        .def_property_readonly("contended", &edge::PyEngine::contended)
         .def_property_readonly("output_count", &edge::PyEngine::output_count)
         .def_property_readonly("input_count", &edge::PyEngine::input_count);
     m.def("int8_peak_ops", [](int threads, double seconds) {

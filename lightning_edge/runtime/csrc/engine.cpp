@@ -10,8 +10,8 @@
 namespace edge {
 
 Engine::Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor_sizes, const ArrayTable& arrays,
-               int threads, const std::string& kernels, int spin, bool shared_cpu)
-    : backend_(choose_backend(kernels)), scheduler_(threads, spin, shared_cpu) {
+               int threads, const std::string& kernels, int spin, CpuSharing sharing)
+    : backend_(choose_backend(kernels)), scheduler_(threads, spin, sharing) {
     BuildContext build(backend_, tensor_sizes, arrays);
     for (const OpDescription& op : ops) ops_.push_back(find_operator(op.kind)(op.attributes, build));
     // The ends read the plan's inputs (quantize their codes, float_input their float32 values) and write its outputs.

@@ -31,15 +31,16 @@ class Engine {
     // the output ops last (dequantize or float_output; indices 0 .. outputs - 1 once each), no tensor read before
     // it is written or written twice.
     // `arrays` must outlive the engine; tensor sizes are codes per sample.
-    // `spin`: how long an idle worker spins before it sleeps, in pause instructions; `shared_cpu`: the
-    // policy for a CPU other busy processes share (ThreadPool).
+    // `spin`: how long an idle worker spins before it sleeps, in pause instructions; `sharing`: when the pool
+    // acts as if other busy processes share the CPU (ThreadPool).
     Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor_sizes, const ArrayTable& arrays, int threads,
-           const std::string& kernels, int spin = ThreadPool::kDefaultSpin, bool shared_cpu = false);
+           const std::string& kernels, int spin = ThreadPool::kDefaultSpin, CpuSharing sharing = CpuSharing::kAuto);
 
     const char* backend() const { return backend_.name; }
     int threads() const { return scheduler_.threads(); }
     int spin() const { return scheduler_.spin(); }
-    bool shared_cpu() const { return scheduler_.shared_cpu(); }
+    CpuSharing sharing() const { return scheduler_.sharing(); }
+    bool contended() const { return scheduler_.contended(); }
     int op_count() const { return static_cast<int>(ops_.size()); }
     int tensor_count() const { return memory_->tensor_count(); }
     size_t tensor_size(int index) const { return memory_->tensor_size(index); }

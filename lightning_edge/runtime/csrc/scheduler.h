@@ -16,12 +16,13 @@ class Scheduler {
     // claiming them costs nothing beside the work.
     static constexpr int kChunksPerThread = 4;
 
-    explicit Scheduler(int threads, int spin = ThreadPool::kDefaultSpin, bool shared_cpu = false)
-        : pool_(threads, spin, shared_cpu) {}
+    explicit Scheduler(int threads, int spin = ThreadPool::kDefaultSpin, CpuSharing sharing = CpuSharing::kAuto)
+        : pool_(threads, spin, sharing) {}
 
     int threads() const { return pool_.size(); }
     int spin() const { return pool_.spin(); }
-    bool shared_cpu() const { return pool_.shared_cpu(); }
+    CpuSharing sharing() const { return pool_.sharing(); }
+    bool contended() const { return pool_.contended(); }
 
     // Cuts [0, count) into contiguous chunks of at least `grain` items and runs body(begin, end, thread)
     // on each; `thread` (below threads()) names the thread running it, for its scratch.

@@ -14,9 +14,15 @@
 // waits, a stall of a whole time slice. So after waking workers the caller, past its fair share, waits up
 // to kWakeGrace for one of them to claim a chunk before it takes their chunks too.
 //
-// `shared_cpu` is for a CPU other busy processes share: a worker that missed the grace is taken as
-// descheduled and the caller no longer waits for it until a worker is seen claiming again, and spinning
-// workers give their core away every 256 pauses, so that one put on the caller's core cannot hold it.
+// On a CPU that other busy processes share, two things go wrong: a woken worker may not run for a whole
+// time slice, so the grace is lost on every call; and a worker spinning on the caller's core holds it. The
+// shared policy answers both: a worker that missed the grace is taken as descheduled and the caller no
+// longer waits for it until a worker is seen claiming again, and spinning workers give their core away
+// every 256 pauses. CpuSharing chooses when it applies: always (kShared), never (kDedicated), or, the
+// default, while the pool sees contention (kAuto): a missed grace, or a wait at the end of a call far longer
+// than the caller's own chunks took (a worker descheduled while it held one), turns the shared policy on
+// for kContentionHold seconds from the latest such sign, so an idle CPU keeps the dedicated policy's
+// latency and a busy one gets the shared policy's within a call or two.
 #pragma once
 
 #include <atomic>
@@ -45,6 +51,9 @@ inline double seconds_now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// When the thread pool acts as if other busy processes share the CPU (see above).
+enum class CpuSharing : int { kDedicated = 0, kShared = 1, kAuto = 2 };
+
 class ThreadPool {
   public:
     using Body = std::function<void(int chunk, int thread)>;
@@ -53,9 +62,14 @@ class ThreadPool {
     // At most kMaxChunks chunks a call (the claim word below has 16 bits for them).
     static constexpr int kMaxChunks = 0xffff;
     static constexpr double kWakeGrace = 200e-6;
+    // How long one sign of contention keeps the shared policy on under kAuto.
+    static constexpr double kContentionHold = 0.5;
+    // A wait at a call's end counts as a sign when it exceeds this many of the caller's own chunk times,
+    // plus kStallSlack (a chunk's time varies a little between threads).
+    static constexpr double kStallChunks = 4.0, kStallSlack = 50e-6;
 
-    explicit ThreadPool(int threads, int spin = kDefaultSpin, bool shared_cpu = false)
-        : size_(threads < 1 ? 1 : threads), spin_(spin < 0 ? 0 : spin), shared_cpu_(shared_cpu) {
+    explicit ThreadPool(int threads, int spin = kDefaultSpin, CpuSharing sharing = CpuSharing::kAuto)
+        : size_(threads < 1 ? 1 : threads), spin_(spin < 0 ? 0 : spin), sharing_(sharing) {
         for (int t = 1; t < size_; ++t) workers_.emplace_back([this, t] { work(t); });
     }
 
@@ -67,7 +81,9 @@ class ThreadPool {
 
     int size() const { return size_; }
     int spin() const { return spin_; }
-    bool shared_cpu() const { return shared_cpu_; }
+    CpuSharing sharing() const { return sharing_; }
+    // Whether the shared policy applies now: always under kShared, while contention was seen lately under kAuto.
+    bool contended() const { return shared_.load(std::memory_order_relaxed); }
 
     void run(int chunks, const Body& body) {
         if (chunks <= 0) return;
@@ -76,11 +92,19 @@ class ThreadPool {
             for (int chunk = 0; chunk < chunks; ++chunk) body(chunk, 0);
             return;
         }
+        const double start = seconds_now();
+        if (sharing_ == CpuSharing::kAuto && shared_.load(std::memory_order_relaxed) && start > contended_until_)
+            shared_.store(false, std::memory_order_relaxed);  // no sign for kContentionHold: dedicated again
         done_.store(0, std::memory_order_relaxed);
         const bool woke = publish(&body, chunks);
-        caller_claims(chunks, woke);
+        const uint32_t mine = caller_claims(chunks, woke);
         // What is left is in the workers' hands: chunks they have claimed and not finished.
+        if (done_.load(std::memory_order_acquire) == chunks) return;
+        const double claimed = seconds_now();
         while (done_.load(std::memory_order_acquire) != chunks) EDGE_PAUSE();
+        if (sharing_ != CpuSharing::kAuto || mine == 0) return;
+        const double waited = seconds_now() - claimed, own = (claimed - start) / mine;
+        if (waited > kStallChunks * own + kStallSlack) contention_seen(claimed + waited);
     }
 
   private:
@@ -117,7 +141,14 @@ class ThreadPool {
         done_.fetch_add(1, std::memory_order_release);
     }
 
-    void caller_claims(int chunks, bool woke) {
+    // Under kAuto, a sign of contention at `now`: the shared policy holds for kContentionHold from it.
+    void contention_seen(double now) {
+        contended_until_ = now + kContentionHold;
+        shared_.store(true, std::memory_order_relaxed);
+    }
+
+    // The caller's share of a call; returns how many chunks it ran.
+    uint32_t caller_claims(int chunks, bool woke) {
         const uint32_t fair = static_cast<uint32_t>((chunks + size_ - 1) / size_);
         uint32_t mine = 0;
         bool waited = false;
@@ -127,7 +158,7 @@ class ThreadPool {
             const uint32_t next = next_of(current);
             if (next > mine) {
                 workers_absent_ = false;  // a worker has claimed in this call
-            } else if (woke && mine >= fair && !waited && !(shared_cpu_ && workers_absent_)) {
+            } else if (woke && mine >= fair && !waited && !(workers_absent_ && shared_.load(std::memory_order_relaxed))) {
                 const double now = seconds_now();
                 if (deadline == 0.0) deadline = now + kWakeGrace;
                 if (now < deadline) {
@@ -137,12 +168,14 @@ class ThreadPool {
                 }
                 waited = true;
                 workers_absent_ = true;
+                if (sharing_ == CpuSharing::kAuto) contention_seen(now);
             }
             if (!try_claim(current)) continue;
             run_chunk(next, 0);
             ++mine;
             current = claim_.load(std::memory_order_acquire);
         }
+        return mine;
     }
 
     void worker_claims(uint32_t generation, int thread) {
@@ -162,7 +195,7 @@ class ThreadPool {
         for (;;) {
             uint32_t now = current_generation();
             for (int spins = 0; now == seen && spins < spin_; ++spins) {
-                if (shared_cpu_ && (spins & 255) == 255) std::this_thread::yield();
+                if ((spins & 255) == 255 && shared_.load(std::memory_order_relaxed)) std::this_thread::yield();
                 else EDGE_PAUSE();
                 now = generation_of(claim_.load(std::memory_order_acquire));
             }
@@ -181,18 +214,21 @@ class ThreadPool {
 
     int size_;
     int spin_;
-    bool shared_cpu_;
+    CpuSharing sharing_;
     std::vector<std::thread> workers_;
     std::mutex mutex_;
     std::condition_variable wake_;
     uint32_t calls_ = 0;           // the caller's: generations published
     bool workers_absent_ = false;  // the caller's: did the last grace pass with no worker claiming?
+    double contended_until_ = 0.0;  // the caller's, under kAuto: when the latest sign of contention expires
     // The claim word and the done count each on a cache line of their own: every claim writes the one and
     // every finished chunk the other.
     alignas(64) std::atomic<uint64_t> claim_{0};
     alignas(64) std::atomic<int> done_{0};
     alignas(64) std::atomic<const Body*> body_{nullptr};
     std::atomic<int> sleepers_{0};
+    // Whether the shared policy applies: the caller writes it, spinning workers read it.
+    std::atomic<bool> shared_{sharing_ == CpuSharing::kShared};
     std::atomic<bool> stopping_{false};
 };
 
