@@ -80,12 +80,12 @@ def test_activations_run_as_exact_tables(name, tmp_path):
 class SqueezeExcitation(nn.Module):
     """MobileNetV3 / EfficientNet blocks as timm writes them: x.mean((2, 3)), a gate, x * gate (a broadcast product)."""
 
-    def __init__(self, gate=torch.sigmoid):
+    def __init__(self, gate=torch.sigmoid, channels: int = 16):
         super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, padding=1)
-        self.reduce, self.expand = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.conv = nn.Conv2d(3, channels, 3, padding=1)
+        self.reduce, self.expand = nn.Conv2d(channels, 4, 1), nn.Conv2d(4, channels, 1)
         self.gate = gate
-        self.head = nn.Linear(16, 10)
+        self.head = nn.Linear(channels, 10)
 
     def forward(self, x):
         x = F.hardswish(self.conv(x))
@@ -98,6 +98,84 @@ class SqueezeExcitation(nn.Module):
 def test_squeeze_excitation_gates_broadcast_their_product(gate, activations, tmp_path):
     path = ort_qdq_file(SqueezeExcitation(gate), tmp_path, activations=activations)
     assert_bit_exact(path, tmp_path, kinds={"binary", "table", "average_pool"})
+
+
+def test_squeeze_excitation_of_odd_width_on_a_large_map(tmp_path):
+    """19 channels (a vector kernel's tail) on a 20x20 map (more pixels than a code has values)."""
+    shape = (3, 20, 20)
+    path = ort_qdq_file(SqueezeExcitation(channels=19), tmp_path, shape=shape)
+    assert_bit_exact(path, tmp_path, shape=shape, kinds={"binary", "table"})
+
+
+class SiLU(nn.Module):
+    """SiLU as ONNX Runtime quantizes it, x * Q(sigmoid(x)): one function of x's codes, so one table; with
+    ``reuse`` the sigmoid is read again (x * sigmoid(x) + sigmoid(x)) and keeps its own table."""
+
+    def __init__(self, reuse: bool):
+        super().__init__()
+        self.conv, self.reuse = nn.Conv2d(3, 8, 3, padding=1), reuse
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.conv(x)
+        gate = torch.sigmoid(x)
+        x = x * gate + gate if self.reuse else x * gate
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["silu", "sigmoid_reused"])
+def test_silu_composes_its_sigmoid_into_one_table(reuse, tmp_path):
+    path = ort_qdq_file(SiLU(reuse), tmp_path)
+    assert {"Sigmoid", "Mul"} <= {n.op_type for n in onnx.load(path).graph.node}
+    assert_bit_exact(path, tmp_path, kinds={"table"})
+    plan = compile(path, str(tmp_path / "silu.edge"), select=False)
+    kinds = [op.kind for op in plan.ops]
+    assert "binary" not in kinds and kinds.count("table") == (2 if reuse else 1), kinds
+
+
+def gated_model(operation: str, full: str, gate_first: bool, channels: int, size: int) -> onnx.ModelProto:
+    """Q(f(x) op g) for x (1, C, S, S) and a gate g (1, C, 1, 1), both int8 tensors: f is x itself (a
+    dequantization), x times a per-channel constant (a table per channel) or sigmoid(x) (one table that is not a
+    dequantization)."""
+    from onnx import helper
+
+    from test_runtime_reference import qdq_model
+
+    nodes, constants = [], {}
+    if full == "per_channel":
+        constants["k"] = np.linspace(-1.5, 2.0, channels, dtype=np.float32).reshape(1, channels, 1, 1)
+        nodes.append(helper.make_node("Mul", ["x", "k"], ["f"]))
+    elif full == "sigmoid":
+        nodes.append(helper.make_node("Sigmoid", ["x"], ["f"]))
+    operands = ["g", "f" if nodes else "x"]
+    nodes.append(helper.make_node(operation, operands if gate_first else operands[::-1], ["y"]))
+    gate_grid = (np.float32(0.02), 3) if operation == "Div" else (np.float32(0.03), 100)
+    model = qdq_model(nodes, {"x": ((1, channels, size, size), np.float32(0.05), 128), "g": ((1, channels, 1, 1), *gate_grid)},
+                      {"y": (np.float32(0.06), 120)}, constants)
+    graph = model.graph  # the runtime's outputs are dequantized codes
+    graph.node.append(helper.make_node("DequantizeLinear", ["y_q", "y_out_s", "y_out_z"], ["y_dq"]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("y_dq", onnx.TensorProto.FLOAT, None))
+    return model
+
+
+@pytest.mark.parametrize("operation", ["Mul", "Add", "Sub", "Div"])
+@pytest.mark.parametrize("full", ["dequantized", "per_channel", "sigmoid"])
+@pytest.mark.parametrize("gate_first", [False, True], ids=["x_op_gate", "gate_op_x"])
+def test_gated_products_are_exact_on_every_path(operation, full, gate_first, tmp_path):
+    """The squeeze-excitation shape of the binary op, each operand's table kind and each operation, 21 channels on
+    17x17 and 5x5 maps (more and fewer pixels than a code has values)."""
+    for size in (17, 5):
+        path = tmp_path / f"gated{size}.onnx"
+        onnx.save(gated_model(operation, full, gate_first, 21, size), path)
+        compile(str(path), str(tmp_path / "gated.edge"), select=False)
+        rng = np.random.default_rng(size)
+        feeds = {"x_f": rng.standard_normal((2, 21, size, size)).astype(np.float32) * 3,
+                 "g_f": rng.uniform(0.05, 2.5, (2, 21, 1, 1)).astype(np.float32)}
+        want = ReferenceModel(str(path)).run(feeds)[0]
+        for kernels in KERNELS:
+            got = load(tmp_path / "gated.edge", kernels=kernels).run([feeds["x_f"], feeds["g_f"]])
+            assert np.array_equal(got, want), f"{kernels} {size}: {(got != want).sum()} differ"
 
 
 class ConcatAndShuffle(nn.Module):

@@ -80,6 +80,9 @@ def finish_expression(c: GraphCompiler, quantizer: Any, expression: Expression, 
         if not _reads_floats(expression) and len(sources) == 1:
             return _table_op(c, quantizer, expression, sources[0], nodes, grid, shift)
         if not _reads_floats(expression) and len(sources) == 2:
+            composed = _composed_source(c, expression, sources)
+            if composed is not None:
+                return composed_table_op(c, quantizer, expression, *composed, nodes, grid, shift)
             return _binary_op(c, quantizer, expression, nodes, grid, shift)
     except _NoIntegerForm:
         pass
@@ -138,9 +141,55 @@ def _check_constants(node: Any, expression: Expression | Tensor, channels: int) 
                                                     "channels; only per-channel constants have a table form")
 
 
+def _composed_source(c: GraphCompiler, expression: Expression, sources: list[Tensor]) -> tuple[Tensor, Tensor] | None:
+    """``(source, derived)`` where one of the two tensors an expression reads is a table op's result on the other,
+    of its shape (SiLU as ONNX Runtime quantizes it: ``x * Q(Sigmoid(x))``): the whole expression is then a
+    function of the source's codes alone, one table (the derived tensor's table composed in). None otherwise."""
+    for source, derived in (sources, sources[::-1]):
+        op = derived.producer
+        if isinstance(op, TableOp) and op.input == source.index and derived.shape == source.shape and \
+                derived.flat_order is None and source.flat_order is None and derived.onnx_shape == source.onnx_shape:
+            return source, derived
+    return None
+
+
+def composed_table_op(c: GraphCompiler, quantizer: Any, expression: Expression, source: Tensor, derived: Tensor,
+                      nodes: list[str], grid: tuple[float, int, int, int], shift: int) -> Tensor:
+    """An expression of ``source`` and ``derived = table(source)`` as one table on ``source``: per code, the
+    expression of its dequantized value and of the dequantized code the derived tensor's table gives it, the
+    float32 arithmetic of INT8_SPEC's node-by-node rule. The derived tensor's op goes where nothing else reads it."""
+    op = derived.producer
+    channels = source.chw()[0]
+    _check_constants(expression.node, expression, channels)
+    dequantize = lambda codes, tensor: (codes.astype(np.float32) - np.float32(tensor.zero)) * np.float32(tensor.scale)
+    shape = (256, -1, 1, 1) if len(source.shape) == 3 else (256, -1)
+    derived_codes = c.arrays[op.tables].T  # (256, table count)
+    values = evaluate(expression, {source.index: dequantize(_CODES, source).reshape(shape),
+                                   derived.index: dequantize(derived_codes, derived).reshape(shape)})
+    values = values.reshape(256, -1)
+    if values.shape[1] not in (1, channels):
+        raise CompileError(expression.node, f"its result has {values.shape[1]} channels for {channels} input channels")
+    if _read_only_by(c, derived, expression.node):
+        c.ops.remove(op)
+        nodes = list(dict.fromkeys([*op.nodes, *nodes]))
+    return _table_op(c, quantizer, expression, source, nodes, grid, shift, values)
+
+
+def _read_only_by(c: GraphCompiler, tensor: Tensor, node: Any) -> bool:
+    """Whether ``node`` is the only reader of the tensor's codes (through DequantizeLinear nodes)."""
+    name = c.tensors[tensor.index].name
+    if name in c.outputs:
+        return False
+    readers = c.readers.get(name, [])
+    return bool(readers) and all(reader.op_type == "DequantizeLinear" and reader.output[0] not in c.outputs and
+                                 [r is node for r in c.readers.get(reader.output[0], [])] == [True] for reader in readers)
+
+
 def _table_op(c: GraphCompiler, quantizer: Any, expression: Expression, source: Tensor, nodes: list[str],
-              grid: tuple[float, int, int, int], shift: int) -> Tensor:
-    values = _code_values(c, expression.node, expression, source)
+              grid: tuple[float, int, int, int], shift: int, values: np.ndarray | None = None) -> Tensor:
+    """The expression of one int8 tensor as a table op; ``values``, the expression on every code (256, table
+    count), where the caller computed them."""
+    values = _code_values(c, expression.node, expression, source) if values is None else values
     scale, zero, low, high = grid
     tables = (quantize(values.T, np.float32(scale), zero - shift, low - shift, high - shift) + shift).astype(np.uint8)
     channels = source.chw()[0]

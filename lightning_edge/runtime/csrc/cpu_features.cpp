@@ -22,6 +22,7 @@ CpuFeatures detect() {
     f.avx512vl = __builtin_cpu_supports("avx512vl");
     f.avx512vnni = __builtin_cpu_supports("avx512vnni");
     f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
+    f.avx512vbmi = __builtin_cpu_supports("avx512vbmi");
 #elif defined(__aarch64__)
     f.neon = true;  // Advanced SIMD is part of every AArch64 CPU
 #endif
@@ -32,7 +33,8 @@ CpuFeatures detect() {
 
 std::vector<std::pair<std::string, bool>> CpuFeatures::named() const {
     return {{"avx2", avx2},           {"avx512f", avx512f},         {"avx512bw", avx512bw}, {"avx512vl", avx512vl},
-            {"avx512vnni", avx512vnni}, {"avx512_bf16", avx512_bf16}, {"neon", neon}};
+            {"avx512vnni", avx512vnni}, {"avx512_bf16", avx512_bf16}, {"avx512vbmi", avx512vbmi},
+            {"neon", neon}};
 }
 
 const CpuFeatures& cpu_features() {

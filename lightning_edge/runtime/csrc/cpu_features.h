@@ -13,6 +13,7 @@ namespace edge {
 // Instruction sets of the CPU running this process (false where the build is for another architecture).
 struct CpuFeatures {
     bool avx2 = false, avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false, avx512_bf16 = false;
+    bool avx512vbmi = false;
     bool neon = false;
     // Every flag by name, for printing (e.g. _engine.cpu_features() in a benchmark's report).
     std::vector<std::pair<std::string, bool>> named() const;

@@ -1,14 +1,18 @@
 // binary: out = Q(a op b) for op in add, sub, mul, div, with numpy broadcasting over (height, width, channels)
 // (the squeeze-excitation product (N,1,1,C) x (N,H,W,C), a broadcast add). Each operand's codes become float32
 // through its table (its dequantization, or a unary float function of it), the operation is one float32
-// operation, and the result is quantized by a float32 division, as INT8_SPEC rule 12 words it.
+// operation, and the result is quantized by a float32 division, as INT8_SPEC rule 12 words it. On the
+// avx512 path the squeeze-excitation shape runs through binary.h's row kernel.
+#include <cstring>
+
+#include "binary.h"
 #include "op_registry.h"
 
 namespace edge {
 
 namespace {
 
-enum class Operation { Add, Sub, Mul, Div };
+using Operation = BinaryOperation;
 
 Operation parse_operation(const std::string& name) {
     if (name == "add") return Operation::Add;
@@ -25,14 +29,6 @@ struct Operand {
     size_t per_sample() const { return static_cast<size_t>(height) * width * channels; }
 };
 
-template <Operation op>
-inline float apply(float a, float b) {
-    if constexpr (op == Operation::Add) return a + b;
-    if constexpr (op == Operation::Sub) return a - b;
-    if constexpr (op == Operation::Mul) return a * b;
-    return a / b;
-}
-
 class Binary final : public Operator {
   public:
     Binary(const Attributes& attrs, BuildContext& context) {
@@ -43,9 +39,14 @@ class Binary final : public Operator {
         out_ = attrs.get_grid("output_grid");
         tensors_.inputs = {context.tensor_index(attrs, "input", a_.per_sample()), context.tensor_index(attrs, "other", b_.per_sample())};
         tensors_.output = context.tensor_index(attrs, "output", static_cast<size_t>(height_) * width_ * channels_);
-        by_code_ = height_ * width_ >= 256 && (per_channel(b_, a_) || per_channel(a_, b_));
+        const bool gated = per_channel(b_, a_) || per_channel(a_, b_);
         scale_is_b_ = per_channel(b_, a_);
+        if (gated && std::strcmp(context.backend().name, "avx512") == 0) gated_row_ = gated_row_avx512();
+        by_code_ = !gated_row_ && height_ * width_ >= 256 && gated;
         if (by_code_) context.need_workspace(static_cast<size_t>(channels_) * 256);  // run_by_code's tables, per image
+        if (gated_row_) context.need_workspace(static_cast<size_t>(channels_) * sizeof(float));  // the gates, per image
+        const Operand& full = scale_is_b_ ? a_ : b_;
+        affine_ = gated_row_ && full.tables == 1 && affine_table(full.table, affine_zero_, affine_scale_);
     }
 
     void run(const ExecutionContext& context) const override {
@@ -111,11 +112,31 @@ class Binary final : public Operator {
         });
     }
 
+    // The same products through the row kernel: each image's gates as floats first, then per pixel one row.
+    void run_gated(const ExecutionContext& context, const uint8_t* a, const uint8_t* b, uint8_t* out) const {
+        const Operand full = scale_is_b_ ? a_ : b_, scale = scale_is_b_ ? b_ : a_;
+        const uint8_t* codes = scale_is_b_ ? a : b;
+        const uint8_t* scales = scale_is_b_ ? b : a;
+        const int channels = channels_, pixels = height_ * width_;
+        float* gates = static_cast<float*>(context.workspace());  // [image][channel]
+        for (int index = 0; index < context.batch * channels; ++index)
+            gates[index] = scale.table[(scale.tables == 1 ? 0 : index % channels) * 256 + scales[index]];
+        GatedRow row{full.table, full.tables != 1, !scale_is_b_, affine_, affine_zero_, affine_scale_, nullptr, channels, out_};
+        context.scheduler.parallel(context.batch * pixels, 16, [&](int begin, int end, int) {
+            GatedRow mine = row;
+            for (int pixel = begin; pixel < end; ++pixel) {
+                mine.gate = gates + static_cast<size_t>(pixel / pixels) * channels;
+                gated_row_(operation_, mine, codes + static_cast<size_t>(pixel) * channels, out + static_cast<size_t>(pixel) * channels);
+            }
+        });
+    }
+
     template <Operation op>
     void run_as(const ExecutionContext& context) const {
         const uint8_t* a = context.tensor(tensors_.inputs[0]);
         const uint8_t* b = context.tensor(tensors_.inputs[1]);
         uint8_t* out = context.tensor(tensors_.output);
+        if (gated_row_) return run_gated(context, a, b, out);
         if (by_code_) return run_by_code<op>(context, a, b, out, scale_is_b_);
         const Operand oa = a_, ob = b_;
         const Grid grid = out_;
@@ -142,6 +163,10 @@ class Binary final : public Operator {
     Grid out_{};
     bool by_code_ = false;     // one operand is constant per (image, channel) and an image has >= 256 pixels
     bool scale_is_b_ = false;  // that operand is b
+    GatedRowKernel gated_row_ = nullptr;  // the squeeze-excitation shape's row kernel, where the path has one
+    bool affine_ = false;  // the full operand's one table is a dequantization (binary.h)
+    int affine_zero_ = 0;
+    float affine_scale_ = 0.0f;
 };
 
 std::unique_ptr<Operator> make_binary(const Attributes& attrs, BuildContext& context) {

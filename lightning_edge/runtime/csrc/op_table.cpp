@@ -1,6 +1,10 @@
 // table: a unary function on codes as a lookup table, out[i] = tables[channel][in[i]] (INT8_SPEC rule 10: the
 // compiler evaluates dequantize, the float function and requantize once per code). One table, or one per
-// NHWC channel where the function has per-channel constants (PRelu, BatchNormalization, ...).
+// NHWC channel where the function has per-channel constants (PRelu, BatchNormalization, ...). One table runs
+// through the lookup kernel of the kernel path (lookup.h).
+#include <cstring>
+
+#include "lookup.h"
 #include "op_registry.h"
 
 namespace edge {
@@ -18,6 +22,8 @@ class Table final : public Operator {
         tables_ = context.array<uint8_t>(attrs, "tables", static_cast<size_t>(count_) * 256);
         tensors_.inputs = {context.tensor_index(attrs, "input", size_)};
         tensors_.output = context.tensor_index(attrs, "output", size_);
+        const LookupKernel vbmi = lookup_avx512vbmi();
+        if (vbmi && std::strcmp(context.backend().name, "avx512") == 0) lookup_ = vbmi;
     }
 
     void run(const ExecutionContext& context) const override {
@@ -28,8 +34,8 @@ class Table final : public Operator {
         const int pixels = static_cast<int>(static_cast<size_t>(size_) * context.batch / channels);
         context.scheduler.parallel(pixels, 256, [&](int begin, int end, int) {
             if (count_ == 1) {
-                for (size_t i = static_cast<size_t>(begin) * channels; i < static_cast<size_t>(end) * channels; ++i)
-                    out[i] = tables[in[i]];
+                const size_t first = static_cast<size_t>(begin) * channels;
+                lookup_(tables, in + first, out + first, static_cast<size_t>(end - begin) * channels);
                 return;
             }
             for (int p = begin; p < end; ++p) {
@@ -42,6 +48,7 @@ class Table final : public Operator {
   private:
     int channels_, size_, count_;
     const uint8_t* tables_;
+    LookupKernel lookup_ = lookup_scalar;
 };
 
 std::unique_ptr<Operator> make_table(const Attributes& attrs, BuildContext& context) {
