@@ -194,6 +194,23 @@ def test_any_batch_size_and_thread_count_give_the_same_numbers(tmp_path):
             assert np.array_equal(crowded.run(x), one_thread)
 
 
+def test_batch_groups_give_the_same_numbers_as_op_by_op(tmp_path):
+    """A batch cut into groups that each thread runs through the whole plan alone (any group size, a last group
+    smaller than the others, more threads than cores) equals the batch run op by op on one thread."""
+    _, edge_path, _ = export_and_compile(calibrated_network("mobilenetv2_100"), tmp_path)
+    x = np.random.default_rng(6).standard_normal((7, 1, 28, 28)).astype(np.float32)
+    want = load(edge_path, threads=1).run(x)
+    for threads, group in ((2, 2), (2, 1), (2, 3), (3, 2), (2, 0)):
+        session = load(edge_path, threads=threads)
+        session.batch_group = group
+        assert session.batch_group == group
+        for _ in range(2):
+            assert np.array_equal(session.run(x), want), (threads, group)
+        assert np.array_equal(session.run(x[:3]), want[:3]), (threads, group)
+    with pytest.raises(ValueError, match="batch_group=-1"):
+        session.batch_group = -1
+
+
 def test_thread_pool_policy_follows_contention(tmp_path):
     """shared_cpu=None (the default) turns the shared-CPU policy on when the pool sees contention: with seven
     threads on this machine's cores, workers are descheduled while they hold chunks. True keeps it on, False off."""

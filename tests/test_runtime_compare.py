@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import torch
 from onnx import numpy_helper
 from torch import nn
 
@@ -23,6 +24,10 @@ class ThreeConvs(nn.Module):
 
 
 def test_equal_files_have_no_difference_and_a_moved_zero_point_is_found_where_it_is(tmp_path, capsys):
+    # Seeded weights: ONNX Runtime's unfused path sums each conv in float32, so on some weight draws a sum
+    # lands one float32 step from a rounding tie that our exact integer sum resolves the other way (one code
+    # apart); with the global generator's state left by earlier tests this test then failed now and then.
+    torch.manual_seed(0)
     path = ort_qdq_file(ThreeConvs(), tmp_path)
     compile(path, str(tmp_path / "model.edge"), select=False)
     x = np.random.default_rng(1).standard_normal((3, *SHAPE)).astype(np.float32) * 2

@@ -84,6 +84,20 @@ class Session:
         return {value: key for key, value in _SHARING.items()}[self._engine.sharing]
 
     @property
+    def batch_group(self) -> int:
+        """Samples per batch group (default 2). A batch of at least that many samples per thread is cut into
+        groups that the threads claim and run through the whole plan alone, each in its own buffers: no
+        hand-over between ops, and each core keeps its group's tensors in its cache. 0 runs every batch op by
+        op, each op's work shared by all threads (what a smaller batch always does). The numbers are the same."""
+        return self._engine.batch_group
+
+    @batch_group.setter
+    def batch_group(self, samples: int) -> None:
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
+            raise ValueError(f"batch_group={samples!r}: give a number of samples per group, or 0 to run op by op")
+        self._engine.batch_group = samples
+
+    @property
     def cpu_contended(self) -> bool:
         """Whether the pool acts now as if other busy processes share the CPU: always with ``shared_cpu=True``,
         never with False, and with None from a sign of contention (a woken worker that did not start in time, or

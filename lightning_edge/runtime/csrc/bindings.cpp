@@ -132,6 +132,8 @@ class PyEngine {
     int spin() const { return engine_->spin(); }
     int sharing() const { return static_cast<int>(engine_->sharing()); }
     bool contended() const { return engine_->contended(); }
+    int batch_group() const { return engine_->batch_group(); }
+    void set_batch_group(int samples) { engine_->set_batch_group(samples); }
     int output_count() const { return engine_->output_count(); }
     int input_count() const { return engine_->input_count(); }
 
@@ -225,6 +227,7 @@ PYBIND11_MODULE(_engine, m) {
         .def_property_readonly("spin", &edge::PyEngine::spin)
         .def_property_readonly("sharing", &edge::PyEngine::sharing)
         .def_property_readonly("contended", &edge::PyEngine::contended)
+        .def_property("batch_group", &edge::PyEngine::batch_group, &edge::PyEngine::set_batch_group)
         .def_property_readonly("output_count", &edge::PyEngine::output_count)
         .def_property_readonly("input_count", &edge::PyEngine::input_count);
     m.def("int8_peak_ops", [](int threads, double seconds) {

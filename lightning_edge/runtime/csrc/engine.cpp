@@ -33,6 +33,28 @@ Engine::Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor
     for (const auto& op : ops_) uses.push_back(op->tensors());
     memory_ = std::make_unique<MemoryPlanner>(std::move(tensor_sizes), uses, build.workspace_per_sample(),
                                               build.scratch_per_thread(), scheduler_.threads());
+    for (int g = 0; g < scheduler_.threads(); ++g) group_schedulers_.push_back(std::make_unique<Scheduler>(1));
+}
+
+int Engine::batch_groups(int batch) const {
+    if (batch_group_ == 0 || scheduler_.threads() == 1 || batch < batch_group_ * scheduler_.threads()) return 1;
+    return (batch + batch_group_ - 1) / batch_group_;
+}
+
+void Engine::set_batch_group(int samples) {
+    if (samples < 0 || samples > (1 << 20)) throw std::invalid_argument("batch_group must be 0 (op by op) or a sample count");
+    batch_group_ = samples;
+}
+
+void Engine::run_group(Arena& arena, int thread, int first, int count, const Inputs& x, const Outputs& out) {
+    Inputs inputs(x.size());
+    Outputs outputs(out.size());
+    for (size_t i = 0; i < x.size(); ++i)
+        inputs[i] = x[i] + static_cast<size_t>(first) * inputs_[i][0] * inputs_[i][1] * inputs_[i][2];
+    for (size_t i = 0; i < out.size(); ++i)
+        outputs[i] = out[i] + static_cast<size_t>(first) * outputs_[i][0] * outputs_[i][1] * outputs_[i][2];
+    ExecutionContext ctx{*group_schedulers_[thread], backend_, *memory_, arena, count, inputs.data(), outputs.data(), thread};
+    for (const auto& op : ops_) op->run(ctx);
 }
 
 std::vector<std::array<int, 3>> Engine::boundary_shapes(const std::vector<OpDescription>& ops, size_t begin, size_t end,
@@ -88,8 +110,23 @@ void Engine::check_buffers(const Inputs& x, const Outputs& out) const {
 void Engine::run(const Inputs& x, int batch, const Outputs& out) {
     check_batch(batch);
     check_buffers(x, out);
-    const ExecutionContext ctx = context(memory_->arena(batch), batch, x.data(), out.data());
-    for (const auto& op : ops_) op->run(ctx);
+    const int groups = batch_groups(batch);
+    if (groups == 1) {
+        const ExecutionContext ctx = context(memory_->arena(batch), batch, x.data(), out.data());
+        for (const auto& op : ops_) op->run(ctx);
+        return;
+    }
+    // One arena per pool thread, reused by each group it runs; all of one batch size, so making one never
+    // drops another. They are made here, before the groups start (arena() is not thread-safe).
+    std::vector<Arena*> arenas;
+    const int group = batch_group_;
+    for (int t = 0; t < scheduler_.threads(); ++t) arenas.push_back(&memory_->arena(group, t));
+    scheduler_.parallel(groups, 1, [&](int begin, int end, int thread) {
+        for (int g = begin; g < end; ++g) {
+            const int first = g * group;
+            run_group(*arenas[thread], thread, first, std::min(group, batch - first), x, out);
+        }
+    });
 }
 
 void Engine::trace(const Inputs& x, int batch, const Outputs& out,

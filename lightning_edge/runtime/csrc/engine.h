@@ -62,7 +62,16 @@ class Engine {
 
     // Runs the plan on `batch` float32 NCHW samples of each input; writes each float32 output to its buffer
     // (std::invalid_argument unless there is one per input and output). The pointer forms are for plans of one
-    // input and one output.
+    // input and one output. A batch of at least batch_group() samples per thread is cut into groups of that
+    // many samples, which the threads claim like chunks and run through the whole plan alone, each in buffers
+    // of its own: no hand-over between ops, and a core keeps its group's tensors in its cache (more samples
+    // per group would not fit). A smaller batch runs op by op, each op's work shared by every thread.
+    static constexpr int kBatchGroup = 2;
+    // How many batch groups run() makes of `batch` samples (1: op by op).
+    int batch_groups(int batch) const;
+    // Samples per batch group; 0 runs every batch op by op.
+    int batch_group() const { return batch_group_; }
+    void set_batch_group(int samples);
     void run(const Inputs& x, int batch, const Outputs& out);
     void run(const float* x, int batch, float* out) { run(Inputs{x}, batch, Outputs{out}); }
     // Like run, and calls tensor(index, codes, bytes) after each op with the uint8 tensor it wrote.
@@ -89,9 +98,13 @@ class Engine {
     ExecutionContext context(Arena& arena, int batch, const float* const* x, float* const* out) {
         return ExecutionContext{scheduler_, backend_, *memory_, arena, batch, x, out};
     }
+    // Samples [first, first + count) of the batch through every op on pool thread `thread`, in its arena.
+    void run_group(Arena& arena, int thread, int first, int count, const Inputs& x, const Outputs& out);
 
     const Backend& backend_;
     Scheduler scheduler_;
+    int batch_group_ = kBatchGroup;
+    std::vector<std::unique_ptr<Scheduler>> group_schedulers_;  // per pool thread: the single-thread scheduler of its groups
     std::vector<std::unique_ptr<Operator>> ops_;
     std::unique_ptr<MemoryPlanner> memory_;
     std::vector<std::array<int, 3>> inputs_, outputs_;  // (C, H, W) of each input and output, by index

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <iterator>
 #include <stdexcept>
 
 namespace edge {
@@ -52,11 +53,13 @@ MemoryPlanner::MemoryPlanner(std::vector<size_t> tensor_sizes, const std::vector
     }
 }
 
-Arena& MemoryPlanner::arena(int batch) {
-    auto found = arenas_.find(batch);
+Arena& MemoryPlanner::arena(int batch, int group) {
+    const std::pair<int, int> key{batch, group};
+    auto found = arenas_.find(key);
     if (found != arenas_.end()) return found->second;
-    if (arenas_.size() >= 8) arenas_.erase(arenas_.begin());
-    Arena& arena = arenas_[batch];
+    for (auto it = arenas_.begin(); arenas_.size() >= 8 && it != arenas_.end();)
+        it = it->first.first != batch ? arenas_.erase(it) : std::next(it);
+    Arena& arena = arenas_[key];
     for (size_t size : slot_sizes_) arena.slots.emplace_back(size * batch + 64);
     arena.workspace.resize((workspace_per_sample_ * batch + 1) / 2 + 32);
     return arena;

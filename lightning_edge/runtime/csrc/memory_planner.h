@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <utility>
 #include <vector>
 
 namespace edge {
@@ -29,8 +30,9 @@ class MemoryPlanner {
     MemoryPlanner(std::vector<size_t> tensor_sizes, const std::vector<OpTensors>& ops, size_t workspace_per_sample,
                   size_t scratch_per_thread, int threads);
 
-    // The buffers of `batch` samples (at most 8 batch sizes are kept: memory stays bounded).
-    Arena& arena(int batch);
+    // The buffers of `batch` samples for batch group `group` (Engine::run gives each group its own; at most 8
+    // arenas are kept, and making one never drops another of the same batch size: memory stays bounded).
+    Arena& arena(int batch, int group = 0);
 
     uint8_t* tensor(Arena& arena, int index) const { return arena.slots[slot_of_[index]].data(); }
     size_t tensor_size(int index) const { return tensor_sizes_[index]; }
@@ -46,7 +48,7 @@ class MemoryPlanner {
     size_t workspace_per_sample_;
     size_t scratch_stride_;
     std::vector<uint8_t> scratch_;
-    std::map<int, Arena> arenas_;
+    std::map<std::pair<int, int>, Arena> arenas_;  // by (batch, group)
 };
 
 }  // namespace edge

@@ -67,6 +67,7 @@ struct ExecutionContext {
     int batch;
     const float* const* inputs;  // the plan's float32 NCHW inputs, by input index; nullptr while an op is timed alone
     float* const* outputs;       // the plan's float32 outputs, by output index; nullptr likewise
+    int scratch_base = 0;        // the first scratch slot of this run's threads (a batch group's, see Engine::run)
 
     // Input `index` (an input op's index, checked against the plan's inputs by the engine).
     const float* input(int index) const { return inputs ? inputs[index] : nullptr; }
@@ -75,7 +76,7 @@ struct ExecutionContext {
     uint8_t* tensor(int index) const { return memory.tensor(arena, index); }
     size_t tensor_size(int index) const { return memory.tensor_size(index); }  // codes per sample
     void* workspace() const { return arena.workspace.data(); }
-    void* scratch(int thread) const { return memory.scratch(thread); }
+    void* scratch(int thread) const { return memory.scratch(scratch_base + thread); }
 };
 
 // One built plan op: which tensors it reads and writes, and how it runs.
