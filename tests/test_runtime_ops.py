@@ -420,3 +420,24 @@ def test_transposed_convs_run_as_spread_inputs_and_flipped_kernels(stride, paddi
 
     # ONNX Runtime's quantizer cannot give a grouped ConvTranspose per-channel scales: per tensor there
     assert_bit_exact(ort_qdq_file(Decoder(), tmp_path, per_channel=groups == 1), tmp_path, kinds={"gather", "conv"})
+
+
+def test_rgb_input_quantize_is_exact_at_ties_and_extremes(tmp_path):
+    """The input quantize on a 3x20x23 image (16-pixel runs and a tail): values at rounding ties, both
+    saturation ends, infinities and signed zeros give the reference's codes on every path."""
+    shape = (3, 20, 23)
+    path = ort_qdq_file(Activations(nn.ReLU()), tmp_path, shape=shape)
+    compile(path, str(tmp_path / "rgb.edge"), select=False)
+    reference = ReferenceModel(path)
+    x = np.random.default_rng(3).standard_normal((2, *shape)).astype(np.float32) * 2
+    reference.run(x)
+    name, codes = next(iter(reference.tensors.items()))  # the input's QuantizeLinear codes come first
+    step = np.float32(codes.scale)
+    edges = np.array([0.5, 1.5, -0.5, -2.5, 1e30, -1e30, np.inf, -np.inf, -0.0, 0.0], np.float32)
+    x.reshape(-1)[:edges.size * 7:7] = np.where(np.abs(edges) < 10, edges * step, edges)
+    expected = reference.run(x)[0]
+    want = reference.tensors[name].codes
+    for kernels in KERNELS:
+        output, tensors = load(tmp_path / "rgb.edge", kernels=kernels).trace(x)
+        assert np.array_equal(output, expected), kernels
+        assert np.array_equal(tensors[name].reshape(want.shape), want), kernels

@@ -1,6 +1,10 @@
 // The plan's two ends: quantize (float32 NCHW input `index` -> uint8 NHWC codes on a grid) and dequantize
 // (codes -> float32 NCHW output `index`). A plan has its input ops first and its output ops last (engine.cpp).
+#include <algorithm>
+#include <cstring>
+
 #include "op_registry.h"
+#include "quantize_row.h"
 
 namespace edge {
 
@@ -13,6 +17,11 @@ size_t read_boundary(const Attributes& attrs, const char* what, int& channels, i
     return static_cast<size_t>(channels) * height * width;
 }
 
+QuantizeRow quantize_row_for(const Backend& backend) {
+    const QuantizeRow vbmi = quantize_row_vbmi();
+    return vbmi && std::strcmp(backend.name, "avx512") == 0 ? vbmi : quantize_row;
+}
+
 class Quantize final : public Operator {
   public:
     Quantize(const Attributes& attrs, BuildContext& context) {
@@ -20,32 +29,20 @@ class Quantize final : public Operator {
         grid_ = attrs.get_grid("grid");
         index_ = boundary_index(attrs);
         tensors_.output = context.tensor_index(attrs, "output", size);
+        row_ = quantize_row_for(context.backend());
     }
 
     void run(const ExecutionContext& context) const override {
         uint8_t* out = context.tensor(tensors_.output);
         const float* x = context.input(index_);
-        const int plane = height_ * width_, channels = channels_;
-        const Grid grid = grid_;
         if (!x) return;
-        // Rows of every image, kPixels pixels at a time: each channel's codes computed in a contiguous run (a
-        // loop the compiler vectorizes, divisions included), then interleaved into NHWC.
-        constexpr int kPixels = 64;
-        const int rows = context.batch * height_;
-        context.scheduler.parallel(rows, 4, [&](int begin, int end, int) {
-            alignas(64) uint8_t codes[kPixels];
+        const size_t plane = static_cast<size_t>(height_) * width_;
+        const QuantizeRow row_kernel = row_;
+        context.scheduler.parallel(context.batch * height_, 4, [&](int begin, int end, int) {
             for (int row = begin; row < end; ++row) {
                 const int n = row / height_, y = row % height_;
-                uint8_t* dst = out + (static_cast<size_t>(row) * width_) * channels;
-                for (int x0 = 0; x0 < width_; x0 += kPixels) {
-                    const int count = std::min(kPixels, width_ - x0);
-                    for (int c = 0; c < channels; ++c) {
-                        const float* src = x + (static_cast<size_t>(n) * channels + c) * plane + static_cast<size_t>(y) * width_ + x0;
-                        for (int i = 0; i < count; ++i)
-                            codes[i] = static_cast<uint8_t>(round_onto_grid(src[i] / grid.scale, grid.zero, grid.low, grid.high));
-                        for (int i = 0; i < count; ++i) dst[static_cast<size_t>(x0 + i) * channels + c] = codes[i];
-                    }
-                }
+                row_kernel(x + static_cast<size_t>(n) * channels_ * plane + static_cast<size_t>(y) * width_, plane,
+                           channels_, width_, grid_, out + static_cast<size_t>(row) * width_ * channels_);
             }
         });
     }
@@ -53,6 +50,7 @@ class Quantize final : public Operator {
   private:
     int channels_, height_, width_, index_;
     Grid grid_;
+    QuantizeRow row_ = quantize_row;
 };
 
 class Dequantize final : public Operator {
