@@ -18,7 +18,7 @@ pooling and a linear layer. Three kinds of mutation, in turn:
          wrong type, another array's name) or deleted, written as a valid file (checksum and all), so the
          engine's own checks are what must hold;
   array: one weight, bias or multiplier array truncated, widened to another dtype or reshaped.
-Every file that loads is run on a batch of 2 on every kernel path of this CPU. Exits 1 on any other
+Every file that loads is run on a batch of 4 (two batch groups) on every kernel path of this CPU. Exits 1 on any other
 exception; a crash or sanitizer report ends the process.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def seed_file(folder: Path, fp32: bool = False, precision: str = "fp32") -> Path
         def forward(self, x):
             x = self.stem(x)                                                  # 8 x 6 x 6
             x = F.relu(self.grouped(x) + x)                                   # conv with a folded add
-            y = self.depthwise(x)
+            y = F.silu(self.depthwise(x))                                     # a table (sigmoid composed in)
             x = F.hardswish(F.relu(y + self.branch(x)) + y)                   # a folded add, an add, a table
             x = x * torch.sigmoid(self.expand(F.relu(self.reduce(x.mean((2, 3), keepdim=True)))))  # binary
             x = torch.cat([x, F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)], dim=1)       # concat
@@ -168,7 +168,8 @@ def main() -> int:
         seed = Path(args.seed_edge) if args.seed_edge else seed_file(Path(folder), **seed_options)
         original = seed.read_bytes()
         plan, tensors = read_edge(seed)
-        x = rng.standard_normal((2, *plan["input"]["shape"])).astype(np.float32)  # any seed's input (an FP32 file's too)
+        # Any seed's input (an FP32 file's too); a batch of 4 runs as two batch groups of 2 on 2 threads.
+        x = rng.standard_normal((4, *plan["input"]["shape"])).astype(np.float32)
         mutated_path = Path(folder) / "mutated.edge"
         for trial in range(args.files):
             try:
