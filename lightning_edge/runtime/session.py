@@ -100,8 +100,8 @@ class Session:
     @property
     def cpu_contended(self) -> bool:
         """Whether the pool acts now as if other busy processes share the CPU: always with ``shared_cpu=True``,
-        never with False, and with None from a sign of contention (a woken worker that did not start in time, or
-        one descheduled while it held work) until half a second passes without one."""
+        never with False, and with None from three signs of contention in quick succession (a woken worker that
+        did not start in time, or one descheduled while it held work) until half a second passes without one."""
         return self._engine.contended
 
     @property
@@ -189,7 +189,7 @@ def load(edge_path: str | os.PathLike, threads: int | None = None, kernels: str 
     at once. On a CPU that other busy processes share (a phone, a board running a camera pipeline) the pool
     changes policy: the caller stops waiting for a worker the OS has descheduled, and spinning workers give
     their core away now and then. By default (``shared_cpu=None``) it does so while it sees contention, from
-    the first sign until half a second passes without one; ``shared_cpu=True`` keeps that policy always,
+    three signs in quick succession until half a second passes without one; ``shared_cpu=True`` keeps that policy always,
     ``False`` never (scripts/bench_load.py measures all three)."""
     path = os.fspath(edge_path)
     plan, tensors = read_edge(path)

@@ -19,10 +19,13 @@
 // shared policy answers both: a worker that missed the grace is taken as descheduled and the caller no
 // longer waits for it until a worker is seen claiming again, and spinning workers give their core away
 // every 256 pauses. CpuSharing chooses when it applies: always (kShared), never (kDedicated), or, the
-// default, while the pool sees contention (kAuto): a missed grace, or a wait at the end of a call far longer
-// than the caller's own chunks took (a worker descheduled while it held one), turns the shared policy on
-// for kContentionHold seconds from the latest such sign, so an idle CPU keeps the dedicated policy's
-// latency and a busy one gets the shared policy's within a call or two.
+// default, while the pool sees contention (kAuto). A sign of contention is a missed grace, or a wait at the
+// end of a call far longer than the caller's own chunks took (a worker descheduled while it held one).
+// Signs less than kSignMerge apart are one (a worker slow to wake misses the grace of several ops in a
+// row); kContentionSigns of those, each less than kSignGap after the one before, turn the shared policy on,
+// for kContentionHold seconds from the latest sign. A single slow wake (a worker that slept through another
+// engine's burst, as in a benchmark alternating with one) does not: an idle CPU keeps the dedicated
+// policy's latency, and a busy one gets the shared policy within a few calls.
 #pragma once
 
 #include <atomic>
@@ -62,8 +65,10 @@ class ThreadPool {
     // At most kMaxChunks chunks a call (the claim word below has 16 bits for them).
     static constexpr int kMaxChunks = 0xffff;
     static constexpr double kWakeGrace = 200e-6;
-    // How long one sign of contention keeps the shared policy on under kAuto.
-    static constexpr double kContentionHold = 0.5;
+    // Under kAuto: how many signs of contention, each less than kSignGap seconds after the one before, turn
+    // the shared policy on, and how long after the latest sign it stays on.
+    static constexpr int kContentionSigns = 3;
+    static constexpr double kSignMerge = 2e-3, kSignGap = 0.1, kContentionHold = 0.5;
     // A wait at a call's end counts as a sign when it exceeds this many of the caller's own chunk times,
     // plus kStallSlack (a chunk's time varies a little between threads).
     static constexpr double kStallChunks = 4.0, kStallSlack = 50e-6;
@@ -141,8 +146,13 @@ class ThreadPool {
         done_.fetch_add(1, std::memory_order_release);
     }
 
-    // Under kAuto, a sign of contention at `now`: the shared policy holds for kContentionHold from it.
+    // Under kAuto, a sign of contention at `now`: with the kContentionSigns - 1 before it close enough, or
+    // while the shared policy is on, it holds from now for kContentionHold.
     void contention_seen(double now) {
+        if (now - last_sign_ < kSignMerge) return;  // the same sign (last_sign_ is its first moment)
+        signs_ = now - last_sign_ < kSignGap ? signs_ + 1 : 1;
+        last_sign_ = now;
+        if (signs_ < kContentionSigns && !shared_.load(std::memory_order_relaxed)) return;
         contended_until_ = now + kContentionHold;
         shared_.store(true, std::memory_order_relaxed);
     }
@@ -220,7 +230,9 @@ class ThreadPool {
     std::condition_variable wake_;
     uint32_t calls_ = 0;           // the caller's: generations published
     bool workers_absent_ = false;  // the caller's: did the last grace pass with no worker claiming?
-    double contended_until_ = 0.0;  // the caller's, under kAuto: when the latest sign of contention expires
+    double contended_until_ = 0.0;  // the caller's, under kAuto: when the shared policy ends without a new sign
+    double last_sign_ = -1.0;       // the caller's, under kAuto: when the latest sign was seen
+    int signs_ = 0;                 // the caller's, under kAuto: signs in a row, each within kSignGap of the last
     // The claim word and the done count each on a cache line of their own: every claim writes the one and
     // every finished chunk the other.
     alignas(64) std::atomic<uint64_t> claim_{0};
