@@ -13,7 +13,9 @@ per-channel int8 weights, uint8 activations, from the FP32 ONNX file); each is c
 alternating in blocks with idle gaps (lightning_edge.runtime.benchmark.alternating), on one input and the same
 thread count: our runtime, ONNX Runtime and OpenVINO (one stream, latency hint; the precisions its runtime
 model gives the convs are recorded, so an OpenVINO that fell back to float shows) on the same QDQ file, ONNX
-Runtime FP32 on the float file, and PyTorch FP32 eager.
+Runtime FP32 on the float file, PyTorch FP32 eager, and our runtime on the float file in bfloat16
+(``compile(..., precision="bf16")``), so int8, bf16 and fp32 share a row. Our own float32 path (exact float
+convs, the spec's oracle) is left out: it is tens of times slower than either FP32 peer.
 
 Reported: medians; our speed-up over the faster INT8 peer (the issue's target: at least 1.0x) and over each;
 the fraction of the CPU's INT8 peak each INT8 engine reaches: 2 x MACs / time over the peak measured at the
@@ -105,6 +107,10 @@ def measure(name: str, built: dict, source: str, batch: int, args: argparse.Name
     edge = str(folder / f"{source}_b{batch}.edge")
     plan = compile(qdq, edge, tune_batch=batch, threads=args.threads)
     session = load(edge, threads=args.threads)
+    bf16_edge = str(folder / "fp32_bf16.edge")  # our bfloat16 run of the FP32 file (INT8_SPEC rule 20)
+    if not Path(bf16_edge).exists():
+        compile(built["paths"]["fp32"], bf16_edge, select=False, precision="bf16")
+    bf16 = load(bf16_edge, threads=args.threads)
     ort_int8 = onnxruntime_session(qdq, args.threads)
     ort_fp32 = onnxruntime_session(built["paths"]["fp32"], args.threads)
     torch.set_num_threads(args.threads)
@@ -124,6 +130,7 @@ def measure(name: str, built: dict, source: str, batch: int, args: argparse.Name
         "openvino int8": lambda: openvino_infer(x),
         "onnxruntime fp32": lambda: ort_fp32.run(None, {"input": x}),
         "pytorch fp32": torch_fp32,
+        "lightning-edge bf16": lambda: bf16.run(x),
     }
     calls = 10 if batch == 1 else 5
     times = alternating(candidates, rounds=args.rounds, calls=calls, discard=2)
@@ -152,8 +159,9 @@ def table(results: list[dict], machine: dict, peak: float) -> str:
         f"measured int8 peak {peak / 1e9:.0f} GOP/s; medians of alternating blocks.",
         "",
         "| model (MMACs) | input | QDQ from | batch | ours int8 ms | ORT int8 ms | OpenVINO int8 ms | ORT fp32 ms | "
-        "torch fp32 ms | ours vs faster peer (target) | vs ORT / OpenVINO | % of int8 peak: ours / ORT / OpenVINO |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "torch fp32 ms | ours bf16 ms | ours vs faster peer (target) | vs ORT / OpenVINO | "
+        "% of int8 peak: ours / ORT / OpenVINO |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         ms = r["ms"]
@@ -164,6 +172,7 @@ def table(results: list[dict], machine: dict, peak: float) -> str:
             f"| {r['model']} ({r['mmacs']:.0f}) | {r['size']}x{r['size']} | {r['source']} | {r['batch']} | "
             f"{ms['lightning-edge int8']:.3f} | {ms['onnxruntime int8']:.3f} | {ms['openvino int8']:.3f} | "
             f"{ms['onnxruntime fp32']:.3f} | {ms['pytorch fp32']:.3f} | "
+            f"{ms['lightning-edge bf16']:.3f} | "
             f"{r['speedup_vs_best_peer']:.2f}x ({r['target']:.1f}x){verdict} | "
             f"{r['speedup']['onnxruntime int8']:.2f}x / {r['speedup']['openvino int8']:.2f}x | {peak} |")
     precisions = sorted({str(r["openvino_precisions"]) for r in results})

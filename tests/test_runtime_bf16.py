@@ -49,6 +49,10 @@ def test_bf16_rounding_is_round_to_nearest_even_with_denormals_flushed():
     dict(i=4, o=8, k=5, s=1, p=2, g=4, d=1, size=(9, 35)),   # depthwise with a channel multiplier of 2
     dict(i=6, o=6, k=3, s=3, p=1, g=6, d=2, size=(20, 50)),  # depthwise, stride 3, dilated
     dict(i=16, o=24, k=3, s=1, p=1, g=2, d=1, size=(5, 5)),  # a map smaller than a tile: tiles span the batch
+    # Depthwise rows of 49 to 64 outputs, four vectors with the last one partial (MobileNetV2's 112 -> 56
+    # stride-2 layer): an AVX-512 row loop once skipped them.
+    dict(i=4, o=4, k=3, s=2, p=1, g=4, d=1, size=(6, 112)),
+    dict(i=4, o=4, k=3, s=1, p=1, g=4, d=1, size=(3, 61)),
 ])
 def test_bf16_conv_matches_the_reference_bit_for_bit(tmp_path, geometry):
     g = geometry

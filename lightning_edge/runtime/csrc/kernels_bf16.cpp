@@ -208,8 +208,9 @@ void depthwise_rows(const Bf16DepthwisePlane& d) {
     for (int y = 0; y < d.out_h; ++y) {
         int x = 0;
         for (; x + 64 <= d.out_w; x += 64) depthwise_vectors<Stride, 4>(d, y, x);
-        const int rest = (d.out_w - x + 15) / 16;
-        if (rest == 3) depthwise_vectors<Stride, 3>(d, y, x);
+        const int rest = (d.out_w - x + 15) / 16;  // 1 to 4 vectors left, the last one partial
+        if (rest == 4) depthwise_vectors<Stride, 4>(d, y, x);
+        else if (rest == 3) depthwise_vectors<Stride, 3>(d, y, x);
         else if (rest == 2) depthwise_vectors<Stride, 2>(d, y, x);
         else if (rest == 1) depthwise_vectors<Stride, 1>(d, y, x);
     }
