@@ -27,6 +27,17 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
+def bf16_exact(model: nn.Module, tmp_path, name: str, shape) -> tuple[list[dict], np.ndarray]:
+    """``model`` exported, compiled in bf16 and run on every kernel path, each bit for bit the reference's;
+    returns the plan's op records and the reference output."""
+    x = export(model, tmp_path / f"{name}.onnx", shape)
+    compile(tmp_path / f"{name}.onnx", tmp_path / f"{name}.edge", select=False, precision="bf16")
+    want = ReferenceModel(str(tmp_path / f"{name}.onnx"), precision="bf16").run(x)[0]
+    for kernels in KERNELS:
+        assert same_bits(load(tmp_path / f"{name}.edge", kernels=kernels).run(x), want), kernels
+    return read_edge(tmp_path / f"{name}.edge")[0]["ops"], want
+
+
 def test_bf16_rounding_is_round_to_nearest_even_with_denormals_flushed():
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(10000) * 10.0 ** rng.integers(-30, 30, 10000)).astype(np.float32)
@@ -57,12 +68,8 @@ def test_bf16_rounding_is_round_to_nearest_even_with_denormals_flushed():
 def test_bf16_conv_matches_the_reference_bit_for_bit(tmp_path, geometry):
     g = geometry
     conv = nn.Conv2d(g["i"], g["o"], g["k"], stride=g["s"], padding=g["p"], groups=g["g"], dilation=g["d"])
-    x = export(conv, tmp_path / "conv.onnx", (3, g["i"], *g.get("size", (13, 11))))
-    plan = compile(tmp_path / "conv.onnx", tmp_path / "conv.edge", select=False, precision="bf16")
-    assert [op.kind for op in plan.ops] == ["float_input", "bf16_conv", "float_output"]
-    want = ReferenceModel(str(tmp_path / "conv.onnx"), precision="bf16").run(x)[0]
-    for kernels in KERNELS:
-        assert same_bits(load(tmp_path / "conv.edge", kernels=kernels).run(x), want), kernels
+    ops, _ = bf16_exact(conv, tmp_path, "conv", (3, g["i"], *g.get("size", (13, 11))))
+    assert [op["kind"] for op in ops] == ["float_input", "bf16_conv", "float_output"]
 
 
 class Block(nn.Module):
@@ -86,16 +93,11 @@ class Block(nn.Module):
 
 @pytest.mark.parametrize("side", [24, 8])  # 8: every map is smaller than a tile (batch-spanning tiles)
 def test_bf16_block_is_bit_exact_and_fuses_its_activations_and_residual_add(tmp_path, side):
-    x = export(Block(), tmp_path / "block.onnx", (4, 3, side, side))
-    compile(tmp_path / "block.onnx", tmp_path / "block.edge", select=False, precision="bf16")
-    plan, _ = read_edge(tmp_path / "block.edge")
-    convs = [op for op in plan["ops"] if op["kind"] == "bf16_conv"]
+    ops, _ = bf16_exact(Block(), tmp_path, "block", (4, 3, side, side))
+    convs = [op for op in ops if op["kind"] == "bf16_conv"]
     assert [(op.get("low"), op.get("high")) for op in convs] == [(0.0, None), (0.0, 6.0), (0.0, 6.0), (0.0, None), (None, None)]
     assert [op.get("skip") is not None for op in convs] == [False, False, False, True, False]  # project + x, then ReLU
-    assert not any(op["kind"] == "float_expression" for op in plan["ops"])
-    want = ReferenceModel(str(tmp_path / "block.onnx"), precision="bf16").run(x)[0]
-    for kernels in KERNELS:
-        assert same_bits(load(tmp_path / "block.edge", kernels=kernels).run(x), want), kernels
+    assert not any(op["kind"] == "float_expression" for op in ops)
 
 
 def test_bf16_network_stays_close_to_float32(tmp_path):
@@ -130,14 +132,9 @@ class SharedSum(nn.Module):
 
 
 def test_bf16_sum_read_twice_is_not_fused(tmp_path):
-    x = export(SharedSum(), tmp_path / "shared.onnx", (2, 4, 9, 9))
-    compile(tmp_path / "shared.onnx", tmp_path / "shared.edge", select=False, precision="bf16")
-    plan, _ = read_edge(tmp_path / "shared.edge")
-    conv = next(op for op in plan["ops"] if op["kind"] == "bf16_conv")
+    ops, _ = bf16_exact(SharedSum(), tmp_path, "shared", (2, 4, 9, 9))
+    conv = next(op for op in ops if op["kind"] == "bf16_conv")
     assert conv.get("skip") is None and conv.get("low") is None
-    want = ReferenceModel(str(tmp_path / "shared.onnx"), precision="bf16").run(x)[0]
-    for kernels in KERNELS:
-        assert same_bits(load(tmp_path / "shared.edge", kernels=kernels).run(x), want), kernels
 
 
 def test_damaged_bf16_conv_is_refused(tmp_path):
@@ -175,14 +172,9 @@ class Downsample(nn.Module):
 
 
 def test_bf16_conv_moves_after_a_late_shortcut_to_fuse_it(tmp_path):
-    x = export(Downsample(), tmp_path / "down.onnx", (2, 4, 12, 12))
-    compile(tmp_path / "down.onnx", tmp_path / "down.edge", select=False, precision="bf16")
-    plan, _ = read_edge(tmp_path / "down.edge")
-    assert not any(op["kind"] == "float_expression" for op in plan["ops"])
-    assert [op.get("skip") is not None for op in plan["ops"] if op["kind"] == "bf16_conv"] == [False, True]
-    want = ReferenceModel(str(tmp_path / "down.onnx"), precision="bf16").run(x)[0]
-    for kernels in KERNELS:
-        assert same_bits(load(tmp_path / "down.edge", kernels=kernels).run(x), want), kernels
+    ops, _ = bf16_exact(Downsample(), tmp_path, "down", (2, 4, 12, 12))
+    assert not any(op["kind"] == "float_expression" for op in ops)
+    assert [op.get("skip") is not None for op in ops if op["kind"] == "bf16_conv"] == [False, True]
 
 
 class InvertedClip(nn.Module):
@@ -198,12 +190,7 @@ class InvertedClip(nn.Module):
 
 
 def test_bf16_inverted_clip_is_not_fused(tmp_path):
-    x = export(InvertedClip(), tmp_path / "clip.onnx", (1, 3, 8, 8))
-    compile(tmp_path / "clip.onnx", tmp_path / "clip.edge", select=False, precision="bf16")
-    plan, _ = read_edge(tmp_path / "clip.edge")
-    conv = next(op for op in plan["ops"] if op["kind"] == "bf16_conv")
+    ops, want = bf16_exact(InvertedClip(), tmp_path, "clip", (1, 3, 8, 8))
+    conv = next(op for op in ops if op["kind"] == "bf16_conv")
     assert conv.get("low") is None and conv.get("high") is None
-    want = ReferenceModel(str(tmp_path / "clip.onnx"), precision="bf16").run(x)[0]
     assert np.all(want == -1.0)
-    for kernels in KERNELS:
-        assert same_bits(load(tmp_path / "clip.edge", kernels=kernels).run(x), want), kernels
