@@ -139,12 +139,23 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+CPU_POLICIES = {"auto": None, "shared": True, "dedicated": False}  # --cpu-policy as load(shared_cpu=...)
+
+
+def _session(args: argparse.Namespace):
+    """The .edge file of ``run`` and ``bench`` loaded with their thread, kernel, pool and batch-group options."""
+    from lightning_edge.runtime import load
+
+    session = load(args.edge, threads=args.threads, kernels=args.kernels, shared_cpu=CPU_POLICIES[args.cpu_policy])
+    if args.batch_group is not None:
+        session.batch_group = args.batch_group
+    return session
+
+
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from lightning_edge.runtime import load
-
-    session = load(args.edge, threads=args.threads, kernels=args.kernels)
+    session = _session(args)
     x = np.load(args.input)
     outputs = session.run(x, as_dict=True)
     output = next(iter(outputs.values()))  # classes of the first output
@@ -182,10 +193,9 @@ def _compare(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from lightning_edge.runtime import load
     from lightning_edge.runtime.benchmark import alternating, machine, median_ms, ratio
 
-    session = load(args.edge, threads=args.threads, kernels=args.kernels)
+    session = _session(args)
     peer = None
     if args.onnx:
         from lightning_edge.runtime.benchmark import onnxruntime_session
@@ -308,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("edge")
         command.add_argument("--threads", type=int, help="default: all cores")
         command.add_argument("--kernels", default="auto", choices=KERNELS)
+        command.add_argument("--cpu-policy", default="auto", choices=list(CPU_POLICIES),
+                             help="the thread pool on a CPU other busy processes share: switch when contention is "
+                                  "seen (auto), always act as if it is shared (shared), never (dedicated)")
+        command.add_argument("--batch-group", type=int, default=None,
+                             help="samples per batch group (each run through the whole plan by one thread; 0: op "
+                                  "by op); default 2")
         command.set_defaults(handler=handler)
         if name == "run":
             command.add_argument("--input", required=True, help=".npy file, float32 (batch, C, H, W)")

@@ -85,6 +85,11 @@ def test_compile_inspect_run_and_bench_a_qdq_file(tmp_path, capsys):
     np.save(tmp_path / "x.npy", x)
     assert main(["run", edge, "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), "--top", "2"]) == 0
     assert len(capsys.readouterr().out.split("\n")) == 4 and np.load(tmp_path / "y.npy").shape == (3, 10)
+    # The pool's policy and the batch groups change no number.
+    assert main(["run", edge, "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "z.npy"), "--threads", "2",
+                 "--cpu-policy", "shared", "--batch-group", "1"]) == 0
+    assert np.array_equal(np.load(tmp_path / "z.npy"), np.load(tmp_path / "y.npy"))
+    capsys.readouterr()
     assert main(["bench", edge, "--onnx", onnx_path, "--batch", "1", "--rounds", "1", "--threads", "1"]) == 0
     assert "speed-up" in capsys.readouterr().out
     assert main(["run", str(tmp_path / "x.npy"), "--input", str(tmp_path / "x.npy")]) == 2
