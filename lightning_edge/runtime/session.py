@@ -22,6 +22,7 @@ from lightning_edge.runtime.plan import INPUT_KINDS, Plan, PlanError
 
 # shared_cpu= as the engine's CpuSharing: False dedicated, True shared, None automatic.
 _SHARING = {False: 0, True: 1, None: 2}
+_POLICY = {sharing: policy for policy, sharing in _SHARING.items()}
 
 
 class Session:
@@ -81,7 +82,7 @@ class Session:
     def shared_cpu(self) -> bool | None:
         """The policy asked for: True (always act as if other busy processes share the CPU), False (never), None
         (while the pool sees contention: see ``cpu_contended``)."""
-        return {value: key for key, value in _SHARING.items()}[self._engine.sharing]
+        return _POLICY[self._engine.sharing]
 
     @property
     def batch_group(self) -> int:

@@ -106,20 +106,30 @@ class _Renamed:
         self.name, self.output = quantizer.name, [output]
 
 
-def _code_values(c: GraphCompiler, node: Any, expression: Expression | Tensor, source: Tensor) -> np.ndarray:
+def _code_values(c: GraphCompiler, node: Any, expression: Expression | Tensor, source: Tensor,
+                 derived: Tensor | None = None) -> np.ndarray:
     """``expression`` on every code of ``source``: float32 (256, table count), one column per channel where the
-    function has per-channel constants, else one column."""
+    function has per-channel constants, else one column. ``derived``, a table op's result on ``source`` that the
+    expression reads too, takes for each code the dequantized code that op's table gives it."""
     channels = source.chw()[0]
     if source.onnx_shape is not None and _has_array_constants(expression):
         raise _NoIntegerForm(node, "per-element constants on a tensor stored flat run as a float expression")
     _check_constants(node, expression, channels)
-    codes = (_CODES - source.zero).astype(np.float32) * np.float32(source.scale)  # DQ of every code
-    dequantized = codes.reshape((256, 1, 1, 1) if len(source.shape) == 3 else (256, 1))
-    values = evaluate(expression, {source.index: dequantized}) if isinstance(expression, Expression) else dequantized
+    shape = (256, -1, 1, 1) if len(source.shape) == 3 else (256, -1)
+    dequantized = _dequantized(_CODES, source).reshape(shape)
+    inputs = {source.index: dequantized}
+    if derived is not None:
+        inputs[derived.index] = _dequantized(c.arrays[derived.producer.tables].T, derived).reshape(shape)
+    values = evaluate(expression, inputs) if isinstance(expression, Expression) else dequantized
     values = values.reshape(256, -1)
     if values.shape[1] not in (1, channels):
         raise CompileError(node, f"its result has {values.shape[1]} channels for {channels} input channels")
     return values
+
+
+def _dequantized(codes: np.ndarray, tensor: Tensor) -> np.ndarray:
+    """Stored codes of ``tensor`` as float32 values: ``float32(q - z) * s``."""
+    return (codes.astype(np.int64) - tensor.zero).astype(np.float32) * np.float32(tensor.scale)
 
 
 def _has_array_constants(expression: Any) -> bool:
@@ -159,16 +169,7 @@ def composed_table_op(c: GraphCompiler, quantizer: Any, expression: Expression, 
     expression of its dequantized value and of the dequantized code the derived tensor's table gives it, the
     float32 arithmetic of INT8_SPEC's node-by-node rule. The derived tensor's op goes where nothing else reads it."""
     op = derived.producer
-    channels = source.chw()[0]
-    _check_constants(expression.node, expression, channels)
-    dequantize = lambda codes, tensor: (codes.astype(np.float32) - np.float32(tensor.zero)) * np.float32(tensor.scale)
-    shape = (256, -1, 1, 1) if len(source.shape) == 3 else (256, -1)
-    derived_codes = c.arrays[op.tables].T  # (256, table count)
-    values = evaluate(expression, {source.index: dequantize(_CODES, source).reshape(shape),
-                                   derived.index: dequantize(derived_codes, derived).reshape(shape)})
-    values = values.reshape(256, -1)
-    if values.shape[1] not in (1, channels):
-        raise CompileError(expression.node, f"its result has {values.shape[1]} channels for {channels} input channels")
+    values = _code_values(c, expression.node, expression, source, derived)
     if _read_only_by(c, derived, expression.node):
         c.ops.remove(op)
         nodes = list(dict.fromkeys([*op.nodes, *nodes]))

@@ -97,17 +97,18 @@ class ThreadPool {
             for (int chunk = 0; chunk < chunks; ++chunk) body(chunk, 0);
             return;
         }
-        const double start = seconds_now();
-        if (sharing_ == CpuSharing::kAuto && shared_.load(std::memory_order_relaxed) && start > contended_until_)
+        const bool automatic = sharing_ == CpuSharing::kAuto;  // only this policy reads the clock
+        const double start = automatic ? seconds_now() : 0.0;
+        if (automatic && shared_.load(std::memory_order_relaxed) && start > contended_until_)
             shared_.store(false, std::memory_order_relaxed);  // no sign for kContentionHold: dedicated again
         done_.store(0, std::memory_order_relaxed);
         const bool woke = publish(&body, chunks);
         const uint32_t mine = caller_claims(chunks, woke);
         // What is left is in the workers' hands: chunks they have claimed and not finished.
         if (done_.load(std::memory_order_acquire) == chunks) return;
-        const double claimed = seconds_now();
+        const double claimed = automatic ? seconds_now() : 0.0;
         while (done_.load(std::memory_order_acquire) != chunks) EDGE_PAUSE();
-        if (sharing_ != CpuSharing::kAuto || mine == 0) return;
+        if (!automatic || mine == 0) return;
         const double waited = seconds_now() - claimed, own = (claimed - start) / mine;
         if (waited > kStallChunks * own + kStallSlack) contention_seen(claimed + waited);
     }
