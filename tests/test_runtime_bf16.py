@@ -64,6 +64,8 @@ def test_bf16_rounding_is_round_to_nearest_even_with_denormals_flushed():
     # stride-2 layer): an AVX-512 row loop once skipped them.
     dict(i=4, o=4, k=3, s=2, p=1, g=4, d=1, size=(6, 112)),
     dict(i=4, o=4, k=3, s=1, p=1, g=4, d=1, size=(3, 61)),
+    dict(i=4, o=4, k=3, s=1, p=1, g=4, d=1, size=(3, 300)),  # depthwise rows of more than 8 vectors
+    dict(i=4, o=4, k=5, s=2, p=2, g=4, d=1, size=(7, 290)),
 ])
 def test_bf16_conv_matches_the_reference_bit_for_bit(tmp_path, geometry):
     g = geometry
@@ -98,6 +100,82 @@ def test_bf16_block_is_bit_exact_and_fuses_its_activations_and_residual_add(tmp_
     assert [(op.get("low"), op.get("high")) for op in convs] == [(0.0, None), (0.0, 6.0), (0.0, 6.0), (0.0, None), (None, None)]
     assert [op.get("skip") is not None for op in convs] == [False, False, False, True, False]  # project + x, then ReLU
     assert not any(op["kind"] == "float_expression" for op in ops)
+
+
+def test_bf16_results_only_bf16_convs_read_are_stored_as_bfloat16(tmp_path):
+    """The expand and depthwise results (read only as the next conv's input) and the block's sum (read only by the
+    head) are stored as bfloat16 bits; the stem's (also the residual add's skip) and the head's (the output) stay
+    float32. A trace shows the stored values widened, equal to the reference's bf16 rounding of them."""
+    x = export(Block(), tmp_path / "block.onnx", (2, 3, 16, 16))
+    compile(tmp_path / "block.onnx", tmp_path / "block.edge", select=False, precision="bf16")
+    plan = read_edge(tmp_path / "block.edge")[0]
+    convs = [op for op in plan["ops"] if op["kind"] == "bf16_conv"]
+    assert [plan["tensors"][op["output"]]["dtype"] for op in convs] == ["f32", "bf16", "bf16", "bf16", "f32"]
+    session = load(tmp_path / "block.edge")
+    _, tensors = session.trace(x)
+    stem = tensors[plan["tensors"][convs[0]["output"]]["name"]]
+    expanded = tensors[plan["tensors"][convs[1]["output"]]["name"]]
+    assert expanded.dtype == np.float32 and expanded.shape == (2, 1, 32, 8, 8)
+    assert same_bits(bf16_round(expanded), expanded) and stem.shape == (2, 1, 16, 8, 8)
+
+
+class StridedChain(nn.Module):
+    """Every conv after the first reads a bfloat16-stored tensor: a strided dense conv, a strided 5x5 depthwise
+    one, a strided pointwise one, an odd channel count."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(3, 7, 3, padding=1), nn.Conv2d(7, 10, 3, stride=2, padding=1),
+                                    nn.Conv2d(10, 10, 5, stride=2, padding=2, groups=10), nn.Conv2d(10, 12, 1, stride=2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs[:-1]:
+            x = torch.relu(conv(x))
+        return self.convs[-1](x)
+
+
+def test_bf16_convs_reading_bfloat16_tensors_are_bit_exact(tmp_path):
+    ops, _ = bf16_exact(StridedChain(), tmp_path, "chain", (3, 3, 37, 45))
+    assert sum(op["kind"] == "bf16_conv" for op in ops) == 4
+
+
+class Classifier(nn.Module):
+    """A conv, global pooling and two Linear layers (Gemm): each Gemm runs as a bf16_conv on a 1x1 map, its rows
+    split into chunks across threads (the first has 203 outputs of 301 features: more than one chunk, the last
+    one ragged)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 301, 3)
+        self.hidden, self.head = nn.Linear(301, 203), nn.Linear(203, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.flatten(nn.functional.adaptive_avg_pool2d(self.conv(x), 1), 1)
+        return self.head(torch.relu(self.hidden(features)))
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_bf16_gemm_is_a_bit_exact_bf16_conv(tmp_path, batch):
+    ops, _ = bf16_exact(Classifier(), tmp_path, "classifier", (batch, 3, 6, 6))
+    convs = [op for op in ops if op["kind"] == "bf16_conv"]
+    assert [(op["in_c"], op["out_c"], op["out_h"], op.get("low")) for op in convs[1:]] == [(301, 203, 1, 0.0), (203, 10, 1, None)]
+    assert not any(op["kind"] in ("float_matmul", "float_expression") for op in ops)
+
+
+def test_a_bfloat16_tensor_read_by_another_op_is_refused(tmp_path):
+    """bfloat16 bits are a bf16_conv's input only: a plan whose float op (or skip) reads one stops at load."""
+    from lightning_edge.runtime.edge_format import EdgeFormatError, write_edge
+
+    export(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)), tmp_path / "two.onnx", (1, 3, 9, 9))
+    compile(tmp_path / "two.onnx", tmp_path / "two.edge", select=False, precision="bf16")
+    plan, arrays = read_edge(tmp_path / "two.edge")
+    first = next(op for op in plan["ops"] if op["kind"] == "bf16_conv")
+    assert plan["tensors"][first["output"]]["dtype"] == "bf16"
+    output = next(op for op in plan["ops"] if op["kind"] == "float_output")
+    output["input"] = first["output"]
+    write_edge(tmp_path / "bad.edge", plan, arrays)
+    with pytest.raises(EdgeFormatError, match="float_output.*stored as bfloat16: only a bf16_conv's input may be"):
+        load(tmp_path / "bad.edge")
 
 
 def test_bf16_network_stays_close_to_float32(tmp_path):

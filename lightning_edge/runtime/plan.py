@@ -42,12 +42,16 @@ class Grid:
             raise PlanError(f"grid zero {self.zero}, low {self.low}, high {self.high} are outside uint8")
 
 
+TENSOR_BYTES = {"u8": 1, "f32": 4, "bf16": 2}  # bytes per element of each tensor dtype
+
+
 @dataclass
 class TensorRecord:
     """One tensor of the plan: its ONNX name, elements per sample and shape (batch left out).
 
     ``u8`` tensors hold codes, (C, H, W) stored NHWC or (F,); ``f32`` tensors (float regions) hold float32 values
-    of any shape, stored in ONNX (row-major, NCHW) order."""
+    of any shape, stored in ONNX (row-major, NCHW) order; ``bf16`` tensors the same values as bfloat16 bits, for
+    a bf16_conv's result that only bf16_convs read as their input (they round it to bfloat16 anyway)."""
 
     name: str
     size: int
@@ -56,12 +60,12 @@ class TensorRecord:
     dtype: str = "u8"
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("u8", "f32"):
-            raise PlanError(f"tensor {self.name!r} has dtype {self.dtype!r}, not 'u8' or 'f32'")
+        if self.dtype not in TENSOR_BYTES:
+            raise PlanError(f"tensor {self.name!r} has dtype {self.dtype!r}, not one of {', '.join(map(repr, TENSOR_BYTES))}")
 
     @property
     def bytes_per_sample(self) -> int:
-        return self.size * (4 if self.dtype == "f32" else 1)
+        return self.size * TENSOR_BYTES[self.dtype]
 
 
 OP_KINDS: dict[str, type[Op]] = {}
@@ -785,6 +789,7 @@ class Plan:
                 raise PlanError(f"the plan's {key} shape {shape!r} is not a list of positive dimensions")
             shapes[key] = shape
         inputs, outputs = _boundary(data, "inputs", shapes["input"]), _boundary(data, "outputs", shapes["output"])
+        _check_bf16_tensors(tensors, ops)
         indices = sorted(op.index for op in ops if op.KIND in INPUT_KINDS)
         if indices != list(range(len(inputs))):
             raise PlanError(f"the plan's input ops read inputs {indices}, not each of its {len(inputs)} inputs once")
@@ -896,3 +901,18 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
     if hint is Any:
         return value
     raise TypeError(f"plan field {where} has an annotation the checker does not know: {hint!r}")
+
+
+def _check_bf16_tensors(tensors: list[TensorRecord], ops: list[Op]) -> None:
+    """A ``bf16`` tensor is written by a bf16_conv and read only as a bf16_conv's ``input``: no other op reads
+    bfloat16 bits."""
+    for op in ops:
+        for index in op.reads():
+            if 0 <= index < len(tensors) and tensors[index].dtype == "bf16" and (
+                    op.KIND != Bf16ConvOp.KIND or index != op.input or index == op.skip):
+                raise PlanError(f"op {op.id} ({op.KIND}) reads tensor {tensors[index].name!r}, stored as bfloat16: only a "
+                                "bf16_conv's input may be; compile the ONNX file again")
+        written = op.writes()
+        if written is not None and 0 <= written < len(tensors) and tensors[written].dtype == "bf16" and op.KIND != Bf16ConvOp.KIND:
+            raise PlanError(f"op {op.id} ({op.KIND}) writes tensor {tensors[written].name!r}, stored as bfloat16: only a "
+                            "bf16_conv may; compile the ONNX file again")

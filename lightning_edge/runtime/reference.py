@@ -518,8 +518,24 @@ def bf16_conv(node: Any, inputs: list, attributes: dict) -> np.ndarray:
     return acc
 
 
+def bf16_gemm(node: Any, inputs: list, attributes: dict) -> np.ndarray:
+    """Gemm in bfloat16 (rule 20) where alpha is 1 and C is absent or one row: ``A B'`` as the 1x1 conv of A's
+    features (bf16_conv), then ``+ beta * C`` with ``beta * C`` in float32; any other Gemm in float32 (``gemm``)."""
+    a, b = np.asarray(_f32(inputs[0]), np.float32), np.asarray(_f32(inputs[1]), np.float32)
+    b = b.T if attributes.get("transB", 0) else b
+    bias = np.asarray(_f32(inputs[2]), np.float32) if len(inputs) > 2 and inputs[2] is not None else None
+    features = b.shape[1]
+    one_row = bias is None or (bias.ndim <= 2 and bias.size in (1, features) and (bias.ndim < 2 or bias.shape[0] == 1))
+    if attributes.get("transA", 0) or np.float32(attributes.get("alpha", 1.0)) != 1 or a.ndim != 2 or not one_row:
+        return gemm(node, inputs, attributes)
+    if bias is not None:
+        bias = np.broadcast_to(bias.reshape(-1), (features,)) * np.float32(attributes.get("beta", 1.0))
+    y = bf16_conv(node, [a[:, :, None, None], b.T[:, :, None, None], bias], {})
+    return y.reshape(len(a), features)
+
+
 # Ops a precision other than float32 computes its own way (ReferenceModel(precision=...)).
-PRECISION_OPS: dict[str, dict[str, FloatOp]] = {"fp32": {}, "bf16": {"Conv": bf16_conv}}
+PRECISION_OPS: dict[str, dict[str, FloatOp]] = {"fp32": {}, "bf16": {"Conv": bf16_conv, "Gemm": bf16_gemm}}
 
 
 @_register("ConvTranspose")

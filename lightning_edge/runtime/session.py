@@ -132,7 +132,8 @@ class Session:
 
     def trace(self, x: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         """Output (as ``run`` returns it) plus every tensor the plan stores, by its ONNX name (the QuantizeLinear output), NCHW: uint8 codes
-        (those of int8-activation files shifted by +128, the runtime's uint8 form), and float32 values of float regions."""
+        (those of int8-activation files shifted by +128, the runtime's uint8 form), and float32 values of float regions
+        (a tensor stored as bfloat16 widened to float32)."""
         x = self._checked(x)
         outputs, codes = self._engine.trace(x)
         output = self._outputs(outputs, False)
@@ -144,6 +145,9 @@ class Session:
             shape = info.shape
             if info.dtype == "f32":
                 tensors[info.name] = flat.view(np.float32).reshape(batch, *shape)
+            elif info.dtype == "bf16":
+                bits = flat.view(np.uint16).astype(np.uint32) << np.uint32(16)
+                tensors[info.name] = bits.view(np.float32).reshape(batch, *shape)
             elif len(shape) == 3:
                 tensors[info.name] = flat.reshape(batch, shape[1], shape[2], shape[0]).transpose(0, 3, 1, 2)
             else:

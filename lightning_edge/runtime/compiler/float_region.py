@@ -166,6 +166,22 @@ def _lone_bf16_result(c: GraphCompiler, operand: Any, reader: Any) -> bool:
     return name not in c.outputs and [r.name for r in c.readers.get(name, [])] == [reader.name]
 
 
+def store_bf16(c: GraphCompiler) -> None:
+    """Once every op is emitted: a bf16_conv's result that only bf16_convs read, each as its input (never as a
+    skip, never a graph output), is stored as bfloat16 bits. Its readers round it to bfloat16 first (rule 20),
+    so its values are the same and its traffic halves."""
+    readers: dict[int, list[Op]] = {}
+    for op in c.ops:
+        for index in op.reads():
+            readers.setdefault(index, []).append(op)
+    for op in c.ops:
+        if not isinstance(op, Bf16ConvOp) or c.tensors[op.output].name in c.outputs:
+            continue
+        found = readers.get(op.output, [])
+        if found and all(isinstance(r, Bf16ConvOp) and r.input == op.output and r.skip != op.output for r in found):
+            c.tensors[op.output].dtype = "bf16"
+
+
 def to_codes(c: GraphCompiler, quantizer: Any, value: FloatTensor, grid: tuple[float, int, int, int]) -> Tensor:
     """A float tensor meets its QuantizeLinear: codes stored as (C, H, W) NHWC, or (F,)."""
     channels, height, width = _image(value.shape)
@@ -493,6 +509,9 @@ def float_gemm(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
     if weights.ndim != 2 or weights.shape[0] != x.shape[1]:
         raise CompileError(node, f"weight {weights.shape} does not fit {x.shape[1]} input features")
     alpha = np.float32(attributes.get("alpha", 1.0))
+    bf16 = _bf16_gemm_bias(c, node, weights.shape[1])
+    if bf16 is not None:
+        return _bf16_gemm(c, node, x, weights, bf16)
     weights = weights if alpha == 1 else weights * alpha
     product = new_float(c, node.output[0] if len(node.input) < 3 else f"{node.output[0]}/matmul", (1, weights.shape[1]))
     op_id = c.new_id()
@@ -506,6 +525,35 @@ def float_gemm(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
     add = onnx_node("Add", node)
     add.output[:] = [node.output[0]]
     return Expression(add, [product, bias])
+
+
+def _bf16_gemm_bias(c: GraphCompiler, node: Any, features: int) -> np.ndarray | bool | None:
+    """Under precision bf16, a Gemm with alpha 1 runs as a bf16_conv (rule 20): its bias ``beta * C`` in float32
+    (C a constant of one row), True for none; None where it stays float32 (``reference.bf16_gemm`` decides the
+    same way)."""
+    attributes = _attributes(node)
+    if c.precision != "bf16" or np.float32(attributes.get("alpha", 1.0)) != 1:
+        return None
+    if len(node.input) < 3 or not node.input[2]:
+        return True
+    bias = np.asarray(c.constant(node, node.input[2]), np.float32)
+    if bias.ndim > 2 or bias.size not in (1, features) or (bias.ndim == 2 and bias.shape[0] != 1):
+        return None
+    return np.broadcast_to(bias.reshape(-1), (features,)) * np.float32(attributes.get("beta", 1.0))
+
+
+def _bf16_gemm(c: GraphCompiler, node: Any, x: FloatTensor, weights: np.ndarray, bias: np.ndarray | bool) -> FloatTensor:
+    """``x @ weights + bias`` as a bf16_conv: a 1x1 conv of the (K, 1, 1) input (the same K floats per sample)."""
+    features, out_c = weights.shape
+    output = new_float(c, node.output[0], (1, out_c))
+    op_id = c.new_id()
+    output.producer = c.emit(Bf16ConvOp(
+        id=op_id, nodes=[node.name], input=x.index, output=output.index, in_c=features, in_h=1, in_w=1, out_c=out_c,
+        out_h=1, out_w=1, groups=1, kernel_h=1, kernel_w=1, stride_h=1, stride_w=1, dilation_h=1, dilation_w=1,
+        pad_top=0, pad_left=0, weights=c.array(op_id, "weights", bf16_round(weights.T.reshape(out_c, features, 1, 1))),
+        macs=int(weights.size),
+        bias=c.array(op_id, "bias", np.ascontiguousarray(bias, np.float32)) if bias is not True else None))
+    return output
 
 
 def float_pool(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:

@@ -300,7 +300,11 @@ class GraphCompiler:
         return tensor, value.node.name if value is not None and value.node is not None else self.producers[name].name
 
     def _plan(self, outputs: list[dict[str, Any]]) -> tuple[Plan, dict[str, np.ndarray]]:
-        """The plan of the ops emitted, once the output ops are: each op's ``fuses`` filled in."""
+        """The plan of the ops emitted, once the output ops are: each op's ``fuses`` filled in, and the tensors that
+        can be stored as bfloat16 so."""
+        from lightning_edge.runtime.compiler.float_region import store_bf16
+
+        store_bf16(self)
         op_types = {node.name: node.op_type for node in self.graph.node}
         for op in self.ops:  # what each op does, in ONNX terms (lightning-edge inspect shows it)
             compute = [op_types[name] for name in op.nodes

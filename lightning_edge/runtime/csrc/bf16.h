@@ -45,7 +45,8 @@ inline uint32_t bf16_pair(float even, float odd) {
 // `rows` zero), bias: rows floats or nullptr. Only the pixels whose bit is set in `keep` are written, one
 // after another from out + r * row_stride for row r (a wide tile drops its border columns this way); each is
 // acc + bias, plus the float at the same place under `skip` where that is not nullptr (a residual add), then
-// clamped to [low, high] (-inf, inf for none).
+// clamped to [low, high] (-inf, inf for none). Where out_bf16 is set the results go there instead, as
+// bfloat16 bits (bf16_bits: what every reader of that tensor, a bf16_conv, would round them to anyway).
 struct Bf16Tile {
     const uint32_t* x;
     const long* offsets;
@@ -53,6 +54,7 @@ struct Bf16Tile {
     const float* bias;
     const float* skip;
     float* out;
+    uint16_t* out_bf16;
     long row_stride;
     uint64_t keep;
     int rows, pairs, pixels;
@@ -68,20 +70,37 @@ void bf16_pairs_exact(const float* even, const float* odd, uint32_t* out, int co
 // vcvtne2ps2bf16 (nullptr where the build or CPU has no AVX512_BF16).
 Bf16PairKernel bf16_pairs_avx512();
 
-// One output plane of a depthwise bf16_conv (one input channel per group): `input` is the channel's plane
-// (in_h x in_w) already rounded to bfloat16 values; weights are the channel's taps (bfloat16 values as float32,
-// row-major). Rule 20's order for one input channel is one fused multiply-add per tap in row-major order (the
-// pair's zero channel adds nothing, and neither does a tap in the padding: acc + 0 is acc, never -0), then the
-// bias, the skip (or nullptr) and the clamp, as in the GEMM form.
+// The same pairs from tensors stored as bfloat16 bits: out[i] = even[i] | odd[i] << 16 (odd may be nullptr).
+using Bf16BitsPairKernel = void (*)(const uint16_t* even, const uint16_t* odd, uint32_t* out, int count);
+void bf16_bits_pairs_exact(const uint16_t* even, const uint16_t* odd, uint32_t* out, int count);
+Bf16BitsPairKernel bf16_bits_pairs_avx512();  // nullptr where the build or CPU lacks AVX-512BW
+
+// One output plane of a depthwise bf16_conv (one input channel per group), read from its input channel's
+// padded plane: the channel's bfloat16 values as float32 with zeros in the padding and past it, in rows of
+// row_floats floats, each row stride_w phases of phase_floats (phase p holds padded columns p, p + stride_w,
+// ...). Tap t of output pixel (y, x) is padded[y * stride_h * row_floats + offsets[t] + x], so every read is
+// a plain contiguous load whatever the stride or dilation. Rule 20's order for one input channel is one fused
+// multiply-add per tap in row-major order from +0 (padding taps included: their +0 or -0 products are what
+// the reference adds too), each result's denormal flushed; then the bias, the skip (or nullptr) and the clamp
+// in plain float32; float32 to `out`, or bfloat16 bits to out_bf16 where that is set.
 struct Bf16DepthwisePlane {
-    const float* input;
+    const float* padded;
+    const long* offsets;
     const float* weights;
     float bias;
     const float* skip;
     float* out;
-    int in_h, in_w, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
+    uint16_t* out_bf16;
+    long row_floats;
+    int out_h, out_w, stride_h, taps;
     float low, high;
 };
+
+using Bf16DepthwiseKernel = void (*)(const Bf16DepthwisePlane& plane);
+void bf16_depthwise_exact(const Bf16DepthwisePlane& plane);
+// float32 fma under MXCSR's flush-to-zero, the epilogue with MXCSR as it was (nullptr where the build or CPU
+// lacks AVX-512F/BW/BF16).
+Bf16DepthwiseKernel bf16_depthwise_avx512();
 
 // count float32 values rounded to bfloat16 (bf16_bits), as float32.
 using Bf16RoundKernel = void (*)(const float* in, float* out, size_t count);
@@ -89,21 +108,15 @@ void bf16_round_exact(const float* in, float* out, size_t count);
 // vcvtneps2bf16 (nullptr where the build or CPU has no AVX512_BF16).
 Bf16RoundKernel bf16_round_avx512();
 
-using Bf16DepthwiseKernel = void (*)(const Bf16DepthwisePlane& plane);
-// float32 fma on AVX-512F (nullptr where the build or CPU lacks it); the caller holds a Bf16FlushScope.
-Bf16DepthwiseKernel bf16_depthwise_avx512();
+// count bfloat16 bits as float32 values.
+using Bf16WidenKernel = void (*)(const uint16_t* in, float* out, size_t count);
+void bf16_widen_exact(const uint16_t* in, float* out, size_t count);
+Bf16WidenKernel bf16_widen_avx512();  // nullptr where the build or CPU lacks AVX-512F
 
-// MXCSR's flush-to-zero on this thread while it lives (what vdpbf16ps does by itself); a no-op off x86.
-class Bf16FlushScope {
-  public:
-    Bf16FlushScope();
-    ~Bf16FlushScope();
-    Bf16FlushScope(const Bf16FlushScope&) = delete;
-    Bf16FlushScope& operator=(const Bf16FlushScope&) = delete;
-
-  private:
-    unsigned saved_ = 0;
-};
+// A padded row's two phases: even[i] = in[2i], odd[i] = in[2i + 1] for i < count (a multiple of 16).
+using Bf16SplitKernel = void (*)(const float* in, float* even, float* odd, int count);
+void bf16_split_exact(const float* in, float* even, float* odd, int count);
+Bf16SplitKernel bf16_split_avx512();  // nullptr where the build or CPU lacks AVX-512F
 
 // The exact float32 implementation (any CPU).
 void bf16_tile_exact(const Bf16Tile& tile);

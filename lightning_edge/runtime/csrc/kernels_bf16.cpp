@@ -27,15 +27,43 @@ void bf16_pairs_exact(const float* even, const float* odd, uint32_t* out, int co
     for (int i = 0; i < count; ++i) out[i] = bf16_pair(even[i], odd ? odd[i] : 0.0f);
 }
 
+void bf16_bits_pairs_exact(const uint16_t* even, const uint16_t* odd, uint32_t* out, int count) {
+    for (int i = 0; i < count; ++i) out[i] = static_cast<uint32_t>(even[i]) | static_cast<uint32_t>(odd ? odd[i] : 0) << 16;
+}
+
 void bf16_round_exact(const float* in, float* out, size_t count) {
     for (size_t i = 0; i < count; ++i) out[i] = bf16_value(bf16_bits(in[i]));
+}
+
+void bf16_widen_exact(const uint16_t* in, float* out, size_t count) {
+    for (size_t i = 0; i < count; ++i) out[i] = bf16_value(in[i]);
+}
+
+void bf16_split_exact(const float* in, float* even, float* odd, int count) {
+    for (int i = 0; i < count; ++i) even[i] = in[2 * i], odd[i] = in[2 * i + 1];
+}
+
+void bf16_depthwise_exact(const Bf16DepthwisePlane& d) {
+    for (int y = 0; y < d.out_h; ++y) {
+        const float* origin = d.padded + static_cast<long>(y) * d.stride_h * d.row_floats;
+        for (int x = 0; x < d.out_w; ++x) {
+            float acc = 0.0f;
+            for (int t = 0; t < d.taps; ++t) acc = flushed(std::fma(origin[d.offsets[t] + x], d.weights[t], acc));
+            const long at = static_cast<long>(y) * d.out_w + x;
+            float value = acc + d.bias;
+            if (d.skip) value = value + d.skip[at];
+            value = clamped(value, d.low, d.high);
+            if (d.out_bf16) d.out_bf16[at] = bf16_bits(value);
+            else d.out[at] = value;
+        }
+    }
 }
 
 void bf16_tile_exact(const Bf16Tile& t) {
     for (int r = 0; r < t.rows; ++r) {
         const uint32_t* w = t.w + static_cast<long>(r / kBf16Rows) * t.pairs * kBf16Rows + r % kBf16Rows;
         const float bias = t.bias ? t.bias[r] : 0.0f;
-        float* out = t.out + r * t.row_stride;
+        float* out = t.out_bf16 ? nullptr : t.out + r * t.row_stride;
         const float* skip = t.skip ? t.skip + r * t.row_stride : nullptr;
         long written = 0;
         for (int p = 0; p < t.pixels; ++p) {
@@ -48,7 +76,9 @@ void bf16_tile_exact(const Bf16Tile& t) {
             }
             float y = acc + bias;
             if (skip) y = y + skip[written];
-            out[written++] = clamped(y, t.low, t.high);
+            y = clamped(y, t.low, t.high);
+            if (t.out_bf16) t.out_bf16[r * t.row_stride + written++] = bf16_bits(y);
+            else out[written++] = y;
         }
     }
 }
@@ -88,21 +118,27 @@ void rows_avx512(const Bf16Tile& t, int row0) {
 #pragma GCC unroll 8
     for (int r = 0; r < Rows; ++r) {
         const __m512 bias = _mm512_set1_ps(t.bias ? t.bias[row0 + r] : 0.0f);
-        float* out = t.out + (row0 + r) * t.row_stride;
-        const float* skip = t.skip ? t.skip + (row0 + r) * t.row_stride : nullptr;
+        const long row = static_cast<long>(row0 + r) * t.row_stride;
+        const float* skip = t.skip ? t.skip + row : nullptr;
         int written = 0;
         for (int v = 0; v < 3; ++v) {
             const __mmask16 keep = static_cast<__mmask16>((t.keep & valid) >> (16 * v));
             if (!keep) continue;
             const int count = __builtin_popcount(keep);
             const __mmask16 first = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
+            const bool whole = keep == 0xffff;  // no lane dropped: no expand or compress
             __m512 y = _mm512_add_ps(acc[r][v], bias);
             // The kept lanes' skip values, consecutive in memory, spread to their lanes (register expand and
             // compress: their memory forms are slow on some CPUs).
-            if (skip) y = _mm512_add_ps(y, _mm512_maskz_expand_ps(keep, _mm512_maskz_loadu_ps(first, skip + written)));
+            if (skip) {
+                const __m512 other = _mm512_maskz_loadu_ps(first, skip + written);
+                y = _mm512_add_ps(y, whole ? other : _mm512_maskz_expand_ps(keep, other));
+            }
             // max(low, y) and min(high, y) return y where y is NaN, as the exact form's comparisons do.
             y = _mm512_min_ps(high, _mm512_max_ps(low, y));
-            _mm512_mask_storeu_ps(out + written, first, _mm512_maskz_compress_ps(keep, y));
+            if (!whole) y = _mm512_maskz_compress_ps(keep, y);
+            if (t.out_bf16) _mm256_mask_storeu_epi16(t.out_bf16 + row + written, first, (__m256i)_mm512_cvtneps_pbh(y));
+            else _mm512_mask_storeu_ps(t.out + row + written, first, y);
             written += count;
         }
     }
@@ -138,81 +174,95 @@ void pairs_avx512(const float* even, const float* odd, uint32_t* out, int count)
     }
 }
 
-// Output pixels in lanes, 16 of a row at a time; a stride-2 row gathers the even words of two loads. The
-// accumulator chain per pixel is rule 20's: +0, then one fma per tap (the caller's Bf16FlushScope flushes
-// denormal results, as vdpbf16ps does; inputs are bfloat16 values, never denormal).
-// Input columns [column, column + 16 * stride) of `row` at every stride-th one into lanes, zero outside
-// [0, in_w) (masked loads never touch the columns they skip).
-template <int Stride>  // 1, 2, or 0 for any other stride
-inline __m512 depthwise_values(const float* row, int column, int in_w, int stride, int lanes) {
-    auto range = [&](int begin) {  // mask of the 16 columns [begin, begin + 16) that lie inside
-        const int low = std::max(0, -begin), high = std::min(16, in_w - begin);
-        return high <= low ? __mmask16(0) : __mmask16(((1u << (high - low)) - 1) << low);
-    };
-    if (Stride == 1) {
-        const __mmask16 lanes_mask = lanes >= 16 ? __mmask16(0xffff) : __mmask16((1u << lanes) - 1);
-        return _mm512_maskz_loadu_ps(range(column) & lanes_mask, row + column);
+void bits_pairs_avx512(const uint16_t* even, const uint16_t* odd, uint32_t* out, int count) {
+    for (int i = 0; i < count; i += 16) {
+        const int left = count - i;
+        const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+        const __m512i e = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, even + i));
+        const __m512i o = odd ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, odd + i)) : _mm512_setzero_si512();
+        _mm512_mask_storeu_epi32(out + i, mask, _mm512_or_si512(e, _mm512_slli_epi32(o, 16)));
     }
-    if (Stride == 2) {
-        const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-        const int used = 2 * std::min(lanes, 16) - 1;  // columns the lanes read: [column, column + used)
-        const __mmask16 first = range(column) & (used >= 16 ? __mmask16(0xffff) : __mmask16((1u << used) - 1));
-        const __mmask16 second = used <= 16 ? __mmask16(0) : range(column + 16) & __mmask16((1u << (used - 16)) - 1);
-        return _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(first, row + column), evens,
-                                      _mm512_maskz_loadu_ps(second, row + column + 16));
-    }
-    alignas(64) float gathered[16] = {};
-    for (int i = 0; i < std::min(lanes, 16); ++i) {
-        const int at = column + i * stride;
-        if (at >= 0 && at < in_w) gathered[i] = row[at];
-    }
-    return _mm512_load_ps(gathered);
 }
 
-// Vectors [x, x + 16 * Count) of output row y: Count independent fma chains, so the taps' fma latency overlaps.
-template <int Stride, int Count>
-inline void depthwise_vectors(const Bf16DepthwisePlane& d, int y, int x) {
+// The register barrier that keeps the compiler from moving float arithmetic across an MXCSR write (GCC does not
+// model MXCSR as an input of float instructions).
+template <int Count>
+inline void pinned(__m512 (&values)[Count]) {
+    for (int v = 0; v < Count; ++v) asm volatile("" : "+v"(values[v]));
+}
+
+// Vectors [x, x + 16 * Count) of output row y of a depthwise plane: Count independent fma chains (so the taps'
+// latency overlaps) with MXCSR's flush-to-zero on (vdpbf16ps's flush of every step), then the epilogue under
+// `csr`, plain float32 (rule 20 adds the bias and skip with denormals kept). A pair of MXCSR writes costs
+// about 2 ns here, against the block's 9 to 72 fmas.
+template <int Count>
+inline void depthwise_block(const Bf16DepthwisePlane& d, unsigned csr, int y, int x) {
     __m512 acc[Count];
-    __mmask16 mask[Count];
-    int left[Count];
-    for (int v = 0; v < Count; ++v) {
-        acc[v] = _mm512_setzero_ps();
-        left[v] = d.out_w - x - 16 * v;
-        mask[v] = left[v] >= 16 ? __mmask16(0xffff) : __mmask16((1u << left[v]) - 1);
+    for (int v = 0; v < Count; ++v) acc[v] = _mm512_setzero_ps();
+    const float* origin = d.padded + static_cast<long>(y) * d.stride_h * d.row_floats + x;
+    _mm_setcsr(csr | 0x8000u);
+    pinned(acc);
+    for (int t = 0; t < d.taps; ++t) {
+        const __m512 weight = _mm512_set1_ps(d.weights[t]);
+        const float* at = origin + d.offsets[t];
+#pragma GCC unroll 8
+        for (int v = 0; v < Count; ++v) acc[v] = _mm512_fmadd_ps(_mm512_loadu_ps(at + 16 * v), weight, acc[v]);
     }
-    for (int a = 0; a < d.kernel_h; ++a) {
-        const int input_row = y * d.stride_h + a * d.dilation_h - d.pad_top;
-        if (input_row < 0 || input_row >= d.in_h) continue;  // a padding row adds +0 products: acc unchanged
-        const float* row = d.input + static_cast<long>(input_row) * d.in_w;
-        for (int b = 0; b < d.kernel_w; ++b) {
-            const __m512 weight = _mm512_set1_ps(d.weights[a * d.kernel_w + b]);
-            const int column = x * d.stride_w + b * d.dilation_w - d.pad_left;
-#pragma GCC unroll 4
-            for (int v = 0; v < Count; ++v)
-                acc[v] = _mm512_fmadd_ps(depthwise_values<Stride>(row, column + 16 * v * d.stride_w, d.in_w, d.stride_w, left[v]),
-                                         weight, acc[v]);
-        }
-    }
+    pinned(acc);
+    _mm_setcsr(csr);
+    pinned(acc);
     const __m512 bias = _mm512_set1_ps(d.bias), low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
+#pragma GCC unroll 8
     for (int v = 0; v < Count; ++v) {
+        const int left = d.out_w - x - 16 * v;
+        const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
         const long at = static_cast<long>(y) * d.out_w + x + 16 * v;
         __m512 out = _mm512_add_ps(acc[v], bias);
-        if (d.skip) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask[v], d.skip + at));
+        if (d.skip) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, d.skip + at));
+        // max(low, y) and min(high, y) return y where y is NaN, as the exact form's comparisons do.
         out = _mm512_min_ps(high, _mm512_max_ps(low, out));
-        _mm512_mask_storeu_ps(d.out + at, mask[v], out);
+        if (d.out_bf16) _mm256_mask_storeu_epi16(d.out_bf16 + at, mask, (__m256i)_mm512_cvtneps_pbh(out));
+        else _mm512_mask_storeu_ps(d.out + at, mask, out);
     }
 }
 
-template <int Stride>
-void depthwise_rows(const Bf16DepthwisePlane& d) {
+void depthwise_avx512(const Bf16DepthwisePlane& d) {
+    // MXCSR as found, and without flush-to-zero or denormals-are-zero: the plain float32 of the epilogue.
+    const unsigned saved = _mm_getcsr(), csr = saved & ~0x8040u;
     for (int y = 0; y < d.out_h; ++y) {
         int x = 0;
-        for (; x + 64 <= d.out_w; x += 64) depthwise_vectors<Stride, 4>(d, y, x);
-        const int rest = (d.out_w - x + 15) / 16;  // 1 to 4 vectors left, the last one partial
-        if (rest == 4) depthwise_vectors<Stride, 4>(d, y, x);
-        else if (rest == 3) depthwise_vectors<Stride, 3>(d, y, x);
-        else if (rest == 2) depthwise_vectors<Stride, 2>(d, y, x);
-        else if (rest == 1) depthwise_vectors<Stride, 1>(d, y, x);
+        for (; x + 128 <= d.out_w; x += 128) depthwise_block<8>(d, csr, y, x);
+        switch ((d.out_w - x + 15) / 16) {  // the 0 to 8 vectors left, the last one partial
+            case 8: depthwise_block<8>(d, csr, y, x); break;
+            case 7: depthwise_block<7>(d, csr, y, x); break;
+            case 6: depthwise_block<6>(d, csr, y, x); break;
+            case 5: depthwise_block<5>(d, csr, y, x); break;
+            case 4: depthwise_block<4>(d, csr, y, x); break;
+            case 3: depthwise_block<3>(d, csr, y, x); break;
+            case 2: depthwise_block<2>(d, csr, y, x); break;
+            case 1: depthwise_block<1>(d, csr, y, x); break;
+            default: break;
+        }
+    }
+    _mm_setcsr(saved);
+}
+
+void widen_avx512(const uint16_t* in, float* out, size_t count) {
+    for (size_t i = 0; i < count; i += 16) {
+        const size_t left = count - i;
+        const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+        const __m512i bits = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, in + i));
+        _mm512_mask_storeu_ps(out + i, mask, _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16)));
+    }
+}
+
+void split_avx512(const float* in, float* even, float* odd, int count) {
+    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odds = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (int i = 0; i < count; i += 16) {
+        const __m512 a = _mm512_loadu_ps(in + 2 * i), b = _mm512_loadu_ps(in + 2 * i + 16);
+        _mm512_storeu_ps(even + i, _mm512_permutex2var_ps(a, evens, b));
+        _mm512_storeu_ps(odd + i, _mm512_permutex2var_ps(a, odds, b));
     }
 }
 
@@ -225,12 +275,6 @@ void round_avx512(const float* in, float* out, size_t count) {
     }
 }
 
-void depthwise_avx512(const Bf16DepthwisePlane& d) {
-    if (d.stride_w == 1) depthwise_rows<1>(d);
-    else if (d.stride_w == 2) depthwise_rows<2>(d);
-    else depthwise_rows<0>(d);
-}
-
 }  // namespace
 
 Bf16RoundKernel bf16_round_avx512() {
@@ -238,12 +282,21 @@ Bf16RoundKernel bf16_round_avx512() {
     return f.avx512f && f.avx512bw && f.avx512_bf16 ? round_avx512 : nullptr;
 }
 
-Bf16FlushScope::Bf16FlushScope() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8000u); }
-Bf16FlushScope::~Bf16FlushScope() { _mm_setcsr(saved_); }
-
 Bf16DepthwiseKernel bf16_depthwise_avx512() {
     const CpuFeatures& f = cpu_features();
-    return f.avx512f ? depthwise_avx512 : nullptr;
+    return f.avx512f && f.avx512bw && f.avx512_bf16 ? depthwise_avx512 : nullptr;
+}
+
+Bf16WidenKernel bf16_widen_avx512() {
+    const CpuFeatures& f = cpu_features();
+    return f.avx512f && f.avx512bw ? widen_avx512 : nullptr;
+}
+
+Bf16SplitKernel bf16_split_avx512() { return cpu_features().avx512f ? split_avx512 : nullptr; }
+
+Bf16BitsPairKernel bf16_bits_pairs_avx512() {
+    const CpuFeatures& f = cpu_features();
+    return f.avx512f && f.avx512bw ? bits_pairs_avx512 : nullptr;
 }
 
 Bf16PairKernel bf16_pairs_avx512() {
@@ -267,8 +320,9 @@ Bf16TileKernel bf16_tile_avx512() { return nullptr; }
 Bf16PairKernel bf16_pairs_avx512() { return nullptr; }
 Bf16DepthwiseKernel bf16_depthwise_avx512() { return nullptr; }
 Bf16RoundKernel bf16_round_avx512() { return nullptr; }
-Bf16FlushScope::Bf16FlushScope() {}
-Bf16FlushScope::~Bf16FlushScope() {}
+Bf16WidenKernel bf16_widen_avx512() { return nullptr; }
+Bf16SplitKernel bf16_split_avx512() { return nullptr; }
+Bf16BitsPairKernel bf16_bits_pairs_avx512() { return nullptr; }
 }  // namespace edge
 
 #endif

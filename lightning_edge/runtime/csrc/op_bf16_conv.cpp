@@ -1,6 +1,8 @@
 // bf16_conv: a 2-D convolution of an f32 (C, H, W) tensor in ONNX order (groups, stride, padding, dilation,
 // optional bias) computed in bfloat16 as INT8_SPEC rule 20 fixes it: inputs and weights rounded to bfloat16,
-// products added to a float32 accumulator pair by pair (vdpbf16ps's order), then the bias; float32 out.
+// products added to a float32 accumulator pair by pair (vdpbf16ps's order), then the bias; float32 out. The
+// input and output tensors may instead be stored as bfloat16 bits (the compiler does so where every reader is
+// a bf16_conv's input, which rounds to bfloat16 anyway): the op tells which from the tensor's size.
 //
 // Per group it is a GEMM: rows are the group's output channels; the reduction runs over the taps, and within a
 // tap over pairs of the group's input channels (an odd count ends with a zero channel). The op first converts
@@ -11,6 +13,11 @@
 // contiguous run per pair (the columns past out_w are computed and dropped). A strided conv copies its
 // tile's words into a packed [pairs][kBf16TilePixels] block first. Work is split into (sample, group, tile)
 // units; weights are packed into pairs when the plan loads.
+//
+// A depthwise conv (one input channel per group) is no GEMM: per (sample, input channel) unit, a thread
+// copies the channel's plane as bfloat16 values into its scratch with the zero border, each row split into
+// stride_w phases so that every tap of 16 neighbouring outputs is one contiguous load (Bf16DepthwisePlane),
+// then runs one fma per tap and output for each of the channel's output planes.
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -43,10 +50,10 @@ class Bf16Conv final : public Operator {
             for (size_t i = 0; i < static_cast<size_t>(g_.out_c) * taps_; ++i)
                 depthwise_weights_.push_back(bf16_value(bf16_bits(weights[i])));
         if (attrs.has("bias")) bias_ = context.array<float>(attrs, "bias", static_cast<size_t>(g_.out_c));
-        tensors_.inputs = {context.tensor_index(attrs, "input", f32_bytes(element_count({g_.in_c, g_.in_h, g_.in_w}, "bf16_conv")))};
-        const size_t output_bytes = f32_bytes(element_count({g_.out_c, g_.out_h, g_.out_w}, "bf16_conv"));
-        tensors_.output = context.tensor_index(attrs, "output", output_bytes);
-        if (attrs.has("skip")) tensors_.inputs.push_back(context.tensor_index(attrs, "skip", output_bytes));
+        input_bf16_ = float_or_bf16(attrs, "input", element_count({g_.in_c, g_.in_h, g_.in_w}, "bf16_conv"), context);
+        const size_t outputs = element_count({g_.out_c, g_.out_h, g_.out_w}, "bf16_conv");
+        output_bf16_ = float_or_bf16(attrs, "output", outputs, context);
+        if (attrs.has("skip")) tensors_.inputs.push_back(context.tensor_index(attrs, "skip", f32_bytes(outputs)));
         wide_ = g_.stride_h == 1 && g_.stride_w == 1;
         wide_offsets_.resize(pairs_), packed_offsets_.resize(pairs_);
         for (int t = 0; t < taps_; ++t)
@@ -58,15 +65,26 @@ class Bf16Conv final : public Operator {
         low_ = attrs.has("low") ? attrs.get_float("low") : -std::numeric_limits<float>::infinity();
         high_ = attrs.has("high") ? attrs.get_float("high") : std::numeric_limits<float>::infinity();
         if (!(low_ <= high_)) throw std::invalid_argument("bf16_conv: the clamp's low bound is above its high bound");
-        const bool native = std::strcmp(context.backend().name, "avx512") == 0 && bf16_tile_avx512() && bf16_pairs_avx512();
+        const bool native = std::strcmp(context.backend().name, "avx512") == 0 && bf16_tile_avx512() && bf16_pairs_avx512() &&
+                            bf16_bits_pairs_avx512() && bf16_depthwise_avx512() && bf16_round_avx512() &&
+                            bf16_widen_avx512() && bf16_split_avx512();
         kernel_ = native ? bf16_tile_avx512() : bf16_tile_exact;
         pairs_kernel_ = native ? bf16_pairs_avx512() : bf16_pairs_exact;
-        if (group_in_ == 1 && native && bf16_round_avx512()) depthwise_kernel_ = bf16_depthwise_avx512();
-        if (depthwise_kernel_) {
-            // The depthwise kernel reads the input rounded to bfloat16 values in place of the converted pairs.
-            context.need_workspace(f32_bytes(element_count({g_.in_c, g_.in_h, g_.in_w}, "bf16_conv")));
+        bits_pairs_kernel_ = native ? bf16_bits_pairs_avx512() : bf16_bits_pairs_exact;
+        if (group_in_ == 1) {
+            depthwise_kernel_ = native ? bf16_depthwise_avx512() : bf16_depthwise_exact;
+            round_kernel_ = native ? bf16_round_avx512() : bf16_round_exact;
+            widen_kernel_ = native ? bf16_widen_avx512() : bf16_widen_exact;
+            split_kernel_ = native ? bf16_split_avx512() : bf16_split_exact;
+            plan_depthwise(context);
             return;
         }
+        // A layer with few tiles per sample (a Gemm is a 1x1 conv on a 1x1 map) splits its rows into chunks
+        // of about 2048 pairs x 8 rows of work, so every thread gets some at batch 1.
+        const int tiles = (g_.out_h * (wide_ ? wide_w_ : g_.out_w) + kBf16TilePixels - 1) / kBf16TilePixels;
+        if (static_cast<long>(tiles) * g_.groups < 16) chunk_blocks_ = std::clamp((2048 + pairs_ - 1) / pairs_, 1, row_blocks_);
+        else chunk_blocks_ = row_blocks_;
+        chunks_ = (row_blocks_ + chunk_blocks_ - 1) / chunk_blocks_;
         context.need_workspace(sample_words_ * sizeof(uint32_t));
         // A packed tile's words, then a tile of outputs (the batch-spanning tiles write there first).
         context.need_scratch(static_cast<size_t>(pairs_ + group_out_) * kBf16TilePixels * sizeof(uint32_t) + 64);
@@ -85,19 +103,17 @@ class Bf16Conv final : public Operator {
     }
 
     void run(const ExecutionContext& context) const override {
-        const float* in = reinterpret_cast<const float*>(context.tensor(tensors_.inputs[0]));
-        float* out = reinterpret_cast<float*>(context.tensor(tensors_.output));
+        const uint8_t* in = context.tensor(tensors_.inputs[0]);
+        uint8_t* out = context.tensor(tensors_.output);
         const float* skip = tensors_.inputs.size() > 1 ? reinterpret_cast<const float*>(context.tensor(tensors_.inputs[1])) : nullptr;
         if (depthwise_kernel_) {
-            float* rounded = static_cast<float*>(context.workspace());
-            const size_t sample = static_cast<size_t>(g_.in_c) * g_.in_h * g_.in_w;
-            const Bf16RoundKernel round = bf16_round_avx512();
-            context.scheduler.parallel(context.batch * g_.in_c, 8, [&](int begin, int end, int) {
-                round(in + begin * sample / g_.in_c, rounded + begin * sample / g_.in_c, (end - begin) * sample / g_.in_c);
-            });
-            context.scheduler.parallel(context.batch * g_.out_c, 1, [&](int begin, int end, int) {
-                const Bf16FlushScope flush;
-                for (int unit = begin; unit < end; ++unit) depthwise_plane(rounded, skip, out, unit / g_.out_c, unit % g_.out_c);
+            context.scheduler.parallel(context.batch * g_.in_c, 1, [&](int begin, int end, int thread) {
+                float* padded = static_cast<float*>(context.scratch(thread));
+                for (int unit = begin; unit < end; ++unit) {
+                    const int n = unit / g_.in_c, channel = unit % g_.in_c;
+                    fill_plane(in, n, channel, padded, padded + static_cast<size_t>(wide_h_) * row_floats_);
+                    for (int o = channel * group_out_; o < (channel + 1) * group_out_; ++o) depthwise_plane(padded, skip, out, n, o);
+                }
             });
             return;
         }
@@ -112,23 +128,24 @@ class Bf16Conv final : public Operator {
         }
         const int pixels = wide_ ? g_.out_h * wide_w_ : g_.out_h * g_.out_w;
         const int tiles = (pixels + kBf16TilePixels - 1) / kBf16TilePixels;
-        context.scheduler.parallel(context.batch * g_.groups * tiles, 1, [&](int begin, int end, int thread) {
+        context.scheduler.parallel(context.batch * g_.groups * tiles * chunks_, 1, [&](int begin, int end, int thread) {
             uint32_t* scratch = static_cast<uint32_t*>(context.scratch(thread));
-            for (int unit = begin; unit < end; ++unit) {
+            for (int task = begin; task < end; ++task) {
+                const int chunk = task % chunks_, unit = task / chunks_;
                 const int tile = unit % tiles, group = unit / tiles % g_.groups, n = unit / tiles / g_.groups;
                 const int first = tile * kBf16TilePixels, count = std::min(kBf16TilePixels, pixels - first);
                 const uint32_t* source = words + static_cast<size_t>(n) * sample_words_ +
                                          static_cast<size_t>(group) * channel_pairs_ * plane_words_;
-                float* target = out + (static_cast<size_t>(n) * g_.out_c + static_cast<size_t>(group) * group_out_) *
-                                          g_.out_h * g_.out_w;
-                Bf16Tile t;
+                // The group's first output plane, as an element index into the output.
+                const size_t target = (static_cast<size_t>(n) * g_.out_c + static_cast<size_t>(group) * group_out_) *
+                                      g_.out_h * g_.out_w;
+                Bf16Tile t = chunk_tile(group, chunk);
                 t.offsets = wide_ ? wide_offsets_.data() : packed_offsets_.data();
-                t.w = weights_.data() + static_cast<size_t>(group) * row_blocks_ * pairs_ * kBf16Rows;
-                t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ : nullptr;
-                t.rows = group_out_, t.pairs = pairs_, t.pixels = count;
+                t.pixels = count;
                 t.low = low_, t.high = high_;
                 t.row_stride = g_.out_h * g_.out_w;
-                const float* skip_plane = skip ? skip + (target - out) : nullptr;
+                const size_t rows_before = static_cast<size_t>(chunk) * chunk_blocks_ * kBf16Rows * t.row_stride;
+                const float* skip_plane = skip ? skip + target + rows_before : nullptr;
                 size_t written = first;  // the output index of the tile's first kept pixel
                 if (wide_) {
                     t.x = source + first;
@@ -141,7 +158,8 @@ class Bf16Conv final : public Operator {
                     t.x = scratch;
                     t.keep = ~uint64_t{0};
                 }
-                t.out = target + written;
+                t.out = output_bf16_ ? nullptr : reinterpret_cast<float*>(out) + target + rows_before + written;
+                t.out_bf16 = output_bf16_ ? reinterpret_cast<uint16_t*>(out) + target + rows_before + written : nullptr;
                 t.skip = skip_plane ? skip_plane + written : nullptr;
                 kernel_(t);
             }
@@ -170,7 +188,7 @@ class Bf16Conv final : public Operator {
 
     // Wide rows [begin, end) of (sample, group, channel pair, wide row): two input channels as bfloat16 pairs,
     // zero in the border and for the missing odd channel.
-    void convert(const float* in, uint32_t* words, int begin, int end) const {
+    void convert(const uint8_t* in, uint32_t* words, int begin, int end) const {
         for (int row = begin; row < end; ++row) {
             const int y = row % wide_h_ - g_.pad_top, pair = row / wide_h_ % channel_pairs_;
             const int group = row / wide_h_ / channel_pairs_ % g_.groups, n = row / wide_h_ / channel_pairs_ / g_.groups;
@@ -183,24 +201,31 @@ class Bf16Conv final : public Operator {
                 std::fill(target, target + wide_w_, 0u);
                 continue;
             }
-            const float* even = in + ((static_cast<size_t>(n) * g_.in_c + channel) * g_.in_h + y) * g_.in_w;
-            const float* odd = even + static_cast<size_t>(g_.in_h) * g_.in_w;
+            const size_t even = ((static_cast<size_t>(n) * g_.in_c + channel) * g_.in_h + y) * g_.in_w;
+            const size_t odd = even + static_cast<size_t>(g_.in_h) * g_.in_w;
             const int inside = std::min(g_.in_w, wide_w_ - g_.pad_left);
             std::fill(target, target + g_.pad_left, 0u);
-            pairs_kernel_(even, has_odd ? odd : nullptr, target + g_.pad_left, inside);
+            if (input_bf16_) {
+                const uint16_t* bits = reinterpret_cast<const uint16_t*>(in);
+                bits_pairs_kernel_(bits + even, has_odd ? bits + odd : nullptr, target + g_.pad_left, inside);
+            } else {
+                const float* values = reinterpret_cast<const float*>(in);
+                pairs_kernel_(values + even, has_odd ? values + odd : nullptr, target + g_.pad_left, inside);
+            }
             std::fill(target + g_.pad_left + inside, target + wide_w_, 0u);
         }
     }
 
     // Maps smaller than a tile at batch > 1: tiles of kBf16TilePixels (sample, pixel) outputs over the whole
     // batch, packed, computed into the scratch tile and scattered to each sample's planes (plus skip, clamped).
-    void run_spanning(int batch, const uint32_t* words, const float* skip, float* out, const ExecutionContext& context) const {
+    void run_spanning(int batch, const uint32_t* words, const float* skip, uint8_t* out, const ExecutionContext& context) const {
         const int plane = g_.out_h * g_.out_w, total = batch * plane;
         const int tiles = (total + kBf16TilePixels - 1) / kBf16TilePixels;
-        context.scheduler.parallel(g_.groups * tiles, 1, [&](int begin, int end, int thread) {
+        context.scheduler.parallel(g_.groups * tiles * chunks_, 1, [&](int begin, int end, int thread) {
             uint32_t* packed = static_cast<uint32_t*>(context.scratch(thread));
             float* results = reinterpret_cast<float*>(packed + static_cast<size_t>(pairs_) * kBf16TilePixels);
-            for (int unit = begin; unit < end; ++unit) {
+            for (int task = begin; task < end; ++task) {
+                const int chunk = task % chunks_, unit = task / chunks_;
                 const int group = unit / tiles, first = unit % tiles * kBf16TilePixels;
                 const int count = std::min(kBf16TilePixels, total - first);
                 long base[kBf16TilePixels];
@@ -211,23 +236,35 @@ class Bf16Conv final : public Operator {
                     place[p] = (static_cast<size_t>(n) * g_.out_c + static_cast<size_t>(group) * group_out_) * plane + q;
                 }
                 pack_tile(words + static_cast<size_t>(group) * channel_pairs_ * plane_words_, base, count, packed);
-                Bf16Tile t;
+                Bf16Tile t = chunk_tile(group, chunk);
                 t.x = packed, t.offsets = packed_offsets_.data();
-                t.w = weights_.data() + static_cast<size_t>(group) * row_blocks_ * pairs_ * kBf16Rows;
-                t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ : nullptr;
-                t.out = results, t.row_stride = kBf16TilePixels, t.skip = nullptr, t.keep = ~uint64_t{0};
-                t.rows = group_out_, t.pairs = pairs_, t.pixels = count;
+                t.out = results, t.out_bf16 = nullptr, t.row_stride = kBf16TilePixels, t.skip = nullptr, t.keep = ~uint64_t{0};
+                t.pixels = count;
+                const int row0 = chunk * chunk_blocks_ * kBf16Rows;
                 t.low = skip ? -std::numeric_limits<float>::infinity() : low_;
                 t.high = skip ? std::numeric_limits<float>::infinity() : high_;
                 kernel_(t);
-                for (int r = 0; r < group_out_; ++r)
+                for (int r = 0; r < t.rows; ++r)
                     for (int p = 0; p < count; ++p) {
-                        const size_t at = place[p] + static_cast<size_t>(r) * plane;
-                        out[at] = results[static_cast<size_t>(r) * kBf16TilePixels + p];
-                        if (skip) add_and_clamp(out + at, skip + at, 1);
+                        const size_t at = place[p] + static_cast<size_t>(row0 + r) * plane;
+                        float y = results[static_cast<size_t>(r) * kBf16TilePixels + p];
+                        if (skip) y = clamped(y + skip[at]);
+                        if (output_bf16_) reinterpret_cast<uint16_t*>(out)[at] = bf16_bits(y);
+                        else reinterpret_cast<float*>(out)[at] = y;
                     }
             }
         });
+    }
+
+    // A tile's weights, bias and rows for the output rows of `chunk` in `group` (the caller fills the rest).
+    Bf16Tile chunk_tile(int group, int chunk) const {
+        const int row0 = chunk * chunk_blocks_ * kBf16Rows;
+        Bf16Tile t;
+        t.w = weights_.data() + (static_cast<size_t>(group) * row_blocks_ + static_cast<size_t>(chunk) * chunk_blocks_) *
+                                    pairs_ * kBf16Rows;
+        t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ + row0 : nullptr;
+        t.rows = std::min(group_out_ - row0, chunk_blocks_ * kBf16Rows), t.pairs = pairs_;
+        return t;
     }
 
     // Output pixel q's window origin in a group's converted planes (words from the plane start).
@@ -254,34 +291,86 @@ class Bf16Conv final : public Operator {
         }
     }
 
-    // Output channel `o` of sample `n` of a depthwise conv, by the depthwise kernel.
-    void depthwise_plane(const float* rounded, const float* skip, float* out, int n, int o) const {
+    // A depthwise conv's padded planes: rows of stride_w phases, each phase wide enough for the last vector's
+    // reads past out_w (up to a multiple of 16 outputs) at the largest tap shift; the per-tap offsets; and the
+    // scratch a thread needs for one plane plus one unsplit row.
+    void plan_depthwise(BuildContext& context) {
+        const int stride = g_.stride_w, reach = static_cast<int>((g_.extent_w - 1) / stride);
+        phase_floats_ = ((g_.out_w + 15) / 16 * 16 + reach + 15) / 16 * 16;
+        row_floats_ = static_cast<long>(stride) * phase_floats_;
+        for (int t = 0; t < taps_; ++t) {
+            const long shift = static_cast<long>(t % g_.kernel_w) * g_.dilation_w;
+            depthwise_offsets_.push_back(static_cast<long>(t / g_.kernel_w) * g_.dilation_h * row_floats_ +
+                                         shift % stride * phase_floats_ + shift / stride);
+        }
+        context.need_scratch(f32_bytes(element_count({wide_h_ + 1, static_cast<int>(row_floats_)}, "bf16_conv")));
+    }
+
+    // Input channel `channel` of sample n as its padded plane (Bf16DepthwisePlane): rows outside the input and
+    // columns outside it zero, the rest the input's bfloat16 values; `line` holds a row before its phases split.
+    void fill_plane(const uint8_t* in, int n, int channel, float* padded, float* line) const {
+        const size_t plane = (static_cast<size_t>(n) * g_.in_c + channel) * g_.in_h * g_.in_w;
+        const int inside = std::min(g_.in_w, wide_w_ - g_.pad_left);
+        for (int row = 0; row < wide_h_; ++row) {
+            float* target = padded + row * row_floats_;
+            const int y = row - g_.pad_top;
+            if (y < 0 || y >= g_.in_h) {
+                std::fill(target, target + row_floats_, 0.0f);
+                continue;
+            }
+            float* values = g_.stride_w == 1 ? target : line;
+            std::fill(values, values + g_.pad_left, 0.0f);
+            const size_t first = plane + static_cast<size_t>(y) * g_.in_w;
+            if (input_bf16_) widen_kernel_(reinterpret_cast<const uint16_t*>(in) + first, values + g_.pad_left, inside);
+            else round_kernel_(reinterpret_cast<const float*>(in) + first, values + g_.pad_left, inside);
+            std::fill(values + g_.pad_left + inside, values + row_floats_, 0.0f);
+            if (g_.stride_w == 2) {
+                split_kernel_(line, target, target + phase_floats_, static_cast<int>(phase_floats_));
+            } else if (g_.stride_w > 2) {
+                for (int p = 0; p < g_.stride_w; ++p)
+                    for (long i = 0; i < phase_floats_; ++i) target[p * phase_floats_ + i] = line[i * g_.stride_w + p];
+            }
+        }
+    }
+
+    // Output channel `o` of sample `n` of a depthwise conv from its input channel's padded plane.
+    void depthwise_plane(const float* padded, const float* skip, uint8_t* out, int n, int o) const {
         const size_t plane = (static_cast<size_t>(n) * g_.out_c + o) * g_.out_h * g_.out_w;
         Bf16DepthwisePlane d;
-        d.input = rounded + (static_cast<size_t>(n) * g_.in_c + o / group_out_) * g_.in_h * g_.in_w;
+        d.padded = padded, d.offsets = depthwise_offsets_.data(), d.row_floats = row_floats_;
         d.weights = depthwise_weights_.data() + static_cast<size_t>(o) * taps_;
         d.bias = bias_ ? bias_[o] : 0.0f;
         d.skip = skip ? skip + plane : nullptr;
-        d.out = out + plane;
-        d.in_h = g_.in_h, d.in_w = g_.in_w, d.out_h = g_.out_h, d.out_w = g_.out_w, d.kernel_h = g_.kernel_h, d.kernel_w = g_.kernel_w;
-        d.stride_h = g_.stride_h, d.stride_w = g_.stride_w, d.dilation_h = g_.dilation_h, d.dilation_w = g_.dilation_w;
-        d.pad_top = g_.pad_top, d.pad_left = g_.pad_left;
+        d.out = output_bf16_ ? nullptr : reinterpret_cast<float*>(out) + plane;
+        d.out_bf16 = output_bf16_ ? reinterpret_cast<uint16_t*>(out) + plane : nullptr;
+        d.out_h = g_.out_h, d.out_w = g_.out_w, d.stride_h = g_.stride_h, d.taps = taps_;
         d.low = low_, d.high = high_;
         depthwise_kernel_(d);
     }
 
-    // y = clamp(y + skip) over `count` outputs: the fused residual add, then the Relu/Clip.
-    void add_and_clamp(float* y, const float* skip, int count) const {
-        for (int i = 0; i < count; ++i) {
-            float value = y[i] + skip[i];
-            value = value < low_ ? low_ : value;
-            y[i] = high_ < value ? high_ : value;
-        }
+    // Whether tensor attrs[key] (`elements` per sample) is stored as bfloat16 bits rather than float32, by its
+    // size; the index goes to the op's inputs ("input") or output.
+    bool float_or_bf16(const Attributes& attrs, const char* key, size_t elements, BuildContext& context) {
+        size_t bytes = 0;
+        const int index = context.tensor_index_sized(attrs, key, bytes);
+        if (bytes != f32_bytes(elements) && bytes != elements * sizeof(uint16_t))
+            throw std::invalid_argument(std::string("bf16_conv: tensor '") + key + "' holds " + std::to_string(bytes) +
+                                        " bytes per sample, not " + std::to_string(elements) + " float32 or bfloat16 values");
+        if (std::strcmp(key, "output") == 0) tensors_.output = index;
+        else tensors_.inputs.push_back(index);
+        return bytes != f32_bytes(elements);
+    }
+
+    // The fused Relu/Clip of one value (NaN passes through, as in the kernels).
+    float clamped(float value) const {
+        value = value < low_ ? low_ : value;
+        return high_ < value ? high_ : value;
     }
 
     const FloatConvGeometry g_;
     int group_in_, group_out_, channel_pairs_, taps_, pairs_;
     int wide_h_, wide_w_, row_blocks_ = 0;
+    int chunk_blocks_ = 1, chunks_ = 1;  // row blocks per work unit, and units per (sample, group, tile)
     size_t plane_words_, sample_words_, slack_words_;
     bool wide_;
     float low_, high_;
@@ -290,10 +379,18 @@ class Bf16Conv final : public Operator {
     std::vector<uint64_t> wide_keep_;  // per tile of a stride-1 conv: its kept pixels
     std::vector<size_t> wide_written_;  // per tile of a stride-1 conv: the output index of its first kept pixel
     const float* bias_ = nullptr;
+    bool input_bf16_ = false, output_bf16_ = false;  // tensors stored as bfloat16 bits
     Bf16TileKernel kernel_ = nullptr;
     Bf16PairKernel pairs_kernel_ = nullptr;
+    Bf16BitsPairKernel bits_pairs_kernel_ = nullptr;
+    // A depthwise conv's kernels, taps (bfloat16 values as float32, per output channel), plane geometry.
     Bf16DepthwiseKernel depthwise_kernel_ = nullptr;
+    Bf16RoundKernel round_kernel_ = nullptr;
+    Bf16WidenKernel widen_kernel_ = nullptr;
+    Bf16SplitKernel split_kernel_ = nullptr;
     std::vector<float> depthwise_weights_;
+    std::vector<long> depthwise_offsets_;
+    long phase_floats_ = 0, row_floats_ = 0;
 };
 
 std::unique_ptr<Operator> make_bf16_conv(const Attributes& attrs, BuildContext& context) {
