@@ -1,4 +1,5 @@
-// The bf16_conv tile GEMM (bf16.h): the exact float32 form for every CPU, and vdpbf16ps for AVX512_BF16.
+// The bf16_conv kernels (bf16.h): the tile GEMM and the depthwise plane, each in the exact float32 form for
+// every CPU and with vdpbf16ps / AVX-512 fma where the CPU has AVX512_BF16; and the row conversions they read.
 //
 // The AVX-512 kernel holds kBf16Rows x 3 accumulators of 16 pixels: per pair of the reduction it loads the
 // tile's three vectors of packed inputs once and broadcasts each row's weight pair, so one vdpbf16ps does 32
@@ -191,33 +192,36 @@ inline void pinned(__m512 (&values)[Count]) {
     for (int v = 0; v < Count; ++v) asm volatile("" : "+v"(values[v]));
 }
 
-// Vectors [x, x + 16 * Count) of output row y of a depthwise plane: Count independent fma chains (so the taps'
-// latency overlaps) with MXCSR's flush-to-zero on (vdpbf16ps's flush of every step), then the epilogue under
-// `csr`, plain float32 (rule 20 adds the bias and skip with denormals kept). A pair of MXCSR writes costs
-// about 2 ns here, against the block's 9 to 72 fmas.
-template <int Count>
+// Vectors [x, x + 16 * Count) of output rows [y, y + Rows) of a depthwise plane: Rows x Count independent fma
+// chains (so the taps' latency overlaps; narrow planes take several rows at once) with MXCSR's flush-to-zero on
+// (vdpbf16ps's flush of every step), then the epilogue under `csr`, plain float32 (rule 20 adds the bias and
+// skip with denormals kept). A pair of MXCSR writes costs about 2 ns here, against the block's 9 to 72 fmas.
+template <int Rows, int Count>
 inline void depthwise_block(const Bf16DepthwisePlane& d, unsigned csr, int y, int x) {
-    __m512 acc[Count];
-    for (int v = 0; v < Count; ++v) acc[v] = _mm512_setzero_ps();
+    constexpr int kChains = Rows * Count;
+    __m512 acc[kChains];
+    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_setzero_ps();
     const float* origin = d.padded + static_cast<long>(y) * d.stride_h * d.row_floats + x;
+    const long row_step = static_cast<long>(d.stride_h) * d.row_floats;
     _mm_setcsr(csr | 0x8000u);
     pinned(acc);
     for (int t = 0; t < d.taps; ++t) {
         const __m512 weight = _mm512_set1_ps(d.weights[t]);
         const float* at = origin + d.offsets[t];
 #pragma GCC unroll 8
-        for (int v = 0; v < Count; ++v) acc[v] = _mm512_fmadd_ps(_mm512_loadu_ps(at + 16 * v), weight, acc[v]);
+        for (int c = 0; c < kChains; ++c)
+            acc[c] = _mm512_fmadd_ps(_mm512_loadu_ps(at + c / Count * row_step + 16 * (c % Count)), weight, acc[c]);
     }
     pinned(acc);
     _mm_setcsr(csr);
     pinned(acc);
     const __m512 bias = _mm512_set1_ps(d.bias), low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
 #pragma GCC unroll 8
-    for (int v = 0; v < Count; ++v) {
-        const int left = d.out_w - x - 16 * v;
+    for (int c = 0; c < kChains; ++c) {
+        const int v = c % Count, left = d.out_w - x - 16 * v;
         const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-        const long at = static_cast<long>(y) * d.out_w + x + 16 * v;
-        __m512 out = _mm512_add_ps(acc[v], bias);
+        const long at = static_cast<long>(y + c / Count) * d.out_w + x + 16 * v;
+        __m512 out = _mm512_add_ps(acc[c], bias);
         if (d.skip) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, d.skip + at));
         // max(low, y) and min(high, y) return y where y is NaN, as the exact form's comparisons do.
         out = _mm512_min_ps(high, _mm512_max_ps(low, out));
@@ -226,23 +230,47 @@ inline void depthwise_block(const Bf16DepthwisePlane& d, unsigned csr, int y, in
     }
 }
 
+// The last `left` (< Rows) rows from y, in one block.
+template <int Rows, int Count>
+inline void depthwise_tail(const Bf16DepthwisePlane& d, unsigned csr, int y, int left) {
+    if constexpr (Rows > 0) {
+        if (left == Rows) depthwise_block<Rows, Count>(d, csr, y, 0);
+        else depthwise_tail<Rows - 1, Count>(d, csr, y, left);
+    }
+}
+
+// A plane of Count vectors per row (out_w <= 16 * Count), Rows rows a block.
+template <int Rows, int Count>
+void depthwise_narrow(const Bf16DepthwisePlane& d, unsigned csr) {
+    int y = 0;
+    for (; y + Rows <= d.out_h; y += Rows) depthwise_block<Rows, Count>(d, csr, y, 0);
+    depthwise_tail<Rows - 1, Count>(d, csr, y, d.out_h - y);
+}
+
 void depthwise_avx512(const Bf16DepthwisePlane& d) {
     // MXCSR as found, and without flush-to-zero or denormals-are-zero: the plain float32 of the epilogue.
     const unsigned saved = _mm_getcsr(), csr = saved & ~0x8040u;
-    for (int y = 0; y < d.out_h; ++y) {
-        int x = 0;
-        for (; x + 128 <= d.out_w; x += 128) depthwise_block<8>(d, csr, y, x);
-        switch ((d.out_w - x + 15) / 16) {  // the 0 to 8 vectors left, the last one partial
-            case 8: depthwise_block<8>(d, csr, y, x); break;
-            case 7: depthwise_block<7>(d, csr, y, x); break;
-            case 6: depthwise_block<6>(d, csr, y, x); break;
-            case 5: depthwise_block<5>(d, csr, y, x); break;
-            case 4: depthwise_block<4>(d, csr, y, x); break;
-            case 3: depthwise_block<3>(d, csr, y, x); break;
-            case 2: depthwise_block<2>(d, csr, y, x); break;
-            case 1: depthwise_block<1>(d, csr, y, x); break;
-            default: break;
-        }
+    switch ((d.out_w + 15) / 16) {  // about 8 chains a block
+        case 1: depthwise_narrow<8, 1>(d, csr); break;
+        case 2: depthwise_narrow<4, 2>(d, csr); break;
+        case 3: depthwise_narrow<2, 3>(d, csr); break;
+        case 4: depthwise_narrow<2, 4>(d, csr); break;
+        default:
+            for (int y = 0; y < d.out_h; ++y) {
+                int x = 0;
+                for (; x + 128 <= d.out_w; x += 128) depthwise_block<1, 8>(d, csr, y, x);
+                switch ((d.out_w - x + 15) / 16) {  // the 0 to 8 vectors left, the last one partial
+                    case 8: depthwise_block<1, 8>(d, csr, y, x); break;
+                    case 7: depthwise_block<1, 7>(d, csr, y, x); break;
+                    case 6: depthwise_block<1, 6>(d, csr, y, x); break;
+                    case 5: depthwise_block<1, 5>(d, csr, y, x); break;
+                    case 4: depthwise_block<1, 4>(d, csr, y, x); break;
+                    case 3: depthwise_block<1, 3>(d, csr, y, x); break;
+                    case 2: depthwise_block<1, 2>(d, csr, y, x); break;
+                    case 1: depthwise_block<1, 1>(d, csr, y, x); break;
+                    default: break;
+                }
+            }
     }
     _mm_setcsr(saved);
 }
