@@ -305,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--threads", type=int, help="threads the kernel timings use (default: all cores)")
     compile_.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
                           help="the input's size, for a file exported with dynamic height and width")
-    compile_.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                          help="arithmetic of the float convs: fp32, or bf16 (vdpbf16ps on AVX512_BF16; INT8_SPEC rule 20)")
+    compile_.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                          help="arithmetic of the float convs: fp32, bf16 (vdpbf16ps on AVX512_BF16; INT8_SPEC rule 20) "
+                               "or fp16 (half precision, NEON's on aarch64; rule 21)")
     compile_.set_defaults(handler=_compile)
     inspect = commands.add_parser("inspect", help="a .edge file layer by layer: op, fusion, kernel, MACs, bytes")
     inspect.add_argument("edge")

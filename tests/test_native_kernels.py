@@ -57,6 +57,7 @@ def test_native_kernel_paths_match_scalar(native_output):
 def test_neon_kernels_match_scalar_under_qemu(native_output, tmp_path):
     out = build_and_run("aarch64-linux-gnu-g++", tmp_path / "check_arm", ["qemu-aarch64"], ["-static"])
     assert "scalar, neon: 0 mismatches" in out and f"engine plan ({KINDS} op kinds) on scalar, neon: 0 mismatches" in out
+    assert "fp16 half arithmetic: neon" in out  # fp16_conv ran NEON's vfma of halves, and matched the exact form
     native, arm = digests(native_output), digests(out)
     assert native.keys() == arm.keys()
     differing = [name for name in native if native[name] != arm[name]]

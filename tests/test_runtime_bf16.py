@@ -191,8 +191,8 @@ def test_bf16_network_stays_close_to_float32(tmp_path):
 
 def test_unknown_precision_is_refused(tmp_path):
     export(nn.Conv2d(3, 4, 3), tmp_path / "conv.onnx", (1, 3, 8, 8))
-    with pytest.raises(ValueError, match="unknown precision 'fp16'; use one of fp32, bf16"):
-        compile(tmp_path / "conv.onnx", tmp_path / "conv.edge", precision="fp16")
+    with pytest.raises(ValueError, match="unknown precision 'int4'; use one of fp32, bf16, fp16"):
+        compile(tmp_path / "conv.onnx", tmp_path / "conv.edge", precision="int4")
     with pytest.raises(ReferenceError, match="unknown precision"):
         ReferenceModel(str(tmp_path / "conv.onnx"), precision="int4")
 

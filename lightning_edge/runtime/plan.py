@@ -547,16 +547,13 @@ class FloatConvOp(FloatWindowFields, Op):
             raise PlanError(f"op {self.id}: {self.in_c} -> {self.out_c} channels do not divide into {self.groups} groups")
 
 
-@op_kind
 @dataclass(kw_only=True)
-class Bf16ConvOp(FloatConvOp):
-    """``FloatConvOp``'s convolution in bfloat16 (``compile(..., precision="bf16")``): inputs and weights rounded to
-    bfloat16, products added pairwise to a float32 accumulator in vdpbf16ps's order, then the bias (INT8_SPEC rule
-    20). The weights are stored as float32 values that are exactly bfloat16 (the loader packs them into pairs).
-    An Add of another float tensor and a Relu or Clip that alone read the conv's result are fused into it
-    (``skip``, then ``low``, ``high``; NaN passes through): the same float32 steps, in the same order."""
+class ReducedPrecisionConvOp(FloatConvOp):
+    """``FloatConvOp``'s convolution in a reduced precision (``compile(..., precision="bf16" or "fp16")``): the
+    weights stored as float32 values the precision holds exactly. An Add of another float tensor and a Relu or
+    Clip that alone read the conv's result are fused into it (``skip``, then ``low``, ``high``; NaN passes
+    through): the same float32 steps, in the same order."""
 
-    KIND = "bf16_conv"
     INPUTS = ("input", "skip")
     skip: int | None = None             # a residual Add after the conv, fused: y + skip (same shape), before the clamp
     low: float | None = None            # a Relu or Clip after the conv, fused: max(y, low) then min(y, high)
@@ -566,6 +563,24 @@ class Bf16ConvOp(FloatConvOp):
         super().validate(tensor_count)
         if self.low is not None and self.high is not None and not self.low <= self.high:
             raise PlanError(f"op {self.id}: the clamp's low bound {self.low} is above its high bound {self.high}")
+
+
+@op_kind
+@dataclass(kw_only=True)
+class Bf16ConvOp(ReducedPrecisionConvOp):
+    """Inputs and weights rounded to bfloat16, products added pairwise to a float32 accumulator in vdpbf16ps's
+    order, then the bias (INT8_SPEC rule 20); the loader packs the weights into pairs."""
+
+    KIND = "bf16_conv"
+
+
+@op_kind
+@dataclass(kw_only=True)
+class Fp16ConvOp(ReducedPrecisionConvOp):
+    """Inputs and weights rounded to IEEE half precision, accumulated in half precision one fused multiply-add at
+    a time (NEON's vfma of halves), then the bias in float32 (INT8_SPEC rule 21)."""
+
+    KIND = "fp16_conv"
 
 
 @op_kind

@@ -26,6 +26,7 @@ values are exact integers far below 2^53); every float32 step is spelled out.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -518,9 +519,48 @@ def bf16_conv(node: Any, inputs: list, attributes: dict) -> np.ndarray:
     return acc
 
 
-def bf16_gemm(node: Any, inputs: list, attributes: dict) -> np.ndarray:
-    """Gemm in bfloat16 (rule 20) where alpha is 1 and C is absent or one row: ``A B'`` as the 1x1 conv of A's
-    features (bf16_conv), then ``+ beta * C`` with ``beta * C`` in float32; any other Gemm in float32 (``gemm``)."""
+def fp16_round(x: Any) -> np.ndarray:
+    """float32 values rounded to IEEE half precision (rule 21): to nearest, ties to even; past 65504 to infinity;
+    half denormals kept; returned as float32."""
+    with np.errstate(over="ignore"):  # past the half range is infinity, by the rule
+        return np.asarray(_f32(x), np.float32).astype(np.float16).astype(np.float32)
+
+
+def fp16_conv(node: Any, inputs: list, attributes: dict) -> np.ndarray:
+    """Conv in half precision (rule 21): x and w rounded to half; per output, a half accumulator from +0 takes,
+    for each tap (a, b) in row-major order and each input channel of the group in order, ``acc = half(acc + x *
+    w)`` (one rounding, NEON's vfma of halves); then ``float32(acc) + bias`` in float32."""
+    x, weights = fp16_round(inputs[0]), fp16_round(inputs[1])
+    out_channels, per_group, kernel, strides, dilations, (begin, end), groups = _conv_geometry(node, x, weights, attributes)
+    batch = x.shape[0]
+    padded = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])))
+    out_h = (padded.shape[2] - (kernel[0] - 1) * dilations[0] - 1) // strides[0] + 1
+    out_w = (padded.shape[3] - (kernel[1] - 1) * dilations[1] - 1) // strides[1] + 1
+    w = weights.astype(np.float64).reshape(groups, out_channels // groups, per_group, kernel[0], kernel[1])
+    acc = np.zeros((batch, groups, out_channels // groups, out_h, out_w), np.float16)
+    for a in range(kernel[0]):
+        for b in range(kernel[1]):
+            window = padded[:, :, a * dilations[0]: a * dilations[0] + (out_h - 1) * strides[0] + 1: strides[0],
+                            b * dilations[1]: b * dilations[1] + (out_w - 1) * strides[1] + 1: strides[1]]
+            window = window.reshape(batch, groups, per_group, out_h, out_w).astype(np.float64)
+            for channel in range(per_group):
+                # Exact product of two halves plus a half, rounded to double (never near a half's tie, see rule
+                # 21), then to half.
+                acc = (acc.astype(np.float64) + window[:, :, None, channel] * w[None, :, :, channel, a, b, None, None]).astype(np.float16)
+    acc = acc.reshape(batch, out_channels, out_h, out_w).astype(np.float32)
+    if len(inputs) > 2 and inputs[2] is not None:
+        acc = (acc + np.asarray(_f32(inputs[2]), np.float32).reshape(1, -1, 1, 1)).astype(np.float32)
+    return acc
+
+
+def _gemm_as_conv(conv: FloatOp) -> FloatOp:
+    """Gemm in a reduced precision (rules 20 and 21) where alpha is 1 and C is absent or one row: ``A B'`` as the
+    1x1 conv of A's features (``conv``), then ``+ beta * C`` with ``beta * C`` in float32; any other Gemm in
+    float32 (``gemm``)."""
+    return functools.partial(_gemm_by_conv, conv)
+
+
+def _gemm_by_conv(conv: FloatOp, node: Any, inputs: list, attributes: dict) -> np.ndarray:
     a, b = np.asarray(_f32(inputs[0]), np.float32), np.asarray(_f32(inputs[1]), np.float32)
     b = b.T if attributes.get("transB", 0) else b
     bias = np.asarray(_f32(inputs[2]), np.float32) if len(inputs) > 2 and inputs[2] is not None else None
@@ -530,12 +570,16 @@ def bf16_gemm(node: Any, inputs: list, attributes: dict) -> np.ndarray:
         return gemm(node, inputs, attributes)
     if bias is not None:
         bias = np.broadcast_to(bias.reshape(-1), (features,)) * np.float32(attributes.get("beta", 1.0))
-    y = bf16_conv(node, [a[:, :, None, None], b.T[:, :, None, None], bias], {})
+    y = conv(node, [a[:, :, None, None], b.T[:, :, None, None], bias], {})
     return y.reshape(len(a), features)
 
 
 # Ops a precision other than float32 computes its own way (ReferenceModel(precision=...)).
-PRECISION_OPS: dict[str, dict[str, FloatOp]] = {"fp32": {}, "bf16": {"Conv": bf16_conv, "Gemm": bf16_gemm}}
+PRECISION_OPS: dict[str, dict[str, FloatOp]] = {
+    "fp32": {},
+    "bf16": {"Conv": bf16_conv, "Gemm": _gemm_as_conv(bf16_conv)},
+    "fp16": {"Conv": fp16_conv, "Gemm": _gemm_as_conv(fp16_conv)},
+}
 
 
 @_register("ConvTranspose")
@@ -960,7 +1004,8 @@ def integer_reduce_mean(model: "ReferenceModel", node: Any) -> _Pending | None:
 # ====================================================================== the graph
 class ReferenceModel:
     """An ONNX model evaluated by the spec. ``run(x)`` returns the outputs (float32 where the graph dequantizes);
-    ``precision="bf16"`` computes float convs in bfloat16 (rule 20), as ``compile(..., precision="bf16")`` does;
+    ``precision="bf16"`` computes float convs in bfloat16 (rule 20), ``"fp16"`` in half precision (rule 21), as
+    ``compile(..., precision=...)`` does;
     ``tensors`` keeps every int8 tensor of the last run by its ONNX name (the QuantizeLinear output), for
     layer-by-layer checks."""
 

@@ -23,6 +23,7 @@
 #include "cpu_features.h"
 #include "engine.h"
 #include "float_math.h"
+#include "fp16.h"
 
 using namespace edge;
 
@@ -366,12 +367,12 @@ Plan make_plan(bool k_major) {
 
 // The float32 ends and layers of a plain FP32 file, which take the place of quantize and dequantize: float_input
 // -> float_conv (3 -> 6 channels in 3 groups, 3x3 dilated by 2, stride 2, padded) -> bf16_conv (6 -> 6 in 2
-// groups, 3x3 padded, its input added back and ReLU) -> float_pool max (3x3/2, a
-// ceil-mode row) -> float_pool average (2x2/1, padding counted) -> two float_output ops: output 0 the average
+// groups, 3x3 padded, its input added back and ReLU) -> fp16_conv (6 -> 6 in 3 groups, 3x3 padded, the
+// bf16_conv's input added back, clamped to [0, 6]) -> float_pool max (3x3/2, a ceil-mode row) -> float_pool average (2x2/1, padding counted) -> two float_output ops: output 0 the average
 // pool, output 1 the max pool (several outputs, written by index).
 Plan make_float_plan() {
     Plan p;
-    p.sizes = {4 * 3 * 9 * 9, 4 * 6 * 5 * 5, 4 * 6 * 3 * 3, 4 * 6 * 4 * 4, 4 * 6 * 5 * 5};
+    p.sizes = {4 * 3 * 9 * 9, 4 * 6 * 5 * 5, 4 * 6 * 3 * 3, 4 * 6 * 4 * 4, 4 * 6 * 5 * 5, 4 * 6 * 5 * 5};
     std::mt19937 saved = rng;
     rng.seed(11);
     auto add = [&](const char* kind, Attributes a) { p.ops.push_back({kind, std::move(a)}); };
@@ -394,7 +395,14 @@ Plan make_float_plan() {
         .set_int("out_w", 5).set_int("groups", 2).set_int("kernel_h", 3).set_int("kernel_w", 3).set_int("stride_h", 1)
         .set_int("stride_w", 1).set_int("dilation_h", 1).set_int("dilation_w", 1).set_int("pad_top", 1).set_int("pad_left", 1)
         .set_string("weights", "bc.w").set_int("input", 1).set_int("skip", 1).set_float("low", 0.0f).set_int("output", 4));
-    add("float_pool", pool("max", 5, 3, 3, 2, 1, 0).set_int("input", 4).set_int("output", 2));
+    p.keep("hc.w", random_floats(6 * 2 * 3 * 3, -1.0f, 1.0f));
+    p.keep("hc.b", random_floats(6, -0.5f, 0.5f));
+    add("fp16_conv", Attributes().set_int("in_c", 6).set_int("in_h", 5).set_int("in_w", 5).set_int("out_c", 6).set_int("out_h", 5)
+        .set_int("out_w", 5).set_int("groups", 3).set_int("kernel_h", 3).set_int("kernel_w", 3).set_int("stride_h", 1)
+        .set_int("stride_w", 1).set_int("dilation_h", 1).set_int("dilation_w", 1).set_int("pad_top", 1).set_int("pad_left", 1)
+        .set_string("weights", "hc.w").set_string("bias", "hc.b").set_int("input", 4).set_int("skip", 1)
+        .set_float("low", 0.0f).set_float("high", 6.0f).set_int("output", 5));
+    add("float_pool", pool("max", 5, 3, 3, 2, 1, 0).set_int("input", 5).set_int("output", 2));
     add("float_pool", pool("average", 3, 4, 2, 1, 1, 1).set_int("input", 2).set_int("output", 3));
     add("float_output", Attributes().set_int("channels", 6).set_int("height", 3).set_int("width", 3).set_int("input", 2)
         .set_int("index", 1));
@@ -506,6 +514,8 @@ int check_engine() {
         std::printf("engine: scalar on 3 threads differs from 1 thread\n");
         ++failures;
     }
+    // fp16_conv's kernel on the neon path: NEON's half arithmetic where the CPU has FEAT_FP16.
+    std::printf("fp16 half arithmetic: %s\n", fp16_tile_neon() ? "neon" : fp16_tile_avx512() ? "avx512" : "emulated");
     std::printf("engine plan (%zu op kinds) on scalar", kinds.size());
     for (const std::string& kernels : available_kernels()) {
         if (kernels == "scalar") continue;
@@ -537,21 +547,21 @@ int check_engine() {
     bad.ops[1].attributes.set_int("pad_top", 5);
     failures += !refuses(bad, "float_conv: padding must be smaller than the dilated kernel");
     bad = make_float_plan();
-    bad.ops[3].attributes.set_int("out_h", 4);
+    bad.ops[4].attributes.set_int("out_h", 4);
     failures += !refuses(bad, "tensor 'output' has 216 elements per sample, the op needs 288");
     bad = make_float_plan();
-    std::swap(bad.ops[0], bad.ops[5]);
+    std::swap(bad.ops[0], bad.ops[6]);
     failures += !refuses(bad, "a plan starts with its quantize (or float_input) ops");
     bad = make_float_plan();  // a second input op for input 0
     bad.sizes.push_back(bad.sizes[0]);
     bad.ops.insert(bad.ops.begin() + 1, {"float_input", Attributes().set_int("channels", 3).set_int("height", 9)
-                                                            .set_int("width", 9).set_int("output", 5)});
+                                                            .set_int("width", 9).set_int("output", 6)});
     failures += !refuses(bad, "the input ops' indices must be 0 to 1, each once");
     bad = make_float_plan();
-    bad.ops[5].attributes.set_int("index", 0);
+    bad.ops[6].attributes.set_int("index", 0);
     failures += !refuses(bad, "the output ops' indices must be 0 to 1, each once");
     bad = make_float_plan();
-    std::swap(bad.ops[4], bad.ops[5]);
+    std::swap(bad.ops[5], bad.ops[6]);
     failures += !refuses(bad, "its input ops (quantize or float_input) first and its output ops");
     {
         Plan p = make_float_plan();

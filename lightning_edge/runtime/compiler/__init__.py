@@ -50,7 +50,7 @@ from lightning_edge.runtime.compiler import conv, elementwise, float_region, mov
 __all__ = ["CompileError", "compile"]
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def compile(onnx_path: str | os.PathLike, edge_path: str | os.PathLike, *, select: bool = True,
@@ -59,8 +59,10 @@ def compile(onnx_path: str | os.PathLike, edge_path: str | os.PathLike, *, selec
     """Compile ``onnx_path`` into ``edge_path`` (written atomically); returns the plan.
 
     ``precision`` is the arithmetic of the float convs (a whole FP32 file's, and a QDQ file's float regions):
-    ``"fp32"`` (float32, rule 17) or ``"bf16"`` (bfloat16 inputs and weights, float32 accumulation, rule 20;
-    vdpbf16ps where the CPU has AVX512_BF16, the same bits in float32 elsewhere). Integer ops are unchanged.
+    ``"fp32"`` (float32, rule 17), ``"bf16"`` (bfloat16 inputs and weights, float32 accumulation, rule 20;
+    vdpbf16ps where the CPU has AVX512_BF16, the same bits in float32 elsewhere) or ``"fp16"`` (half-precision
+    inputs, weights and accumulation, rule 21; NEON's half arithmetic on aarch64 CPUs that have it, the same bits
+    emulated elsewhere). Integer ops are unchanged.
 
     ``select`` times each layer's candidate kernels on its real shape at batch ``tune_batch`` with
     ``threads`` (default: all cores) and keeps the fastest; without it the first candidate is used.

@@ -18,9 +18,10 @@ from lightning_edge.runtime.compiler.graph import (CompileError, Expression, Gra
                                                    rule)
 from lightning_edge.runtime.plan import (FLOAT_OPCODES, Bf16ConvOp, FloatConvOp, FloatExpressionOp, FloatInputOp, FloatLayerNormOp,
                                          FloatMatMulOp, FloatOutputOp, FloatPoolOp, FloatReduceOp, FloatSoftmaxOp, GatherOp, TensorRecord, ToCodesOp,
-                                         ToFloatOp)
+                                         Fp16ConvOp, ReducedPrecisionConvOp, ToFloatOp)
 from lightning_edge.runtime.reference import (FLOAT_OPS, _attributes, _linear_taps, _padding, _pool_geometry, _reduce_axes,
-                                             _resize_plan, _source_coordinates, batch_norm_coefficients, bf16_round)
+                                             _resize_plan, _source_coordinates, batch_norm_coefficients, bf16_round,
+                                             fp16_round)
 
 _OPCODE = {name: index for index, name in enumerate(FLOAT_OPCODES)}
 # ONNX op -> the program's opcode, for the elementwise ops whose operands are all registers.
@@ -156,8 +157,9 @@ def _fused_epilogue(c: GraphCompiler, expression: Expression) -> FloatTensor | N
 
 
 def _lone_bf16_result(c: GraphCompiler, operand: Any, reader: Any) -> bool:
-    """``operand`` is a bf16_conv's result with no epilogue yet, read by ``reader`` alone and not a graph output."""
-    if not isinstance(operand, FloatTensor) or not isinstance(operand.producer, Bf16ConvOp):
+    """``operand`` is a bf16_conv's (or fp16_conv's) result with no epilogue yet, read by ``reader`` alone and not
+    a graph output."""
+    if not isinstance(operand, FloatTensor) or not isinstance(operand.producer, ReducedPrecisionConvOp):
         return False
     conv = operand.producer
     if conv.skip is not None or conv.low is not None or conv.high is not None:
@@ -457,9 +459,13 @@ def _float_image(c: GraphCompiler, node: Any, operand: Any) -> FloatTensor:
     return x
 
 
+# The reduced precisions: their conv op and the weights' rounding.
+_REDUCED = {"bf16": (Bf16ConvOp, bf16_round), "fp16": (Fp16ConvOp, fp16_round)}
+
+
 def float_conv(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
     """A Conv in float32 (any groups, stride, padding, dilation; a float bias): one float_conv op, or a bf16_conv
-    with its weights rounded to bfloat16 when the compiler's precision is bf16."""
+    (fp16_conv) with its weights rounded to bfloat16 (half) when the compiler's precision is bf16 (fp16)."""
     from lightning_edge.runtime.compiler.conv import explicit_pads
 
     x = _float_image(c, node, operands[0])
@@ -486,8 +492,9 @@ def float_conv(c: GraphCompiler, node: Any, operands: list[Any]) -> FloatTensor:
     output = new_float(c, node.output[0], (1, out_c, out_h, out_w))
     op_id = c.new_id()
     kind = FloatConvOp
-    if c.precision == "bf16":
-        kind, weights = Bf16ConvOp, bf16_round(weights)
+    if c.precision in _REDUCED:
+        kind, rounding = _REDUCED[c.precision]
+        weights = rounding(weights)
     output.producer = c.emit(kind(
         id=op_id, nodes=[node.name], input=x.index, output=output.index, in_c=channels, in_h=in_h, in_w=in_w,
         out_c=out_c, out_h=out_h, out_w=out_w, groups=groups, kernel_h=kernel_h, kernel_w=kernel_w, stride_h=strides[0],
@@ -509,9 +516,9 @@ def float_gemm(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
     if weights.ndim != 2 or weights.shape[0] != x.shape[1]:
         raise CompileError(node, f"weight {weights.shape} does not fit {x.shape[1]} input features")
     alpha = np.float32(attributes.get("alpha", 1.0))
-    bf16 = _bf16_gemm_bias(c, node, weights.shape[1])
-    if bf16 is not None:
-        return _bf16_gemm(c, node, x, weights, bf16)
+    reduced = _reduced_gemm_bias(c, node, weights.shape[1])
+    if reduced is not None:
+        return _reduced_gemm(c, node, x, weights, reduced)
     weights = weights if alpha == 1 else weights * alpha
     product = new_float(c, node.output[0] if len(node.input) < 3 else f"{node.output[0]}/matmul", (1, weights.shape[1]))
     op_id = c.new_id()
@@ -527,12 +534,12 @@ def float_gemm(c: GraphCompiler, node: Any, operands: list[Any]) -> Any:
     return Expression(add, [product, bias])
 
 
-def _bf16_gemm_bias(c: GraphCompiler, node: Any, features: int) -> np.ndarray | bool | None:
-    """Under precision bf16, a Gemm with alpha 1 runs as a bf16_conv (rule 20): its bias ``beta * C`` in float32
-    (C a constant of one row), True for none; None where it stays float32 (``reference.bf16_gemm`` decides the
-    same way)."""
+def _reduced_gemm_bias(c: GraphCompiler, node: Any, features: int) -> np.ndarray | bool | None:
+    """Under precision bf16 or fp16, a Gemm with alpha 1 runs as that precision's conv (rules 20 and 21): its bias
+    ``beta * C`` in float32 (C a constant of one row), True for none; None where it stays float32
+    (``reference._gemm_by_conv`` decides the same way)."""
     attributes = _attributes(node)
-    if c.precision != "bf16" or np.float32(attributes.get("alpha", 1.0)) != 1:
+    if c.precision not in _REDUCED or np.float32(attributes.get("alpha", 1.0)) != 1:
         return None
     if len(node.input) < 3 or not node.input[2]:
         return True
@@ -542,15 +549,17 @@ def _bf16_gemm_bias(c: GraphCompiler, node: Any, features: int) -> np.ndarray | 
     return np.broadcast_to(bias.reshape(-1), (features,)) * np.float32(attributes.get("beta", 1.0))
 
 
-def _bf16_gemm(c: GraphCompiler, node: Any, x: FloatTensor, weights: np.ndarray, bias: np.ndarray | bool) -> FloatTensor:
-    """``x @ weights + bias`` as a bf16_conv: a 1x1 conv of the (K, 1, 1) input (the same K floats per sample)."""
+def _reduced_gemm(c: GraphCompiler, node: Any, x: FloatTensor, weights: np.ndarray, bias: np.ndarray | bool) -> FloatTensor:
+    """``x @ weights + bias`` as a bf16_conv or fp16_conv: a 1x1 conv of the (K, 1, 1) input (the same K floats
+    per sample)."""
     features, out_c = weights.shape
+    kind, rounding = _REDUCED[c.precision]
     output = new_float(c, node.output[0], (1, out_c))
     op_id = c.new_id()
-    output.producer = c.emit(Bf16ConvOp(
+    output.producer = c.emit(kind(
         id=op_id, nodes=[node.name], input=x.index, output=output.index, in_c=features, in_h=1, in_w=1, out_c=out_c,
         out_h=1, out_w=1, groups=1, kernel_h=1, kernel_w=1, stride_h=1, stride_w=1, dilation_h=1, dilation_w=1,
-        pad_top=0, pad_left=0, weights=c.array(op_id, "weights", bf16_round(weights.T.reshape(out_c, features, 1, 1))),
+        pad_top=0, pad_left=0, weights=c.array(op_id, "weights", rounding(weights.T.reshape(out_c, features, 1, 1))),
         macs=int(weights.size),
         bias=c.array(op_id, "bias", np.ascontiguousarray(bias, np.float32)) if bias is not True else None))
     return output
