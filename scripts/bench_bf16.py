@@ -9,8 +9,9 @@ the run's whole test set of ONNX Runtime FP32 and of our BF16 file, and the medi
 two on one random input at the run's own size (batches 1 and 32), alternating in blocks with idle gaps on the
 same thread count; the speed-up is ONNX Runtime's median over ours. ``--timm NAME`` adds a timm network with
 random weights at ``--timm-size`` (speed only: no data at that size here). The CPU flags and the kernel path
-head the output (BF16 uses vdpbf16ps only where the flags include avx512_bf16). Writes OUT/results.json and
-OUT/results.md.
+head the output (BF16 uses vdpbf16ps only where the flags include avx512_bf16). ``--fp16`` adds each run's
+test top-1 compiled with ``precision="fp16"`` (accuracy only: half arithmetic runs natively on aarch64, emulated
+here). Writes OUT/results.json and OUT/results.md.
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timm-batches", type=int, nargs="+", default=[1])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds per measurement")
+    parser.add_argument("--fp16", action="store_true",
+                        help="also the test top-1 of each run compiled with precision='fp16' (rule 21: half arithmetic, "
+                             "NEON's on aarch64; emulated here, so accuracy only, no speed)")
     parser.add_argument("--out", default="outputs/bench/bf16")
     return parser.parse_args()
 
@@ -101,6 +105,10 @@ def main() -> int:
         row = {"network": name, "run": run, "accuracy": {
             "onnxruntime_fp32": onnxruntime_accuracy(onnxruntime_session(onnx_path, args.threads), data),
             "ours_bf16": test_accuracy(edge_path, data, args.threads)}}
+        if args.fp16:
+            fp16_path = str(out / f"{Path(run).name}.fp16.edge")
+            compile(onnx_path, fp16_path, select=False, precision="fp16")
+            row["accuracy"]["ours_fp16"] = test_accuracy(fp16_path, data, args.threads)
         print(f"{name}: test top-1 {row['accuracy']}", flush=True)
         row["speed"] = [speed(onnx_path, edge_path, shape, batch, args.threads, args.rounds) for batch in args.batches]
         rows.append(row)
@@ -122,12 +130,16 @@ def main() -> int:
 
 
 def markdown(info: dict, path: str, threads: int, rows: list[dict]) -> str:
+    fp16 = any(row["accuracy"] and "ours_fp16" in row["accuracy"] for row in rows)
     lines = [f"{info['cpu']}, flags {', '.join(info['flags'])}; bf16 path {path}; {threads} threads.", "",
-             "| network | input | batch | ONNX Runtime FP32 median / mean / p99 | ours BF16 median / mean / p99 | speed-up | top-1 FP32 / BF16 |",
+             "| network | input | batch | ONNX Runtime FP32 median / mean / p99 | ours BF16 median / mean / p99 | speed-up | "
+             f"top-1 FP32 / BF16{' / FP16' if fp16 else ''} |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         acc = row["accuracy"]
         accuracy = f"{acc['onnxruntime_fp32']:.2%} / {acc['ours_bf16']:.2%}" if acc else "(random weights)"
+        if acc and "ours_fp16" in acc:
+            accuracy += f" / {acc['ours_fp16']:.2%}"
         for e in row["speed"]:
             peer, ours = e["onnxruntime_fp32"], e["ours_bf16"]
             lines.append(f"| {row['network']} | {'x'.join(map(str, e['shape']))} | {e['batch']} | "

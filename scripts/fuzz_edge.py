@@ -4,6 +4,7 @@ EdgeFormatError, nothing else (no other exception, no crash, no hang).
     .venv/bin/python scripts/fuzz_edge.py --files 100000
     .venv/bin/python scripts/fuzz_edge.py --fp32 --files 100000   # the FP32 file of the same network
     .venv/bin/python scripts/fuzz_edge.py --bf16 --files 100000   # that FP32 file compiled with precision="bf16"
+    .venv/bin/python scripts/fuzz_edge.py --fp16 --files 100000   # and with precision="fp16"
     # under AddressSanitizer (docs/runtime.md builds the instrumented extension; no torch in that process):
     .venv/bin/python scripts/fuzz_edge.py --write-seed /tmp/seed.edge
     LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
@@ -46,7 +47,7 @@ HOSTILE = [-1, 0, 1, 3, 7, 2**31 - 1, 2**31, 2**40, -(2**40), 1.5, "x", None, [1
 def seed_file(folder: Path, fp32: bool = False, precision: str = "fp32") -> Path:
     """A small network with every op kind the engine has (a float region included), quantized by ONNX Runtime's
     quantize_static and compiled; with ``fp32``, its FP32 file compiled as it is in ``precision`` (the float32
-    ops, or bf16_conv for its convs)."""
+    ops, or bf16_conv / fp16_conv for its convs)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -152,8 +153,10 @@ def main() -> int:
     parser.add_argument("--fp32", action="store_true", help="compile the small network's FP32 file instead of its QDQ "
                                                             "file (fuzzes the float32 ops)")
     parser.add_argument("--bf16", action="store_true", help="compile the FP32 file with precision='bf16' (fuzzes bf16_conv)")
+    parser.add_argument("--fp16", action="store_true", help="compile the FP32 file with precision='fp16' (fuzzes fp16_conv)")
     args = parser.parse_args()
-    seed_options = {"fp32": args.fp32 or args.bf16, "precision": "bf16" if args.bf16 else "fp32"}
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    seed_options = {"fp32": args.fp32 or precision != "fp32", "precision": precision}
     if args.write_seed:
         import shutil
 

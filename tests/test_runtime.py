@@ -82,14 +82,16 @@ def test_each_family_is_bit_exact_to_the_reference_on_every_kernel_path(name, kw
 class _DepthwiseEdges(nn.Module):
     """Depthwise convs at the edges of the lane layouts: channel counts that fill no block (13), a block and a
     half of 16 (24), ragged 64-channel blocks (72, 100, 130), 3x3, 5x5 and 7x7 windows (odd tap counts leave a
-    tap group part empty), windows of other widths than heights (3x5, 4x1: the columns layout's general loop),
-    strides 1 and 2 (also unequal), with and without padding (taps outside the image)."""
+    tap group part empty; 5x5 at strides 1 and 2 unrolled), windows of other widths than heights (3x5, 4x1: the columns layout's general loop),
+    one taller than the columns layout holds (9x3: the row-major quads), strides 1 and 2 (also unequal), with
+    and without padding (taps outside the image)."""
 
     def __init__(self):
         super().__init__()
         layers, channels = [], 1
         for width, kernel, stride, padding in ((13, 3, 1, 1), (24, 5, 2, 2), (72, 3, 2, 0), (100, 7, 1, 3), (8, 3, 1, 1),
-                                               (70, (3, 5), (1, 2), (1, 2)), (130, (4, 1), 1, (2, 0))):
+                                               (70, (3, 5), (1, 2), (1, 2)), (130, (4, 1), 1, (2, 0)), (16, 5, 1, 2),
+                                               (40, (9, 3), 1, (4, 1))):
             layers += [nn.Conv2d(channels, width, 1), nn.ReLU(),
                        nn.Conv2d(width, width, kernel, stride, padding, groups=width), nn.ReLU6()]
             channels = width
@@ -110,10 +112,10 @@ def test_depthwise_lane_layouts_at_ragged_channels_windows_and_borders(tmp_path)
     network = calibrate(network.eval(), [torch.randn(8, 1, 28, 28) for _ in range(2)], num_batches=2)
     onnx_path = to_onnx(network, torch.zeros(1, 1, 28, 28), str(tmp_path / "depthwise.onnx"))
     plan = compile(onnx_path, str(tmp_path / "depthwise.edge"), select=False)  # the depthwise kernel on every layer
-    assert sum(op.kind == "depthwise" for op in plan.ops) == 7
-    if "avx512" in KERNELS:  # windows up to 4 rows high run the columns layout, taller ones the row-major quads
+    assert sum(op.kind == "depthwise" for op in plan.ops) == 9
+    if "avx512" in KERNELS:  # windows up to 8 rows high run the columns layout (5 to 8: two quads a column), taller ones the row-major quads
         records = kernel_arrays(plan, load(str(tmp_path / "depthwise.edge")).tensors, "avx512")[0]
-        assert [op["layout"] for op in records if op["kind"] == "depthwise"] == ["columns", "quads", "columns", "quads"] + ["columns"] * 3
+        assert [op["layout"] for op in records if op["kind"] == "depthwise"] == ["columns"] * 8 + ["quads"]
     assert_bit_exact(onnx_path, str(tmp_path / "depthwise.edge"), np.random.default_rng(4).standard_normal((3, 1, 28, 28)).astype(np.float32))
 
 

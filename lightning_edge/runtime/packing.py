@@ -63,19 +63,20 @@ def sparse_steps(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 # The depthwise lane layouts: (taps per lane, registers per block, int32 lanes per register, weight dtype).
-# "columns" is "quads" with each quad holding one kernel column's taps (kernel_h <= 4; see column_taps).
+# "columns" is "quads" with each quad holding four of one kernel column's taps (kernel_h <= 8; see column_taps).
 DEPTHWISE_LAYOUTS = {"quads": (4, 4, 16, np.int8), "pairs": (2, 2, 8, np.int16), "columns": (4, 4, 16, np.int8)}
 
 
 def column_taps(codes: np.ndarray, kernel_h: int, kernel_w: int) -> np.ndarray:
-    """(channels, kernel_h * kernel_w) depthwise weights in row-major tap order as (channels, kernel_w * 4): each
-    kernel column's taps (ky = 0 .. kernel_h - 1, then zeros) together, the columns layout's quads."""
-    if kernel_h > 4:
-        raise ValueError(f"the columns layout holds kernel_h <= 4, not {kernel_h}")
-    channels = codes.shape[0]
-    grid = np.zeros((channels, 4, kernel_w), codes.dtype)
+    """(channels, kernel_h * kernel_w) depthwise weights in row-major tap order as (channels, kernel_w * 4 * q),
+    q = ceil(kernel_h / 4) quads per column: each kernel column's taps (ky = 0 .. kernel_h - 1, then zeros)
+    together, the columns layout's quads."""
+    if kernel_h > 8:
+        raise ValueError(f"the columns layout holds kernel_h <= 8, not {kernel_h}")
+    channels, rows = codes.shape[0], 4 * -(-kernel_h // 4)
+    grid = np.zeros((channels, rows, kernel_w), codes.dtype)
     grid[:, :kernel_h] = codes.reshape(channels, kernel_h, kernel_w)
-    return np.ascontiguousarray(grid.transpose(0, 2, 1).reshape(channels, kernel_w * 4))
+    return np.ascontiguousarray(grid.transpose(0, 2, 1).reshape(channels, kernel_w * rows))
 
 
 def pack_depthwise_lanes(codes: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, layout: str) -> tuple[np.ndarray, ...]:
@@ -130,7 +131,7 @@ def kernel_arrays(plan: Plan, tensors: dict[str, np.ndarray], kernels: str) -> t
             fits = np.abs(compensated).max(initial=0) <= INT32_MAX  # else centered codes (int16 GEMM pairs, int32 taps)
             lanes = {"avx512": "quads", "avx2": "pairs"}.get(layout) if fits else None  # raw-code layouts
             if op["kind"] == "depthwise" and lanes:  # raw codes in lanes, the compensation in the bias
-                if lanes == "quads" and int(op["kernel_h"]) <= 4:  # one input column's codes for several pixels
+                if lanes == "quads" and int(op["kernel_h"]) <= 8:  # one input column's codes for several pixels
                     lanes, codes = "columns", column_taps(codes, int(op["kernel_h"]), int(op["kernel_w"]))
                 suffix = f".{lanes}"
                 arrays[name], arrays[op["bias"] + suffix], arrays[op["multiplier"] + suffix] = pack_depthwise_lanes(

@@ -82,9 +82,10 @@ struct DepthwiseOp {
     //     (vpdpbusd); weights8 [block][tap quad][register][lane][4 taps];
     //   pairs (AVX2): blocks of 16 channels in 2 registers of 8 lanes, taps in pairs of int16 (vpmaddwd);
     //     weights16 [block][tap pair][register][lane][2 taps];
-    //   columns (AVX-512 VNNI, kernel_h <= 4): as quads, but each quad is one kernel column's taps (ky = 0 ..
-    //     kernel_h - 1, zero weights after), so one input column's interleaved codes serve every output pixel
-    //     whose window covers it; weights8 [block][kx][register][lane][4 rows].
+    //   columns (AVX-512 VNNI, kernel_h <= 8): as quads, but each quad is four of one kernel column's taps
+    //     (ky = 0 .. kernel_h - 1, zero weights after; two quads a column past kernel_h 4), so one input column's
+    //     interleaved codes serve every output pixel whose window covers it; weights8
+    //     [block][kx][quad][register][lane][4 rows].
     // Bias and multipliers are then [block][register][lane]; depthwise_lane_channel gives the lane order.
     DepthwiseLayout layout;
     const int8_t* weights8;

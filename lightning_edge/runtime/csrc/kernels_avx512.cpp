@@ -234,11 +234,11 @@ void avx512_depthwise_quads(const DepthwiseOp& op, const uint8_t* input, uint8_t
     }
 }
 
-// The columns layout (kernel_h <= 4): each kernel column's taps (rows ky = 0 .. kernel_h - 1, zero weights
-// after) form one quad, so the interleaved registers of one input column serve every output pixel whose
-// window covers it: a row of output pixels is computed kPixels at a time, each input column loaded and
-// interleaved once for all of them (the row-major quads kernel interleaves each tap again for every pixel).
-// The interleave, the lane order and the epilogue are the quads kernel's.
+// The columns layout (kernel_h <= 8): each kernel column's taps (rows ky = 0 .. kernel_h - 1, zero weights
+// after) form one quad (kernel_h <= 4) or two, so the interleaved registers of one input column serve every
+// output pixel whose window covers it: a row of output pixels is computed kPixels at a time, each input
+// column loaded and interleaved once for all of them (the row-major quads kernel interleaves each tap again
+// for every pixel). The interleave, the lane order and the epilogue are the quads kernel's.
 class DepthwiseColumns {
   public:
     static constexpr int kPixels = 4;
@@ -249,8 +249,8 @@ class DepthwiseColumns {
 
     // Output pixels [ow_begin, ow_end) of row oh of image n.
     void row(const uint8_t* input, uint8_t* output, int n, int oh, int ow_begin, int ow_end) const {
-        const uint8_t* rows[4];
-        for (int ky = 0; ky < 4; ++ky) {
+        const uint8_t* rows[8];
+        for (int ky = 0; ky < 8; ++ky) {
             const int ih = oh * op_.stride_h - op_.pad_top + ky;
             rows[ky] = ky < op_.kernel_h && ih >= 0 && ih < op_.in_h
                            ? input + (static_cast<size_t>(n) * op_.in_h + ih) * op_.in_w * op_.channels : nullptr;
@@ -268,26 +268,31 @@ class DepthwiseColumns {
   private:
     template <int Pixels>
     void with_kernel_width(int block, const uint8_t* const* rows, uint8_t* out, int ow, std::integral_constant<int, Pixels>) const {
-        switch (op_.kernel_w * 4 + op_.stride_w) {  // the common windows unrolled, every other one by the general loop
-            case 3 * 4 + 1: return pixels<Pixels, 3, 1>(block, rows, out, ow);
-            case 3 * 4 + 2: return pixels<Pixels, 3, 2>(block, rows, out, ow);
-            default: return pixels<Pixels, 0, 0>(block, rows, out, ow);
+        const int quads = (op_.kernel_h + 3) / 4;
+        switch ((quads * 16 + op_.kernel_w) * 4 + op_.stride_w) {  // the common windows unrolled, the rest by the general loop
+            case (16 + 3) * 4 + 1: return pixels<Pixels, 3, 1, 1>(block, rows, out, ow);
+            case (16 + 3) * 4 + 2: return pixels<Pixels, 3, 2, 1>(block, rows, out, ow);
+            case (32 + 5) * 4 + 1: return pixels<Pixels, 5, 1, 2>(block, rows, out, ow);
+            case (32 + 5) * 4 + 2: return pixels<Pixels, 5, 2, 2>(block, rows, out, ow);
+            default: return pixels<Pixels, 0, 0, 0>(block, rows, out, ow);
         }
     }
 
-    // Interleaves input column ix of the block's channels: the 4 registers of (ky 0, 1, 2, 3) byte quads.
-    void column(int block, const uint8_t* const* rows, int ix, __m512i* registers) const {
+    // Interleaves input column ix of the block's channels at kernel rows 4 * quad .. + 3: the 4 registers of
+    // (ky 0, 1, 2, 3 of the quad) byte quads.
+    void column(int block, const uint8_t* const* rows, int ix, int quad, __m512i* registers) const {
         const int c = block * 64, width = std::min(64, op_.channels - c);
         const __mmask64 mask = width == 64 ? ~__mmask64{0} : (__mmask64{1} << width) - 1;
         const bool inside = ix >= 0 && ix < op_.in_w;
         __m512i a[4];
 #pragma GCC unroll 4
         for (int ky = 0; ky < 4; ++ky) {  // rows past the kernel have weight 0: any codes do, zeros are free
-            if (ky >= op_.kernel_h) {
+            const int row = 4 * quad + ky;
+            if (row >= op_.kernel_h) {
                 a[ky] = _mm512_setzero_si512();
                 continue;
             }
-            const uint8_t* source = inside && rows[ky] ? rows[ky] + static_cast<size_t>(ix) * op_.channels : op_.zero_row;
+            const uint8_t* source = inside && rows[row] ? rows[row] + static_cast<size_t>(ix) * op_.channels : op_.zero_row;
             a[ky] = _mm512_maskz_loadu_epi8(mask, source + c);
         }
         const __m512i low01 = _mm512_unpacklo_epi8(a[0], a[1]), high01 = _mm512_unpackhi_epi8(a[0], a[1]);
@@ -296,11 +301,12 @@ class DepthwiseColumns {
         registers[2] = _mm512_unpacklo_epi16(high01, high23), registers[3] = _mm512_unpackhi_epi16(high01, high23);
     }
 
-    // Pixels output pixels from ow on, for a window KW columns wide at column stride S (0, 0: the op's own).
-    template <int Pixels, int KW, int S>
+    // Pixels output pixels from ow on, for a window KW columns wide at column stride S with Q quads a column
+    // (0, 0, 0: the op's own).
+    template <int Pixels, int KW, int S, int Q>
     void pixels(int block, const uint8_t* const* rows, uint8_t* out, int ow) const {
-        const int kernel_w = KW ? KW : op_.kernel_w, stride = S ? S : op_.stride_w;
-        const int8_t* weights = op_.weights8 + static_cast<size_t>(block) * kernel_w * 256;
+        const int kernel_w = KW ? KW : op_.kernel_w, stride = S ? S : op_.stride_w, quads = Q ? Q : (op_.kernel_h + 3) / 4;
+        const int8_t* weights = op_.weights8 + static_cast<size_t>(block) * kernel_w * quads * 256;
         const int32_t* bias = op_.bias + block * 64;
         __m512i acc[Pixels][4];
 #pragma GCC unroll 8
@@ -311,15 +317,18 @@ class DepthwiseColumns {
         // Unrolled for the common windows, so every accumulator stays in a register.
 #pragma GCC unroll 16
         for (int j = 0; j < columns; ++j) {
-            __m512i registers[4];
-            column(block, rows, first + j, registers);
+#pragma GCC unroll 2
+            for (int q = 0; q < quads; ++q) {
+                __m512i registers[4];
+                column(block, rows, first + j, q, registers);
 #pragma GCC unroll 8
-            for (int p = 0; p < Pixels; ++p) {
-                const int kx = j - p * stride;
-                if (kx < 0 || kx >= kernel_w) continue;
-                const int8_t* w = weights + kx * 256;
+                for (int p = 0; p < Pixels; ++p) {
+                    const int kx = j - p * stride;
+                    if (kx < 0 || kx >= kernel_w) continue;
+                    const int8_t* w = weights + (kx * quads + q) * 256;
 #pragma GCC unroll 4
-                for (int r = 0; r < 4; ++r) acc[p][r] = _mm512_dpbusd_epi32(acc[p][r], registers[r], _mm512_loadu_si512(w + 64 * r));
+                    for (int r = 0; r < 4; ++r) acc[p][r] = _mm512_dpbusd_epi32(acc[p][r], registers[r], _mm512_loadu_si512(w + 64 * r));
+                }
             }
         }
         const int c = block * 64, width = std::min(64, op_.channels - c);

@@ -27,10 +27,11 @@ class Depthwise final : public Operator {
             c.layout = columns ? DepthwiseLayout::columns : quads ? DepthwiseLayout::quads : DepthwiseLayout::pairs;
             if (!(columns ? context.backend().depthwise_columns : quads ? context.backend().depthwise_quads : context.backend().depthwise_pairs))
                 throw std::invalid_argument("depthwise: the " + layout + " layout needs kernels='" + (quads ? "avx512" : "avx2") + "'");
-            if (columns && c.kernel_h > 4) throw std::invalid_argument("depthwise: the columns layout needs kernel_h <= 4");
+            if (columns && c.kernel_h > 8) throw std::invalid_argument("depthwise: the columns layout needs kernel_h <= 8");
             const size_t block = quads ? 64 : 16, group = quads ? 4 : 2;
             const size_t padded = (static_cast<size_t>(c.channels) + block - 1) / block * block;
-            const size_t slots = columns ? 4 * static_cast<size_t>(c.kernel_w) : (taps + group - 1) / group * group;
+            const size_t column_rows = (static_cast<size_t>(c.kernel_h) + 3) / 4 * 4;  // a column's quads
+            const size_t slots = columns ? column_rows * c.kernel_w : (taps + group - 1) / group * group;
             const size_t weights = padded * slots;
             if (quads) c.weights8 = context.array<int8_t>(attrs, "weights", weights);
             else c.weights16 = context.array<int16_t>(attrs, "weights", weights);
