@@ -27,12 +27,12 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-def bf16_exact(model: nn.Module, tmp_path, name: str, shape) -> tuple[list[dict], np.ndarray]:
-    """``model`` exported, compiled in bf16 and run on every kernel path, each bit for bit the reference's;
-    returns the plan's op records and the reference output."""
+def bf16_exact(model: nn.Module, tmp_path, name: str, shape, precision: str = "bf16") -> tuple[list[dict], np.ndarray]:
+    """``model`` exported, compiled in ``precision`` and run on every kernel path, each bit for bit the
+    reference's; returns the plan's op records and the reference output."""
     x = export(model, tmp_path / f"{name}.onnx", shape)
-    compile(tmp_path / f"{name}.onnx", tmp_path / f"{name}.edge", select=False, precision="bf16")
-    want = ReferenceModel(str(tmp_path / f"{name}.onnx"), precision="bf16").run(x)[0]
+    compile(tmp_path / f"{name}.onnx", tmp_path / f"{name}.edge", select=False, precision=precision)
+    want = ReferenceModel(str(tmp_path / f"{name}.onnx"), precision=precision).run(x)[0]
     for kernels in KERNELS:
         assert same_bits(load(tmp_path / f"{name}.edge", kernels=kernels).run(x), want), kernels
     return read_edge(tmp_path / f"{name}.edge")[0]["ops"], want
@@ -178,13 +178,14 @@ def test_a_bfloat16_tensor_read_by_another_op_is_refused(tmp_path):
         load(tmp_path / "bad.edge")
 
 
-def test_bf16_network_stays_close_to_float32(tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_network_stays_close_to_float32(tmp_path, precision):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = timm.create_model("resnet18", pretrained=False, num_classes=10)
-    x = export(model, tmp_path / "net.onnx", (4, 3, 64, 64))
-    compile(tmp_path / "net.onnx", tmp_path / "bf16.edge", select=False, precision="bf16")
-    got = load(tmp_path / "bf16.edge").run(x)
+    x = export(model, tmp_path / "net.onnx", (4, 3, 64, 64) if precision == "bf16" else (2, 3, 32, 32))
+    compile(tmp_path / "net.onnx", tmp_path / "net.edge", select=False, precision=precision)
+    got = load(tmp_path / "net.edge").run(x)
     want = model(torch.from_numpy(x)).detach().numpy()
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
 

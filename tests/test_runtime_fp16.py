@@ -2,7 +2,7 @@
 (half inputs, weights and accumulator, one rounding per fused multiply-add), bit for bit equal to
 ReferenceModel(precision="fp16") on every kernel path this CPU has (the AVX-512 one in double lanes, the exact
 scalar one; NEON's half arithmetic is checked against them under qemu by test_native_kernels), and close to
-float32."""
+float32 (test_runtime_bf16's network test, for both precisions)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,23 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_edge.runtime import available_kernels, compile, load
-from lightning_edge.runtime.edge_format import read_edge
 from lightning_edge.runtime.reference import ReferenceModel, fp16_round
 
-from test_runtime_bf16 import Block, Classifier, StridedChain, export, same_bits
-
-KERNELS = available_kernels()
+from test_runtime_bf16 import Block, Classifier, StridedChain, bf16_exact, same_bits
 
 
 def fp16_exact(model: nn.Module, tmp_path, name: str, shape) -> tuple[list[dict], np.ndarray]:
     """``model`` exported, compiled in fp16 and run on every kernel path, each bit for bit the reference's."""
-    x = export(model, tmp_path / f"{name}.onnx", shape)
-    compile(tmp_path / f"{name}.onnx", tmp_path / f"{name}.edge", select=False, precision="fp16")
-    want = ReferenceModel(str(tmp_path / f"{name}.onnx"), precision="fp16").run(x)[0]
-    for kernels in KERNELS:
-        assert same_bits(load(tmp_path / f"{name}.edge", kernels=kernels).run(x), want), kernels
-    return read_edge(tmp_path / f"{name}.edge")[0]["ops"], want
+    return bf16_exact(model, tmp_path, name, shape, precision="fp16")
 
 
 def test_fp16_rounding_is_ieee_half_to_nearest_even():
@@ -76,14 +67,3 @@ def test_fp16_accumulates_in_half_precision():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     got = ReferenceModel(model, precision="fp16").run(np.ones((1, 4096, 1, 1), np.float32))[0]
     assert got.item() == 2048.0
-
-
-def test_fp16_network_stays_close_to_float32(tmp_path):
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
-    x = export(model, tmp_path / "net.onnx", (2, 3, 32, 32))
-    compile(tmp_path / "net.onnx", tmp_path / "fp16.edge", select=False, precision="fp16")
-    got = load(tmp_path / "fp16.edge").run(x)
-    want = model(torch.from_numpy(x)).detach().numpy()
-    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()

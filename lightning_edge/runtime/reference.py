@@ -487,20 +487,28 @@ def _flushed(x: np.ndarray) -> np.ndarray:
     return np.where(np.abs(x) < np.finfo(np.float32).tiny, np.copysign(np.float32(0), x), x).astype(np.float32)
 
 
-def bf16_conv(node: Any, inputs: list, attributes: dict) -> np.ndarray:
-    """Conv in bfloat16 (rule 20): x and w rounded to bfloat16; per output, a float32 accumulator from +0 takes,
-    for each tap (a, b) in row-major order and each pair (2i, 2i + 1) of the group's input channels (a zero
-    channel after an odd count), ``fma(x[2i+1], w[2i+1], acc)`` then ``fma(x[2i], w[2i], acc)``, each rounded to
-    float32 with a denormal result flushed; then ``acc + bias`` in float32."""
-    x, weights = bf16_round(inputs[0]), bf16_round(inputs[1])
-    out_channels, per_group, kernel, strides, dilations, (begin, end), groups = _conv_geometry(node, x, weights, attributes)
-    batch = x.shape[0]
+def _tap_windows(node: Any, x: np.ndarray, weights: np.ndarray, attributes: dict) -> tuple[list[np.ndarray], tuple[int, int]]:
+    """A Conv's input (N, C, H, W) padded with zeros, as one (N, C, out_h, out_w) window per kernel tap (row-major
+    order), and (out_h, out_w)."""
+    _, _, kernel, strides, dilations, (begin, end), _ = _conv_geometry(node, x, weights, attributes)
     padded = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])))
     out_h = (padded.shape[2] - (kernel[0] - 1) * dilations[0] - 1) // strides[0] + 1
     out_w = (padded.shape[3] - (kernel[1] - 1) * dilations[1] - 1) // strides[1] + 1
     taps = [padded[:, :, a * dilations[0]: a * dilations[0] + (out_h - 1) * strides[0] + 1: strides[0],
                    b * dilations[1]: b * dilations[1] + (out_w - 1) * strides[1] + 1: strides[1]]
             for a in range(kernel[0]) for b in range(kernel[1])]
+    return taps, (out_h, out_w)
+
+
+def bf16_conv(node: Any, inputs: list, attributes: dict) -> np.ndarray:
+    """Conv in bfloat16 (rule 20): x and w rounded to bfloat16; per output, a float32 accumulator from +0 takes,
+    for each tap (a, b) in row-major order and each pair (2i, 2i + 1) of the group's input channels (a zero
+    channel after an odd count), ``fma(x[2i+1], w[2i+1], acc)`` then ``fma(x[2i], w[2i], acc)``, each rounded to
+    float32 with a denormal result flushed; then ``acc + bias`` in float32."""
+    x, weights = bf16_round(inputs[0]), bf16_round(inputs[1])
+    out_channels, per_group, kernel, _, _, _, groups = _conv_geometry(node, x, weights, attributes)
+    batch = x.shape[0]
+    taps, (out_h, out_w) = _tap_windows(node, x, weights, attributes)
     # (batch, groups, reduction, pixels), r = tap * per_group + channel: taps outer, channels inner.
     columns = np.stack(taps, axis=2).reshape(batch, groups, per_group, len(taps), out_h * out_w)
     columns = columns.transpose(0, 1, 3, 2, 4).reshape(batch, groups, len(taps) * per_group, -1).astype(np.float64)
@@ -531,22 +539,17 @@ def fp16_conv(node: Any, inputs: list, attributes: dict) -> np.ndarray:
     for each tap (a, b) in row-major order and each input channel of the group in order, ``acc = half(acc + x *
     w)`` (one rounding, NEON's vfma of halves); then ``float32(acc) + bias`` in float32."""
     x, weights = fp16_round(inputs[0]), fp16_round(inputs[1])
-    out_channels, per_group, kernel, strides, dilations, (begin, end), groups = _conv_geometry(node, x, weights, attributes)
+    out_channels, per_group, kernel, _, _, _, groups = _conv_geometry(node, x, weights, attributes)
     batch = x.shape[0]
-    padded = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])))
-    out_h = (padded.shape[2] - (kernel[0] - 1) * dilations[0] - 1) // strides[0] + 1
-    out_w = (padded.shape[3] - (kernel[1] - 1) * dilations[1] - 1) // strides[1] + 1
-    w = weights.astype(np.float64).reshape(groups, out_channels // groups, per_group, kernel[0], kernel[1])
+    taps, (out_h, out_w) = _tap_windows(node, x, weights, attributes)
+    w = weights.astype(np.float64).reshape(groups, out_channels // groups, per_group, kernel[0] * kernel[1])
     acc = np.zeros((batch, groups, out_channels // groups, out_h, out_w), np.float16)
-    for a in range(kernel[0]):
-        for b in range(kernel[1]):
-            window = padded[:, :, a * dilations[0]: a * dilations[0] + (out_h - 1) * strides[0] + 1: strides[0],
-                            b * dilations[1]: b * dilations[1] + (out_w - 1) * strides[1] + 1: strides[1]]
-            window = window.reshape(batch, groups, per_group, out_h, out_w).astype(np.float64)
-            for channel in range(per_group):
-                # Exact product of two halves plus a half, rounded to double (never near a half's tie, see rule
-                # 21), then to half.
-                acc = (acc.astype(np.float64) + window[:, :, None, channel] * w[None, :, :, channel, a, b, None, None]).astype(np.float16)
+    for tap, window in enumerate(taps):
+        window = window.reshape(batch, groups, per_group, out_h, out_w).astype(np.float64)
+        for channel in range(per_group):
+            # Exact product of two halves plus a half, rounded to double (never near a half's tie, see rule
+            # 21), then to half.
+            acc = (acc.astype(np.float64) + window[:, :, None, channel] * w[None, :, :, channel, tap, None, None]).astype(np.float16)
     acc = acc.reshape(batch, out_channels, out_h, out_w).astype(np.float32)
     if len(inputs) > 2 and inputs[2] is not None:
         acc = (acc + np.asarray(_f32(inputs[2]), np.float32).reshape(1, -1, 1, 1)).astype(np.float32)

@@ -6,6 +6,7 @@
 // each pixel's input value to them.
 #include <algorithm>
 
+#include "conv_driver.h"  // with_count
 #include "cpu_features.h"
 #include "fp16.h"
 
@@ -97,16 +98,7 @@ void tile_avx512_pixels(const Fp16Tile& t) {
 }
 
 void tile_avx512(const Fp16Tile& t) {
-    switch (t.pixels) {
-        case 8: tile_avx512_pixels<8>(t); break;
-        case 7: tile_avx512_pixels<7>(t); break;
-        case 6: tile_avx512_pixels<6>(t); break;
-        case 5: tile_avx512_pixels<5>(t); break;
-        case 4: tile_avx512_pixels<4>(t); break;
-        case 3: tile_avx512_pixels<3>(t); break;
-        case 2: tile_avx512_pixels<2>(t); break;
-        default: tile_avx512_pixels<1>(t); break;
-    }
+    with_count<kFp16Pixels>(t.pixels, [&](auto pixels) { tile_avx512_pixels<decltype(pixels)::value>(t); });
 }
 
 }  // namespace
@@ -155,16 +147,7 @@ void tile_neon_pixels(const Fp16Tile& t) {
 }
 
 void tile_neon(const Fp16Tile& t) {
-    switch (t.pixels) {
-        case 8: tile_neon_pixels<8>(t); break;
-        case 7: tile_neon_pixels<7>(t); break;
-        case 6: tile_neon_pixels<6>(t); break;
-        case 5: tile_neon_pixels<5>(t); break;
-        case 4: tile_neon_pixels<4>(t); break;
-        case 3: tile_neon_pixels<3>(t); break;
-        case 2: tile_neon_pixels<2>(t); break;
-        default: tile_neon_pixels<1>(t); break;
-    }
+    with_count<kFp16Pixels>(t.pixels, [&](auto pixels) { tile_neon_pixels<decltype(pixels)::value>(t); });
 }
 
 }  // namespace
