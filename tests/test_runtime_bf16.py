@@ -64,6 +64,10 @@ def test_bf16_rounding_is_round_to_nearest_even_with_denormals_flushed():
     # stride-2 layer): an AVX-512 row loop once skipped them.
     dict(i=4, o=4, k=3, s=2, p=1, g=4, d=1, size=(6, 112)),
     dict(i=4, o=4, k=3, s=1, p=1, g=4, d=1, size=(3, 61)),
+    # Strided dense convs run as stride-1 ones over their input's phases: stride 3 with dilation 2, unequal strides.
+    dict(i=4, o=6, k=3, s=3, p=2, g=2, d=2, size=(17, 20)),
+    dict(i=6, o=10, k=3, s=(2, 1), p=1, g=1, d=1, size=(11, 9)),
+    dict(i=6, o=8, k=2, s=(1, 3), p=0, g=1, d=1, size=(9, 23)),
     dict(i=4, o=4, k=3, s=1, p=1, g=4, d=1, size=(3, 300)),  # depthwise rows of more than 8 vectors
     dict(i=4, o=4, k=5, s=2, p=2, g=4, d=1, size=(7, 290)),
 ])

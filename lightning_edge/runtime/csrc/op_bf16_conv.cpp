@@ -7,12 +7,13 @@
 // Per group it is a GEMM: rows are the group's output channels; the reduction runs over the taps, and within a
 // tap over pairs of the group's input channels (an odd count ends with a zero channel). The op first converts
 // its input once into that form: per group, [channel pairs][wide_h][wide_w] 32-bit words of two bfloat16, with
-// a zero border of the padding, so every window read is in bounds. A stride-1 conv then reads its GEMM
-// operand straight from there: numbering output pixels over the wide width, tap (a, b) of pixel q is word
-// q + (a * dilation) * wide_w + b * dilation, so a tile of kBf16TilePixels consecutive wide pixels is one
-// contiguous run per pair (the columns past out_w are computed and dropped). A strided conv copies its
-// tile's words into a packed [pairs][kBf16TilePixels] block first. Work is split into (sample, group, tile)
-// units; weights are packed into pairs when the plan loads.
+// a zero border of the padding, so every window read is in bounds; a strided conv's rows and columns are
+// split there by their remainder modulo the stride (stride_h x stride_w phases of [phase_h][phase_w]), which
+// makes it a stride-1 conv over the phases. The GEMM then reads its operand straight from there: numbering
+// output pixels over the phase width, tap (a, b) of pixel q is word q + its tap's shift (the phase of
+// (a * dilation, b * dilation), and the rows and columns that remain), so a tile of kBf16TilePixels
+// consecutive pixels is one contiguous run per pair (the columns past out_w are computed and dropped). Work
+// is split into (sample, group, tile) units; weights are packed into pairs when the plan loads.
 //
 // A depthwise conv (one input channel per group) is no GEMM: per (sample, input channel) unit, a thread
 // copies the channel's plane as bfloat16 values into its scratch with the zero border, each row split into
@@ -39,10 +40,13 @@ class Bf16Conv final : public Operator {
         pairs_ = taps_ * channel_pairs_;
         wide_h_ = static_cast<int>((static_cast<int64_t>(g_.out_h) - 1) * g_.stride_h + g_.extent_h);
         wide_w_ = static_cast<int>((static_cast<int64_t>(g_.out_w) - 1) * g_.stride_w + g_.extent_w);
-        plane_words_ = element_count({wide_h_, wide_w_}, "bf16_conv");
-        // A wide tile's last pixels read up to kBf16TilePixels + wide_w words past a sample's planes (dropped columns).
-        slack_words_ = static_cast<size_t>(kBf16TilePixels) + wide_w_;
-        sample_words_ = element_count({g_.groups, channel_pairs_, wide_h_, wide_w_}, "bf16_conv") + slack_words_;
+        // The converted planes' phases: a strided conv's padded rows and columns split by their remainder.
+        phase_h_ = (wide_h_ + g_.stride_h - 1) / g_.stride_h, phase_w_ = (wide_w_ + g_.stride_w - 1) / g_.stride_w;
+        phase_words_ = element_count({phase_h_, phase_w_}, "bf16_conv");
+        plane_words_ = element_count({g_.stride_h, g_.stride_w, phase_h_, phase_w_}, "bf16_conv");
+        // A wide tile's last pixels read up to kBf16TilePixels + phase_w words past a sample's planes (dropped columns).
+        slack_words_ = static_cast<size_t>(kBf16TilePixels) + phase_w_;
+        sample_words_ = element_count({g_.groups, channel_pairs_, static_cast<int>(plane_words_)}, "bf16_conv") + slack_words_;
         const float* weights = context.array<float>(attrs, "weights",
                                                     element_count({g_.out_c, group_in_, g_.kernel_h, g_.kernel_w}, "bf16_conv"));
         pack_weights(weights);
@@ -54,7 +58,6 @@ class Bf16Conv final : public Operator {
         const size_t outputs = element_count({g_.out_c, g_.out_h, g_.out_w}, "bf16_conv");
         output_bf16_ = float_or_bf16(attrs, "output", outputs, context);
         if (attrs.has("skip")) tensors_.inputs.push_back(context.tensor_index(attrs, "skip", f32_bytes(outputs)));
-        wide_ = g_.stride_h == 1 && g_.stride_w == 1;
         wide_offsets_.resize(pairs_), packed_offsets_.resize(pairs_);
         for (int t = 0; t < taps_; ++t)
             for (int i = 0; i < channel_pairs_; ++i) {
@@ -71,34 +74,35 @@ class Bf16Conv final : public Operator {
         kernel_ = native ? bf16_tile_avx512() : bf16_tile_exact;
         pairs_kernel_ = native ? bf16_pairs_avx512() : bf16_pairs_exact;
         bits_pairs_kernel_ = native ? bf16_bits_pairs_avx512() : bf16_bits_pairs_exact;
+        split_kernel_ = native ? bf16_split_avx512() : bf16_split_exact;
         if (group_in_ == 1) {
             depthwise_kernel_ = native ? bf16_depthwise_avx512() : bf16_depthwise_exact;
             round_kernel_ = native ? bf16_round_avx512() : bf16_round_exact;
             widen_kernel_ = native ? bf16_widen_avx512() : bf16_widen_exact;
-            split_kernel_ = native ? bf16_split_avx512() : bf16_split_exact;
             plan_depthwise(context);
             return;
         }
         // A layer with few tiles per sample (a Gemm is a 1x1 conv on a 1x1 map) splits its rows into chunks
         // of about 2048 pairs x 8 rows of work, so every thread gets some at batch 1.
-        const int tiles = (g_.out_h * (wide_ ? wide_w_ : g_.out_w) + kBf16TilePixels - 1) / kBf16TilePixels;
+        const int tiles = (g_.out_h * phase_w_ + kBf16TilePixels - 1) / kBf16TilePixels;
         if (static_cast<long>(tiles) * g_.groups < 16) chunk_blocks_ = std::clamp((2048 + pairs_ - 1) / pairs_, 1, row_blocks_);
         else chunk_blocks_ = row_blocks_;
         chunks_ = (row_blocks_ + chunk_blocks_ - 1) / chunk_blocks_;
         context.need_workspace(sample_words_ * sizeof(uint32_t));
-        // A packed tile's words, then a tile of outputs (the batch-spanning tiles write there first).
-        context.need_scratch(static_cast<size_t>(pairs_ + group_out_) * kBf16TilePixels * sizeof(uint32_t) + 64);
-        if (wide_) {
-            // Wide pixel q is output (q / wide_w, q % wide_w) when that column is inside out_w: per tile, the
-            // kept pixels' mask and the output index of its first kept pixel.
-            const int pixels = g_.out_h * wide_w_;
-            for (int first = 0; first < pixels; first += kBf16TilePixels) {
-                uint64_t keep = 0;
-                for (int p = 0; p < std::min(kBf16TilePixels, pixels - first); ++p)
-                    keep |= uint64_t{(first + p) % wide_w_ < g_.out_w} << p;
-                wide_keep_.push_back(keep);
-                wide_written_.push_back(static_cast<size_t>(first / wide_w_) * g_.out_w + std::min(first % wide_w_, g_.out_w));
-            }
+        // A packed tile's words, then a tile of outputs (the batch-spanning tiles write there first); while the
+        // input is converted, a strided conv's row before and after its columns split.
+        line_words_ = static_cast<size_t>(phase_w_ + 15) / 16 * 16;
+        context.need_scratch(std::max(static_cast<size_t>(pairs_ + group_out_) * kBf16TilePixels,
+                                      (static_cast<size_t>(g_.stride_w) + 2) * line_words_) * sizeof(uint32_t) + 64);
+        // Wide pixel q is output (q / phase_w, q % phase_w) when that column is inside out_w: per tile, the kept
+        // pixels' mask and the output index of its first kept pixel.
+        const int pixels = g_.out_h * phase_w_;
+        for (int first = 0; first < pixels; first += kBf16TilePixels) {
+            uint64_t keep = 0;
+            for (int p = 0; p < std::min(kBf16TilePixels, pixels - first); ++p)
+                keep |= uint64_t{(first + p) % phase_w_ < g_.out_w} << p;
+            wide_keep_.push_back(keep);
+            wide_written_.push_back(static_cast<size_t>(first / phase_w_) * g_.out_w + std::min(first % phase_w_, g_.out_w));
         }
     }
 
@@ -118,18 +122,19 @@ class Bf16Conv final : public Operator {
             return;
         }
         uint32_t* words = static_cast<uint32_t*>(context.workspace());
-        const int rows = context.batch * g_.groups * channel_pairs_ * wide_h_;
-        context.scheduler.parallel(rows, 16, [&](int begin, int end, int) { convert(in, words, begin, end); });
+        const int rows = context.batch * g_.groups * channel_pairs_ * g_.stride_h * phase_h_;
+        context.scheduler.parallel(rows, 16, [&](int begin, int end, int thread) {
+            convert(in, words, static_cast<uint32_t*>(context.scratch(thread)), begin, end);
+        });
         for (int n = 0; n < context.batch; ++n)
             std::fill(words + (n + 1) * sample_words_ - slack_words_, words + (n + 1) * sample_words_, 0u);
         if (context.batch > 1 && g_.out_h * g_.out_w < kBf16TilePixels) {  // small maps: tiles span the batch
             run_spanning(context.batch, words, skip, out, context);
             return;
         }
-        const int pixels = wide_ ? g_.out_h * wide_w_ : g_.out_h * g_.out_w;
+        const int pixels = g_.out_h * phase_w_;
         const int tiles = (pixels + kBf16TilePixels - 1) / kBf16TilePixels;
-        context.scheduler.parallel(context.batch * g_.groups * tiles * chunks_, 1, [&](int begin, int end, int thread) {
-            uint32_t* scratch = static_cast<uint32_t*>(context.scratch(thread));
+        context.scheduler.parallel(context.batch * g_.groups * tiles * chunks_, 1, [&](int begin, int end, int) {
             for (int task = begin; task < end; ++task) {
                 const int chunk = task % chunks_, unit = task / chunks_;
                 const int tile = unit % tiles, group = unit / tiles % g_.groups, n = unit / tiles / g_.groups;
@@ -140,24 +145,15 @@ class Bf16Conv final : public Operator {
                 const size_t target = (static_cast<size_t>(n) * g_.out_c + static_cast<size_t>(group) * group_out_) *
                                       g_.out_h * g_.out_w;
                 Bf16Tile t = chunk_tile(group, chunk);
-                t.offsets = wide_ ? wide_offsets_.data() : packed_offsets_.data();
+                t.offsets = wide_offsets_.data();
                 t.pixels = count;
                 t.low = low_, t.high = high_;
                 t.row_stride = g_.out_h * g_.out_w;
                 const size_t rows_before = static_cast<size_t>(chunk) * chunk_blocks_ * kBf16Rows * t.row_stride;
                 const float* skip_plane = skip ? skip + target + rows_before : nullptr;
-                size_t written = first;  // the output index of the tile's first kept pixel
-                if (wide_) {
-                    t.x = source + first;
-                    t.keep = wide_keep_[tile];
-                    written = wide_written_[tile];
-                } else {
-                    long base[kBf16TilePixels];
-                    for (int p = 0; p < count; ++p) base[p] = pixel_base(first + p);
-                    pack_tile(source, base, count, scratch);
-                    t.x = scratch;
-                    t.keep = ~uint64_t{0};
-                }
+                t.x = source + first;
+                t.keep = wide_keep_[tile];
+                const size_t written = wide_written_[tile];  // the output index of the tile's first kept pixel
                 t.out = output_bf16_ ? nullptr : reinterpret_cast<float*>(out) + target + rows_before + written;
                 t.out_bf16 = output_bf16_ ? reinterpret_cast<uint16_t*>(out) + target + rows_before + written : nullptr;
                 t.skip = skip_plane ? skip_plane + written : nullptr;
@@ -186,33 +182,46 @@ class Bf16Conv final : public Operator {
         }
     }
 
-    // Wide rows [begin, end) of (sample, group, channel pair, wide row): two input channels as bfloat16 pairs,
-    // zero in the border and for the missing odd channel.
-    void convert(const uint8_t* in, uint32_t* words, int begin, int end) const {
+    // Rows [begin, end) of (sample, group, channel pair, padded row r < stride_h * phase_h): two input channels
+    // as bfloat16 pairs, zero in the border, past the last window and for the missing odd channel. Row r is
+    // row r / stride_h of phase (r % stride_h, c % stride_w) for its column c; `line` is a thread's scratch for
+    // a strided row before and after its columns split.
+    void convert(const uint8_t* in, uint32_t* words, uint32_t* line, int begin, int end) const {
+        const int rows = g_.stride_h * phase_h_, sw = g_.stride_w;
         for (int row = begin; row < end; ++row) {
-            const int y = row % wide_h_ - g_.pad_top, pair = row / wide_h_ % channel_pairs_;
-            const int group = row / wide_h_ / channel_pairs_ % g_.groups, n = row / wide_h_ / channel_pairs_ / g_.groups;
+            const int r = row % rows, y = r - g_.pad_top, pair = row / rows % channel_pairs_;
+            const int group = row / rows / channel_pairs_ % g_.groups, n = row / rows / channel_pairs_ / g_.groups;
             uint32_t* target = words + static_cast<size_t>(n) * sample_words_ +
                                (static_cast<size_t>(group) * channel_pairs_ + pair) * plane_words_ +
-                               static_cast<size_t>(row % wide_h_) * wide_w_;
-            const int channel = group * group_in_ + 2 * pair;
-            const bool has_odd = 2 * pair + 1 < group_in_;
-            if (y < 0 || y >= g_.in_h) {
-                std::fill(target, target + wide_w_, 0u);
+                               static_cast<size_t>(r % g_.stride_h) * sw * phase_words_ + static_cast<size_t>(r / g_.stride_h) * phase_w_;
+            if (y < 0 || y >= g_.in_h || r >= wide_h_) {
+                for (int p = 0; p < sw; ++p) std::fill(target + p * phase_words_, target + p * phase_words_ + phase_w_, 0u);
                 continue;
             }
+            uint32_t* values = sw == 1 ? target : line;  // the padded row, wide_w words (sw * phase_w with zeros)
+            const int channel = group * group_in_ + 2 * pair;
+            const bool has_odd = 2 * pair + 1 < group_in_;
             const size_t even = ((static_cast<size_t>(n) * g_.in_c + channel) * g_.in_h + y) * g_.in_w;
             const size_t odd = even + static_cast<size_t>(g_.in_h) * g_.in_w;
             const int inside = std::min(g_.in_w, wide_w_ - g_.pad_left);
-            std::fill(target, target + g_.pad_left, 0u);
+            std::fill(values, values + g_.pad_left, 0u);
             if (input_bf16_) {
                 const uint16_t* bits = reinterpret_cast<const uint16_t*>(in);
-                bits_pairs_kernel_(bits + even, has_odd ? bits + odd : nullptr, target + g_.pad_left, inside);
+                bits_pairs_kernel_(bits + even, has_odd ? bits + odd : nullptr, values + g_.pad_left, inside);
             } else {
-                const float* values = reinterpret_cast<const float*>(in);
-                pairs_kernel_(values + even, has_odd ? values + odd : nullptr, target + g_.pad_left, inside);
+                const float* floats = reinterpret_cast<const float*>(in);
+                pairs_kernel_(floats + even, has_odd ? floats + odd : nullptr, values + g_.pad_left, inside);
             }
-            std::fill(target + g_.pad_left + inside, target + wide_w_, 0u);
+            std::fill(values + g_.pad_left + inside, values + (sw == 1 ? phase_w_ : sw * line_words_), 0u);
+            if (sw == 2) {  // a permute of 32-bit lanes moves the words' bits unchanged
+                uint32_t* split = line + 2 * line_words_;
+                split_kernel_(reinterpret_cast<const float*>(line), reinterpret_cast<float*>(split),
+                              reinterpret_cast<float*>(split + line_words_), static_cast<int>(line_words_));
+                for (int p = 0; p < 2; ++p) std::copy(split + p * line_words_, split + p * line_words_ + phase_w_, target + p * phase_words_);
+            } else if (sw > 2) {
+                for (int p = 0; p < sw; ++p)
+                    for (int i = 0; i < phase_w_; ++i) target[p * phase_words_ + i] = line[i * sw + p];
+            }
         }
     }
 
@@ -268,13 +277,13 @@ class Bf16Conv final : public Operator {
     }
 
     // Output pixel q's window origin in a group's converted planes (words from the plane start).
-    long pixel_base(int q) const {
-        return static_cast<long>(q / g_.out_w) * g_.stride_h * wide_w_ + static_cast<long>(q % g_.out_w) * g_.stride_w;
-    }
+    long pixel_base(int q) const { return static_cast<long>(q / g_.out_w) * phase_w_ + q % g_.out_w; }
 
     // Tap t's offset from a window origin in the converted planes.
     long tap_shift(int t) const {
-        return static_cast<long>(t / g_.kernel_w) * g_.dilation_h * wide_w_ + static_cast<long>(t % g_.kernel_w) * g_.dilation_w;
+        const long down = static_cast<long>(t / g_.kernel_w) * g_.dilation_h, across = static_cast<long>(t % g_.kernel_w) * g_.dilation_w;
+        return (down % g_.stride_h * g_.stride_w + across % g_.stride_w) * static_cast<long>(phase_words_) +
+               down / g_.stride_h * phase_w_ + across / g_.stride_w;
     }
 
     // A packed tile: the words of every (tap, channel pair) at the `count` window origins `base` (from
@@ -369,10 +378,9 @@ class Bf16Conv final : public Operator {
 
     const FloatConvGeometry g_;
     int group_in_, group_out_, channel_pairs_, taps_, pairs_;
-    int wide_h_, wide_w_, row_blocks_ = 0;
+    int wide_h_, wide_w_, phase_h_, phase_w_, row_blocks_ = 0;
     int chunk_blocks_ = 1, chunks_ = 1;  // row blocks per work unit, and units per (sample, group, tile)
-    size_t plane_words_, sample_words_, slack_words_;
-    bool wide_;
+    size_t phase_words_, plane_words_, sample_words_, slack_words_, line_words_ = 0;
     float low_, high_;
     std::vector<uint32_t> weights_;
     std::vector<long> wide_offsets_, packed_offsets_;
