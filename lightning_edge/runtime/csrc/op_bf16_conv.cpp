@@ -49,7 +49,6 @@ class Bf16Conv final : public Operator {
         sample_words_ = element_count({g_.groups, channel_pairs_, static_cast<int>(plane_words_)}, "bf16_conv") + slack_words_;
         const float* weights = context.array<float>(attrs, "weights",
                                                     element_count({g_.out_c, group_in_, g_.kernel_h, g_.kernel_w}, "bf16_conv"));
-        pack_weights(weights);
         if (group_in_ == 1)  // depthwise (any channel multiplier): the taps of each output channel as floats
             for (size_t i = 0; i < static_cast<size_t>(g_.out_c) * taps_; ++i)
                 depthwise_weights_.push_back(bf16_value(bf16_bits(weights[i])));
@@ -58,6 +57,24 @@ class Bf16Conv final : public Operator {
         const size_t outputs = element_count({g_.out_c, g_.out_h, g_.out_w}, "bf16_conv");
         output_bf16_ = float_or_bf16(attrs, "output", outputs, context);
         if (attrs.has("skip")) tensors_.inputs.push_back(context.tensor_index(attrs, "skip", f32_bytes(outputs)));
+        low_ = attrs.has("low") ? attrs.get_float("low") : -std::numeric_limits<float>::infinity();
+        high_ = attrs.has("high") ? attrs.get_float("high") : std::numeric_limits<float>::infinity();
+        if (!(low_ <= high_)) throw std::invalid_argument("bf16_conv: the clamp's low bound is above its high bound");
+        const bool native = std::strcmp(context.backend().name, "avx512") == 0 && bf16_tile_avx512() && bf16_pairs_avx512() &&
+                            bf16_bits_pairs_avx512() && bf16_depthwise_avx512() && bf16_round_avx512() &&
+                            bf16_widen_avx512() && bf16_split_avx512();
+        split_kernel_ = native ? bf16_split_avx512() : bf16_split_exact;
+        if (group_in_ == 1) {  // the depthwise planes only: no GEMM weights, offsets or workspace
+            depthwise_kernel_ = native ? bf16_depthwise_avx512() : bf16_depthwise_exact;
+            round_kernel_ = native ? bf16_round_avx512() : bf16_round_exact;
+            widen_kernel_ = native ? bf16_widen_avx512() : bf16_widen_exact;
+            plan_depthwise(context);
+            return;
+        }
+        kernel_ = native ? bf16_tile_avx512() : bf16_tile_exact;
+        pairs_kernel_ = native ? bf16_pairs_avx512() : bf16_pairs_exact;
+        bits_pairs_kernel_ = native ? bf16_bits_pairs_avx512() : bf16_bits_pairs_exact;
+        pack_weights(weights);
         wide_offsets_.resize(pairs_), packed_offsets_.resize(pairs_);
         for (int t = 0; t < taps_; ++t)
             for (int i = 0; i < channel_pairs_; ++i) {
@@ -65,23 +82,6 @@ class Bf16Conv final : public Operator {
                 wide_offsets_[j] = static_cast<long>(i) * static_cast<long>(plane_words_) + tap_shift(t);
                 packed_offsets_[j] = static_cast<long>(j) * kBf16TilePixels;
             }
-        low_ = attrs.has("low") ? attrs.get_float("low") : -std::numeric_limits<float>::infinity();
-        high_ = attrs.has("high") ? attrs.get_float("high") : std::numeric_limits<float>::infinity();
-        if (!(low_ <= high_)) throw std::invalid_argument("bf16_conv: the clamp's low bound is above its high bound");
-        const bool native = std::strcmp(context.backend().name, "avx512") == 0 && bf16_tile_avx512() && bf16_pairs_avx512() &&
-                            bf16_bits_pairs_avx512() && bf16_depthwise_avx512() && bf16_round_avx512() &&
-                            bf16_widen_avx512() && bf16_split_avx512();
-        kernel_ = native ? bf16_tile_avx512() : bf16_tile_exact;
-        pairs_kernel_ = native ? bf16_pairs_avx512() : bf16_pairs_exact;
-        bits_pairs_kernel_ = native ? bf16_bits_pairs_avx512() : bf16_bits_pairs_exact;
-        split_kernel_ = native ? bf16_split_avx512() : bf16_split_exact;
-        if (group_in_ == 1) {
-            depthwise_kernel_ = native ? bf16_depthwise_avx512() : bf16_depthwise_exact;
-            round_kernel_ = native ? bf16_round_avx512() : bf16_round_exact;
-            widen_kernel_ = native ? bf16_widen_avx512() : bf16_widen_exact;
-            plan_depthwise(context);
-            return;
-        }
         // A layer with few tiles per sample (a Gemm is a 1x1 conv on a 1x1 map) splits its rows into chunks
         // of about 2048 pairs x 8 rows of work, so every thread gets some at batch 1.
         const int tiles = (g_.out_h * phase_w_ + kBf16TilePixels - 1) / kBf16TilePixels;
