@@ -234,6 +234,9 @@ def remeasure_speed(args: argparse.Namespace, out: Path) -> None:
     """--speed-only: time again the files an earlier run left in OUT (on a quieter machine), keeping the rest."""
     from lightning_edge.runtime import load
 
+    if not (out / "results.json").is_file():
+        raise SystemExit(f"--speed-only re-times the files of an earlier run, and {out / 'results.json'} is missing: "
+                         f"run without --speed-only and --out {out} first")
     payload = json.loads((out / "results.json").read_text())
     for record in payload["results"]:
         if not record.get("compiles") or record["model"] not in args.models:
