@@ -110,7 +110,8 @@ def test_bf16_results_only_bf16_convs_read_are_stored_as_bfloat16(tmp_path):
     """The expand and depthwise results (read only as the next conv's input) and the block's sum (read only by the
     head) are stored as bfloat16 bits; the stem's (also the residual add's skip) and the head's (the output) stay
     float32. A trace shows the stored values widened, equal to the reference's bf16 rounding of them."""
-    x = export(Block(), tmp_path / "block.onnx", (2, 3, 16, 16))
+    block = Block()
+    x = export(block, tmp_path / "block.onnx", (2, 3, 16, 16))
     compile(tmp_path / "block.onnx", tmp_path / "block.edge", select=False, precision="bf16")
     plan = read_edge(tmp_path / "block.edge")[0]
     convs = [op for op in plan["ops"] if op["kind"] == "bf16_conv"]
@@ -121,11 +122,16 @@ def test_bf16_results_only_bf16_convs_read_are_stored_as_bfloat16(tmp_path):
     expanded = tensors[plan["tensors"][convs[1]["output"]]["name"]]
     assert expanded.dtype == np.float32 and expanded.shape == (2, 1, 32, 8, 8)
     assert same_bits(bf16_round(expanded), expanded) and stem.shape == (2, 1, 16, 8, 8)
+    # The widened channel pairs are the reference's values of that tensor, channel for channel.
+    head = nn.Sequential(block.stem, nn.ReLU(), block.expand, nn.ReLU6())
+    export(head, tmp_path / "head.onnx", (2, 3, 16, 16))
+    want = ReferenceModel(str(tmp_path / "head.onnx"), precision="bf16").run(x)[0]
+    assert same_bits(expanded.reshape(want.shape), bf16_round(want))
 
 
 class StridedChain(nn.Module):
-    """Every conv after the first reads a bfloat16-stored tensor: a strided dense conv, a strided 5x5 depthwise
-    one, a strided pointwise one, an odd channel count."""
+    """A strided dense conv, a strided 5x5 depthwise one and a strided pointwise one, each reading a tensor stored
+    as bfloat16 channel pairs; the first result has an odd channel count, so it stays float32."""
 
     def __init__(self):
         super().__init__()
@@ -140,7 +146,47 @@ class StridedChain(nn.Module):
 
 def test_bf16_convs_reading_bfloat16_tensors_are_bit_exact(tmp_path):
     ops, _ = bf16_exact(StridedChain(), tmp_path, "chain", (3, 3, 37, 45))
-    assert sum(op["kind"] == "bf16_conv" for op in ops) == 4
+    plan = read_edge(tmp_path / "chain.edge")[0]
+    convs = [op for op in ops if op["kind"] == "bf16_conv"]
+    assert [plan["tensors"][op["output"]]["dtype"] for op in convs] == ["f32", "bf16", "bf16", "f32"]
+
+
+class Pointwise(nn.Module):
+    """A 1x1 conv reading channel pairs in place (no conversion), on maps larger and smaller than a GEMM tile,
+    after a grouped conv whose groups hold an even channel count (its result can be channel pairs too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.grouped = nn.Conv2d(3, 12, 3, padding=1)
+        self.split = nn.Conv2d(12, 20, 3, padding=1, groups=2)
+        self.pointwise = nn.Conv2d(20, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(torch.relu(self.split(torch.relu(self.grouped(x)))))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 13, 11), (3, 3, 5, 4)])
+def test_bf16_pointwise_conv_reads_channel_pairs_in_place(tmp_path, shape):
+    ops, _ = bf16_exact(Pointwise(), tmp_path, "pointwise", shape)
+    plan = read_edge(tmp_path / "pointwise.edge")[0]
+    convs = [op for op in ops if op["kind"] == "bf16_conv"]
+    assert [plan["tensors"][op["output"]]["dtype"] for op in convs] == ["bf16", "bf16", "f32"]
+
+
+def test_bf16_channel_pairs_of_an_odd_channel_count_are_refused(tmp_path):
+    """A plan that stores an odd channel count as bfloat16 channel pairs (a pair would be half missing) stops at
+    load, naming the tensor."""
+    from lightning_edge.runtime.edge_format import EdgeFormatError, write_edge
+
+    export(nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.Conv2d(5, 4, 3)), tmp_path / "odd.onnx", (1, 3, 9, 9))
+    compile(tmp_path / "odd.onnx", tmp_path / "odd.edge", select=False, precision="bf16")
+    plan, arrays = read_edge(tmp_path / "odd.edge")
+    first = next(op for op in plan["ops"] if op["kind"] == "bf16_conv")
+    assert plan["tensors"][first["output"]]["dtype"] == "f32"
+    plan["tensors"][first["output"]]["dtype"] = "bf16"
+    write_edge(tmp_path / "bad.edge", plan, arrays)
+    with pytest.raises(EdgeFormatError, match="stored as bfloat16 channel pairs, but its channels"):
+        load(tmp_path / "bad.edge")
 
 
 class Classifier(nn.Module):

@@ -51,7 +51,8 @@ class TensorRecord:
 
     ``u8`` tensors hold codes, (C, H, W) stored NHWC or (F,); ``f32`` tensors (float regions) hold float32 values
     of any shape, stored in ONNX (row-major, NCHW) order; ``bf16`` tensors the same values as bfloat16 bits, for
-    a bf16_conv's result that only bf16_convs read as their input (they round it to bfloat16 anyway)."""
+    a bf16_conv's result that only bf16_convs read as their input (they round it to bfloat16 anyway), in channel
+    pairs: (C / 2, H, W) 32-bit words, channel 2i in the low half (the bf16 GEMM's operand form)."""
 
     name: str
     size: int
@@ -918,9 +919,27 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
     raise TypeError(f"plan field {where} has an annotation the checker does not know: {hint!r}")
 
 
+def bf16_pairs_fit(writer: Op, readers: list[Op]) -> bool:
+    """Whether bf16_conv ``writer``'s result can be stored in the channel-pairs layout for its ``readers``
+    (bf16_convs): an even channel count, and no pair split between two groups of a grouped conv. A depthwise conv
+    reads and writes one channel at a time, so any count of its channels per group will do."""
+    def whole_pairs(op: Op, per_group: int) -> bool:
+        return op.groups == 1 or per_group % 2 == 0 or op.in_c == op.groups
+
+    return writer.out_c % 2 == 0 and whole_pairs(writer, writer.out_c // writer.groups) and all(
+        whole_pairs(reader, reader.in_c // reader.groups) for reader in readers)
+
+
 def _check_bf16_tensors(tensors: list[TensorRecord], ops: list[Op]) -> None:
     """A ``bf16`` tensor is written by a bf16_conv and read only as a bf16_conv's ``input``: no other op reads
-    bfloat16 bits."""
+    bfloat16 bits; its channels fit the channel-pairs layout (``bf16_pairs_fit``)."""
+    writers = {op.writes(): op for op in ops}
+    for index, tensor in enumerate(tensors):
+        if tensor.dtype == "bf16" and isinstance(writers.get(index), Bf16ConvOp):
+            readers = [op for op in ops if isinstance(op, Bf16ConvOp) and op.input == index]
+            if not bf16_pairs_fit(writers[index], readers):
+                raise PlanError(f"tensor {tensor.name!r} is stored as bfloat16 channel pairs, but its channels or a "
+                                "reader's groups split a pair; compile the ONNX file again")
     for op in ops:
         for index in op.reads():
             if 0 <= index < len(tensors) and tensors[index].dtype == "bf16" and (

@@ -145,8 +145,10 @@ class Session:
             shape = info.shape
             if info.dtype == "f32":
                 tensors[info.name] = flat.view(np.float32).reshape(batch, *shape)
-            elif info.dtype == "bf16":
-                bits = flat.view(np.uint16).astype(np.uint32) << np.uint32(16)
+            elif info.dtype == "bf16":  # channel pairs: (C / 2, H, W) words, channel 2i in the low half
+                channels, height, width = shape[-3:]
+                halves = flat.view(np.uint16).reshape(batch, channels // 2, height, width, 2).transpose(0, 1, 4, 2, 3)
+                bits = halves.astype(np.uint32) << np.uint32(16)
                 tensors[info.name] = bits.view(np.float32).reshape(batch, *shape)
             elif len(shape) == 3:
                 tensors[info.name] = flat.reshape(batch, shape[1], shape[2], shape[0]).transpose(0, 3, 1, 2)

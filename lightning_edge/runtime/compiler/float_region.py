@@ -16,7 +16,7 @@ import numpy as np
 
 from lightning_edge.runtime.compiler.graph import (CompileError, Expression, GraphCompiler, MoveView, Op, Pending, Tensor,
                                                    rule)
-from lightning_edge.runtime.plan import (FLOAT_OPCODES, Bf16ConvOp, FloatConvOp, FloatExpressionOp, FloatInputOp, FloatLayerNormOp,
+from lightning_edge.runtime.plan import (FLOAT_OPCODES, Bf16ConvOp, bf16_pairs_fit, FloatConvOp, FloatExpressionOp, FloatInputOp, FloatLayerNormOp,
                                          FloatMatMulOp, FloatOutputOp, FloatPoolOp, FloatReduceOp, FloatSoftmaxOp, GatherOp, TensorRecord, ToCodesOp,
                                          Fp16ConvOp, ReducedPrecisionConvOp, ToFloatOp)
 from lightning_edge.runtime.reference import (FLOAT_OPS, _attributes, _linear_taps, _padding, _pool_geometry, _reduce_axes,
@@ -170,8 +170,8 @@ def _lone_bf16_result(c: GraphCompiler, operand: Any, reader: Any) -> bool:
 
 def store_bf16(c: GraphCompiler) -> None:
     """Once every op is emitted: a bf16_conv's result that only bf16_convs read, each as its input (never as a
-    skip, never a graph output), is stored as bfloat16 bits. Its readers round it to bfloat16 first (rule 20),
-    so its values are the same and its traffic halves."""
+    skip, never a graph output), is stored as bfloat16 bits in channel pairs (``bf16_pairs_fit``). Its readers
+    round it to bfloat16 first (rule 20), so its values are the same and its traffic halves."""
     readers: dict[int, list[Op]] = {}
     for op in c.ops:
         for index in op.reads():
@@ -180,7 +180,8 @@ def store_bf16(c: GraphCompiler) -> None:
         if not isinstance(op, Bf16ConvOp) or c.tensors[op.output].name in c.outputs:
             continue
         found = readers.get(op.output, [])
-        if found and all(isinstance(r, Bf16ConvOp) and r.input == op.output and r.skip != op.output for r in found):
+        if found and all(isinstance(r, Bf16ConvOp) and r.input == op.output and r.skip != op.output for r in found) and (
+                bf16_pairs_fit(op, found)):
             c.tensors[op.output].dtype = "bf16"
 
 

@@ -3,6 +3,11 @@
 // each added to a float32 accumulator as one fused multiply-add that flushes a denormal result to zero, as
 // vdpbf16ps does) + bias. Two implementations give the same bits: vdpbf16ps on CPUs with AVX512_BF16, and the
 // exact float32 one (std::fma on the bfloat16 values, whose products are exact in float32) everywhere else.
+//
+// A tensor stored as bfloat16 (plan dtype bf16) is in the channel-pairs layout: per sample, (C / 2, H, W) 32-bit
+// words, channel 2i in the low half of word (i, y, x) and channel 2i + 1 in the high half (C is even). That is
+// the GEMM's operand form, so a 1x1 stride-1 conv reads it in place, a dense conv's conversion is a copy, and a
+// GEMM writes two output channels of 16 pixels with one store.
 #pragma once
 
 #include <cmath>
@@ -46,7 +51,9 @@ inline uint32_t bf16_pair(float even, float odd) {
 // after another from out + r * row_stride for row r (a wide tile drops its border columns this way); each is
 // acc + bias, plus the float at the same place under `skip` where that is not nullptr (a residual add), then
 // clamped to [low, high] (-inf, inf for none). Where out_bf16 is set the results go there instead, as
-// bfloat16 bits (bf16_bits: what every reader of that tensor, a bf16_conv, would round them to anyway).
+// bfloat16 bits (bf16_bits: what every reader of that tensor, a bf16_conv, would round them to anyway) in the
+// channel-pairs layout: rows 2i and 2i + 1 of the k-th written pixel share the 32-bit word (even row in the low
+// half) at out_bf16 + 2 * (i * row_stride + k) halfwords; `rows` is then even.
 struct Bf16Tile {
     const uint32_t* x;
     const long* offsets;
@@ -70,11 +77,6 @@ void bf16_pairs_exact(const float* even, const float* odd, uint32_t* out, int co
 // vcvtne2ps2bf16 (nullptr where the build or CPU has no AVX512_BF16).
 Bf16PairKernel bf16_pairs_avx512();
 
-// The same pairs from tensors stored as bfloat16 bits: out[i] = even[i] | odd[i] << 16 (odd may be nullptr).
-using Bf16BitsPairKernel = void (*)(const uint16_t* even, const uint16_t* odd, uint32_t* out, int count);
-void bf16_bits_pairs_exact(const uint16_t* even, const uint16_t* odd, uint32_t* out, int count);
-Bf16BitsPairKernel bf16_bits_pairs_avx512();  // nullptr where the build or CPU lacks AVX-512BW
-
 // One output plane of a depthwise bf16_conv (one input channel per group), read from its input channel's
 // padded plane: the channel's bfloat16 values as float32 with zeros in the padding and past it, in rows of
 // row_floats floats, each row stride_w phases of phase_floats (phase p holds padded columns p, p + stride_w,
@@ -82,7 +84,8 @@ Bf16BitsPairKernel bf16_bits_pairs_avx512();  // nullptr where the build or CPU 
 // a plain contiguous load whatever the stride or dilation. Rule 20's order for one input channel is one fused
 // multiply-add per tap in row-major order from +0 (padding taps included: their +0 or -0 products are what
 // the reference adds too), each result's denormal flushed; then the bias, the skip (or nullptr) and the clamp
-// in plain float32; float32 to `out`, or bfloat16 bits to out_bf16 where that is set.
+// in plain float32; float32 to `out`, or bfloat16 bits where out_bf16 is set: the channel's half of the
+// channel-pairs layout, pixel i at out_bf16[2 * i] (the other channel's halves are not touched).
 struct Bf16DepthwisePlane {
     const float* padded;
     const long* offsets;
@@ -108,9 +111,9 @@ void bf16_round_exact(const float* in, float* out, size_t count);
 // vcvtneps2bf16 (nullptr where the build or CPU has no AVX512_BF16).
 Bf16RoundKernel bf16_round_avx512();
 
-// count bfloat16 bits as float32 values.
-using Bf16WidenKernel = void (*)(const uint16_t* in, float* out, size_t count);
-void bf16_widen_exact(const uint16_t* in, float* out, size_t count);
+// count values of one channel of a channel-pairs tensor (its half, 0 low or 1 high, of each word) as float32.
+using Bf16WidenKernel = void (*)(const uint32_t* words, int half, float* out, size_t count);
+void bf16_widen_exact(const uint32_t* words, int half, float* out, size_t count);
 Bf16WidenKernel bf16_widen_avx512();  // nullptr where the build or CPU lacks AVX-512F
 
 // A padded row's two phases: even[i] = in[2i], odd[i] = in[2i + 1] for i < count (a multiple of 16).

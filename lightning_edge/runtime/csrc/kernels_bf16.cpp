@@ -28,16 +28,12 @@ void bf16_pairs_exact(const float* even, const float* odd, uint32_t* out, int co
     for (int i = 0; i < count; ++i) out[i] = bf16_pair(even[i], odd ? odd[i] : 0.0f);
 }
 
-void bf16_bits_pairs_exact(const uint16_t* even, const uint16_t* odd, uint32_t* out, int count) {
-    for (int i = 0; i < count; ++i) out[i] = static_cast<uint32_t>(even[i]) | static_cast<uint32_t>(odd ? odd[i] : 0) << 16;
-}
-
 void bf16_round_exact(const float* in, float* out, size_t count) {
     for (size_t i = 0; i < count; ++i) out[i] = bf16_value(bf16_bits(in[i]));
 }
 
-void bf16_widen_exact(const uint16_t* in, float* out, size_t count) {
-    for (size_t i = 0; i < count; ++i) out[i] = bf16_value(in[i]);
+void bf16_widen_exact(const uint32_t* words, int half, float* out, size_t count) {
+    for (size_t i = 0; i < count; ++i) out[i] = bf16_value(static_cast<uint16_t>(words[i] >> (16 * half)));
 }
 
 void bf16_split_exact(const float* in, float* even, float* odd, int count) {
@@ -54,7 +50,7 @@ void bf16_depthwise_exact(const Bf16DepthwisePlane& d) {
             float value = acc + d.bias;
             if (d.skip) value = value + d.skip[at];
             value = clamped(value, d.low, d.high);
-            if (d.out_bf16) d.out_bf16[at] = bf16_bits(value);
+            if (d.out_bf16) d.out_bf16[2 * at] = bf16_bits(value);
             else d.out[at] = value;
         }
     }
@@ -78,7 +74,7 @@ void bf16_tile_exact(const Bf16Tile& t) {
             float y = acc + bias;
             if (skip) y = y + skip[written];
             y = clamped(y, t.low, t.high);
-            if (t.out_bf16) t.out_bf16[r * t.row_stride + written++] = bf16_bits(y);
+            if (t.out_bf16) t.out_bf16[2 * (r / 2 * t.row_stride + written++) + r % 2] = bf16_bits(y);
             else out[written++] = y;
         }
     }
@@ -96,16 +92,41 @@ namespace edge {
 
 namespace {
 
+// The halfword order that turns vcvtne2ps2bf16(odd, even) into 16 words (even[i] | odd[i] << 16).
+alignas(64) constexpr uint16_t kBf16Interleave[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                                      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+
+// Row `row`'s accumulator for the kept lanes `keep` of a vector whose first kept pixel is the row's
+// `written`-th output: bias, skip, clamp, its kept lanes moved to the front (`first` masks them there).
+__attribute__((always_inline)) inline __m512 finished(const Bf16Tile& t, __m512 acc, int row, int written, __mmask16 keep,
+                                                      __mmask16 first, __m512 low, __m512 high) {
+    __m512 y = _mm512_add_ps(acc, _mm512_set1_ps(t.bias ? t.bias[row] : 0.0f));
+    const bool whole = keep == 0xffff;  // no lane dropped: no expand or compress
+    // The kept lanes' skip values, consecutive in memory, spread to their lanes (register expand and compress:
+    // their memory forms are slow on some CPUs).
+    if (t.skip) {
+        const __m512 other = _mm512_maskz_loadu_ps(first, t.skip + static_cast<long>(row) * t.row_stride + written);
+        y = _mm512_add_ps(y, whole ? other : _mm512_maskz_expand_ps(keep, other));
+    }
+    // max(low, y) and min(high, y) return y where y is NaN, as the exact form's comparisons do.
+    y = _mm512_min_ps(high, _mm512_max_ps(low, y));
+    return whole ? y : _mm512_maskz_compress_ps(keep, y);
+}
+
 template <int Rows>
 void rows_avx512(const Bf16Tile& t, int row0) {
     __m512 acc[Rows][3];
 #pragma GCC unroll 8
     for (int r = 0; r < Rows; ++r) acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_ps();
     const uint32_t* w = t.w + static_cast<long>(row0 / kBf16Rows) * t.pairs * kBf16Rows;
+    // Only the tile's pixels are read: a tensor read in place has nothing past its last plane.
+    const uint64_t valid = t.pixels >= 64 ? ~uint64_t{0} : (uint64_t{1} << t.pixels) - 1;
+    const __mmask16 in0 = static_cast<__mmask16>(valid), in1 = static_cast<__mmask16>(valid >> 16),
+                    in2 = static_cast<__mmask16>(valid >> 32);
     for (int j = 0; j < t.pairs; ++j) {
         const uint32_t* x = t.x + t.offsets[j];
-        const __m512bh x0 = (__m512bh)_mm512_loadu_si512(x), x1 = (__m512bh)_mm512_loadu_si512(x + 16),
-                       x2 = (__m512bh)_mm512_loadu_si512(x + 32);
+        const __m512bh x0 = (__m512bh)_mm512_maskz_loadu_epi32(in0, x), x1 = (__m512bh)_mm512_maskz_loadu_epi32(in1, x + 16),
+                       x2 = (__m512bh)_mm512_maskz_loadu_epi32(in2, x + 32);
 #pragma GCC unroll 8
         for (int r = 0; r < Rows; ++r) {
             const __m512bh weight = (__m512bh)_mm512_set1_epi32(static_cast<int>(w[static_cast<long>(j) * kBf16Rows + r]));
@@ -115,33 +136,30 @@ void rows_avx512(const Bf16Tile& t, int row0) {
         }
     }
     const __m512 low = _mm512_set1_ps(t.low), high = _mm512_set1_ps(t.high);
-    const uint64_t valid = t.pixels >= 64 ? ~uint64_t{0} : (uint64_t{1} << t.pixels) - 1;
-#pragma GCC unroll 8
-    for (int r = 0; r < Rows; ++r) {
-        const __m512 bias = _mm512_set1_ps(t.bias ? t.bias[row0 + r] : 0.0f);
-        const long row = static_cast<long>(row0 + r) * t.row_stride;
-        const float* skip = t.skip ? t.skip + row : nullptr;
-        int written = 0;
-        for (int v = 0; v < 3; ++v) {
-            const __mmask16 keep = static_cast<__mmask16>((t.keep & valid) >> (16 * v));
-            if (!keep) continue;
-            const int count = __builtin_popcount(keep);
-            const __mmask16 first = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
-            const bool whole = keep == 0xffff;  // no lane dropped: no expand or compress
-            __m512 y = _mm512_add_ps(acc[r][v], bias);
-            // The kept lanes' skip values, consecutive in memory, spread to their lanes (register expand and
-            // compress: their memory forms are slow on some CPUs).
-            if (skip) {
-                const __m512 other = _mm512_maskz_loadu_ps(first, skip + written);
-                y = _mm512_add_ps(y, whole ? other : _mm512_maskz_expand_ps(keep, other));
+    const __m512i interleave = _mm512_load_si512(kBf16Interleave);
+    int written = 0;
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v) {
+        const __mmask16 keep = static_cast<__mmask16>((t.keep & valid) >> (16 * v));
+        if (!keep) continue;
+        const int count = __builtin_popcount(keep);
+        const __mmask16 first = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
+        if (t.out_bf16) {  // rows 2i and 2i + 1 as one vector of words (vcvtne2ps2bf16 puts its second operand low)
+            uint32_t* words = reinterpret_cast<uint32_t*>(t.out_bf16) + written;
+#pragma GCC unroll 4
+            for (int r = 0; r + 1 < Rows; r += 2) {
+                const __m512 even = finished(t, acc[r][v], row0 + r, written, keep, first, low, high);
+                const __m512 odd = finished(t, acc[r + 1][v], row0 + r + 1, written, keep, first, low, high);
+                const __m512i pair = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(odd, even));
+                _mm512_mask_storeu_epi32(words + static_cast<long>(row0 + r) / 2 * t.row_stride, first, pair);
             }
-            // max(low, y) and min(high, y) return y where y is NaN, as the exact form's comparisons do.
-            y = _mm512_min_ps(high, _mm512_max_ps(low, y));
-            if (!whole) y = _mm512_maskz_compress_ps(keep, y);
-            if (t.out_bf16) _mm256_mask_storeu_epi16(t.out_bf16 + row + written, first, (__m256i)_mm512_cvtneps_pbh(y));
-            else _mm512_mask_storeu_ps(t.out + row + written, first, y);
-            written += count;
+        } else {
+#pragma GCC unroll 8
+            for (int r = 0; r < Rows; ++r)
+                _mm512_mask_storeu_ps(t.out + static_cast<long>(row0 + r) * t.row_stride + written, first,
+                                      finished(t, acc[r][v], row0 + r, written, keep, first, low, high));
         }
+        written += count;
     }
 }
 
@@ -162,9 +180,7 @@ void tile_avx512(const Bf16Tile& t) {
 
 // vcvtne2ps2bf16 puts the second operand's 16 conversions in the low half; vpermw interleaves the halves.
 void pairs_avx512(const float* even, const float* odd, uint32_t* out, int count) {
-    alignas(64) static const uint16_t interleave[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
-                                                         8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-    const __m512i order = _mm512_load_si512(interleave);
+    const __m512i order = _mm512_load_si512(kBf16Interleave);
     for (int i = 0; i < count; i += 16) {
         const int left = count - i;
         const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
@@ -175,14 +191,13 @@ void pairs_avx512(const float* even, const float* odd, uint32_t* out, int count)
     }
 }
 
-void bits_pairs_avx512(const uint16_t* even, const uint16_t* odd, uint32_t* out, int count) {
-    for (int i = 0; i < count; i += 16) {
-        const int left = count - i;
-        const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-        const __m512i e = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, even + i));
-        const __m512i o = odd ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, odd + i)) : _mm512_setzero_si512();
-        _mm512_mask_storeu_epi32(out + i, mask, _mm512_or_si512(e, _mm512_slli_epi32(o, 16)));
-    }
+// 16 bfloat16 values into every other halfword from `at` (one channel's half of the channel-pairs layout),
+// the lanes of `mask` only.
+inline void store_half(uint16_t* at, __mmask16 mask, __m256bh bits) {
+    uint32_t spread = mask;  // lane i's bit moved to bit 2i
+    spread = (spread | spread << 8) & 0x00ff00ffu, spread = (spread | spread << 4) & 0x0f0f0f0fu;
+    spread = (spread | spread << 2) & 0x33333333u, spread = (spread | spread << 1) & 0x55555555u;
+    _mm512_mask_storeu_epi16(at, spread, _mm512_cvtepu16_epi32((__m256i)bits));
 }
 
 // The register barrier that keeps the compiler from moving float arithmetic across an MXCSR write (GCC does not
@@ -225,7 +240,7 @@ inline void depthwise_block(const Bf16DepthwisePlane& d, unsigned csr, int y, in
         if (d.skip) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, d.skip + at));
         // max(low, y) and min(high, y) return y where y is NaN, as the exact form's comparisons do.
         out = _mm512_min_ps(high, _mm512_max_ps(low, out));
-        if (d.out_bf16) _mm256_mask_storeu_epi16(d.out_bf16 + at, mask, (__m256i)_mm512_cvtneps_pbh(out));
+        if (d.out_bf16) store_half(d.out_bf16 + 2 * at, mask, _mm512_cvtneps_pbh(out));
         else _mm512_mask_storeu_ps(d.out + at, mask, out);
     }
 }
@@ -275,12 +290,14 @@ void depthwise_avx512(const Bf16DepthwisePlane& d) {
     _mm_setcsr(saved);
 }
 
-void widen_avx512(const uint16_t* in, float* out, size_t count) {
+void widen_avx512(const uint32_t* words, int half, float* out, size_t count) {
+    const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
     for (size_t i = 0; i < count; i += 16) {
         const size_t left = count - i;
         const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-        const __m512i bits = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, in + i));
-        _mm512_mask_storeu_ps(out + i, mask, _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16)));
+        const __m512i bits = _mm512_maskz_loadu_epi32(mask, words + i);
+        const __m512i value = half ? _mm512_and_si512(bits, high) : _mm512_slli_epi32(bits, 16);
+        _mm512_mask_storeu_ps(out + i, mask, _mm512_castsi512_ps(value));
     }
 }
 
@@ -322,11 +339,6 @@ Bf16WidenKernel bf16_widen_avx512() {
 
 Bf16SplitKernel bf16_split_avx512() { return cpu_features().avx512f ? split_avx512 : nullptr; }
 
-Bf16BitsPairKernel bf16_bits_pairs_avx512() {
-    const CpuFeatures& f = cpu_features();
-    return f.avx512f && f.avx512bw ? bits_pairs_avx512 : nullptr;
-}
-
 Bf16PairKernel bf16_pairs_avx512() {
     const CpuFeatures& f = cpu_features();
     return f.avx512f && f.avx512bw && f.avx512_bf16 ? pairs_avx512 : nullptr;
@@ -350,7 +362,6 @@ Bf16DepthwiseKernel bf16_depthwise_avx512() { return nullptr; }
 Bf16RoundKernel bf16_round_avx512() { return nullptr; }
 Bf16WidenKernel bf16_widen_avx512() { return nullptr; }
 Bf16SplitKernel bf16_split_avx512() { return nullptr; }
-Bf16BitsPairKernel bf16_bits_pairs_avx512() { return nullptr; }
 }  // namespace edge
 
 #endif

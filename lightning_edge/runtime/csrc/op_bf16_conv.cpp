@@ -1,8 +1,9 @@
 // bf16_conv: a 2-D convolution of an f32 (C, H, W) tensor in ONNX order (groups, stride, padding, dilation,
 // optional bias) computed in bfloat16 as INT8_SPEC rule 20 fixes it: inputs and weights rounded to bfloat16,
 // products added to a float32 accumulator pair by pair (vdpbf16ps's order), then the bias; float32 out. The
-// input and output tensors may instead be stored as bfloat16 bits (the compiler does so where every reader is
-// a bf16_conv's input, which rounds to bfloat16 anyway): the op tells which from the tensor's size.
+// input and output tensors may instead be stored as bfloat16 bits in the channel-pairs layout (bf16.h; the
+// compiler does so where every reader is a bf16_conv's input, which rounds to bfloat16 anyway): the op tells
+// which from the tensor's size.
 //
 // Per group it is a GEMM: rows are the group's output channels; the reduction runs over the taps, and within a
 // tap over pairs of the group's input channels (an odd count ends with a zero channel). The op first converts
@@ -12,8 +13,10 @@
 // makes it a stride-1 conv over the phases. The GEMM then reads its operand straight from there: numbering
 // output pixels over the phase width, tap (a, b) of pixel q is word q + its tap's shift (the phase of
 // (a * dilation, b * dilation), and the rows and columns that remain), so a tile of kBf16TilePixels
-// consecutive pixels is one contiguous run per pair (the columns past out_w are computed and dropped). Work
-// is split into (sample, group, tile) units; weights are packed into pairs when the plan loads.
+// consecutive pixels is one contiguous run per pair (the columns past out_w are computed and dropped). A 1x1
+// stride-1 conv without padding reading a channel-pairs tensor has nothing to convert: the tensor is that form,
+// and the GEMM reads it in place. Work is split into (sample, group, tile) units; weights are packed into pairs
+// when the plan loads.
 //
 // A depthwise conv (one input channel per group) is no GEMM: per (sample, input channel) unit, a thread
 // copies the channel's plane as bfloat16 values into its scratch with the zero border, each row split into
@@ -56,12 +59,19 @@ class Bf16Conv final : public Operator {
         input_bf16_ = float_or_bf16(attrs, "input", element_count({g_.in_c, g_.in_h, g_.in_w}, "bf16_conv"), context);
         const size_t outputs = element_count({g_.out_c, g_.out_h, g_.out_w}, "bf16_conv");
         output_bf16_ = float_or_bf16(attrs, "output", outputs, context);
+        // Channel pairs never straddle a group: a GEMM group reads (writes) whole pairs.
+        if (input_bf16_ && (g_.in_c % 2 || (group_in_ % 2 && group_in_ != 1)))
+            throw std::invalid_argument("bf16_conv: a bfloat16 input needs an even channel count and even groups (or depthwise)");
+        if (output_bf16_ && (g_.out_c % 2 || (group_out_ % 2 && group_in_ != 1)))
+            throw std::invalid_argument("bf16_conv: a bfloat16 output needs an even channel count and even groups (or depthwise)");
+        in_place_ = input_bf16_ && group_in_ != 1 && g_.kernel_h == 1 && g_.kernel_w == 1 && g_.stride_h == 1 &&
+                    g_.stride_w == 1 && g_.pad_top == 0 && g_.pad_left == 0 && g_.out_h == g_.in_h && g_.out_w == g_.in_w;
         if (attrs.has("skip")) tensors_.inputs.push_back(context.tensor_index(attrs, "skip", f32_bytes(outputs)));
         low_ = attrs.has("low") ? attrs.get_float("low") : -std::numeric_limits<float>::infinity();
         high_ = attrs.has("high") ? attrs.get_float("high") : std::numeric_limits<float>::infinity();
         if (!(low_ <= high_)) throw std::invalid_argument("bf16_conv: the clamp's low bound is above its high bound");
         const bool native = std::strcmp(context.backend().name, "avx512") == 0 && bf16_tile_avx512() && bf16_pairs_avx512() &&
-                            bf16_bits_pairs_avx512() && bf16_depthwise_avx512() && bf16_round_avx512() &&
+                            bf16_depthwise_avx512() && bf16_round_avx512() &&
                             bf16_widen_avx512() && bf16_split_avx512();
         split_kernel_ = native ? bf16_split_avx512() : bf16_split_exact;
         if (group_in_ == 1) {  // the depthwise planes only: no GEMM weights, offsets or workspace
@@ -73,7 +83,6 @@ class Bf16Conv final : public Operator {
         }
         kernel_ = native ? bf16_tile_avx512() : bf16_tile_exact;
         pairs_kernel_ = native ? bf16_pairs_avx512() : bf16_pairs_exact;
-        bits_pairs_kernel_ = native ? bf16_bits_pairs_avx512() : bf16_bits_pairs_exact;
         pack_weights(weights);
         wide_offsets_.resize(pairs_), packed_offsets_.resize(pairs_);
         for (int t = 0; t < taps_; ++t)
@@ -88,7 +97,7 @@ class Bf16Conv final : public Operator {
         if (static_cast<long>(tiles) * g_.groups < 16) chunk_blocks_ = std::clamp((2048 + pairs_ - 1) / pairs_, 1, row_blocks_);
         else chunk_blocks_ = row_blocks_;
         chunks_ = (row_blocks_ + chunk_blocks_ - 1) / chunk_blocks_;
-        context.need_workspace(sample_words_ * sizeof(uint32_t));
+        if (!in_place_) context.need_workspace(sample_words_ * sizeof(uint32_t));
         // A packed tile's words, then a tile of outputs (the batch-spanning tiles write there first); while the
         // input is converted, a strided conv's row before and after its columns split.
         line_words_ = static_cast<size_t>(phase_w_ + 15) / 16 * 16;
@@ -121,15 +130,21 @@ class Bf16Conv final : public Operator {
             });
             return;
         }
-        uint32_t* words = static_cast<uint32_t*>(context.workspace());
-        const int rows = context.batch * g_.groups * channel_pairs_ * g_.stride_h * phase_h_;
-        context.scheduler.parallel(rows, 16, [&](int begin, int end, int thread) {
-            convert(in, words, static_cast<uint32_t*>(context.scratch(thread)), begin, end);
-        });
-        for (int n = 0; n < context.batch; ++n)
-            std::fill(words + (n + 1) * sample_words_ - slack_words_, words + (n + 1) * sample_words_, 0u);
+        // The GEMM's operand: the input itself (read in place), or its conversion in the workspace.
+        const uint32_t* words = reinterpret_cast<const uint32_t*>(in);
+        size_t sample_words = static_cast<size_t>(g_.in_c / 2) * plane_words_;
+        if (!in_place_) {
+            uint32_t* converted = static_cast<uint32_t*>(context.workspace());
+            const int rows = context.batch * g_.groups * channel_pairs_ * g_.stride_h * phase_h_;
+            context.scheduler.parallel(rows, 16, [&](int begin, int end, int thread) {
+                convert(in, converted, static_cast<uint32_t*>(context.scratch(thread)), begin, end);
+            });
+            for (int n = 0; n < context.batch; ++n)
+                std::fill(converted + (n + 1) * sample_words_ - slack_words_, converted + (n + 1) * sample_words_, 0u);
+            words = converted, sample_words = sample_words_;
+        }
         if (context.batch > 1 && g_.out_h * g_.out_w < kBf16TilePixels) {  // small maps: tiles span the batch
-            run_spanning(context.batch, words, skip, out, context);
+            run_spanning(context.batch, words, sample_words, skip, out, context);
             return;
         }
         const int pixels = g_.out_h * phase_w_;
@@ -139,7 +154,7 @@ class Bf16Conv final : public Operator {
                 const int chunk = task % chunks_, unit = task / chunks_;
                 const int tile = unit % tiles, group = unit / tiles % g_.groups, n = unit / tiles / g_.groups;
                 const int first = tile * kBf16TilePixels, count = std::min(kBf16TilePixels, pixels - first);
-                const uint32_t* source = words + static_cast<size_t>(n) * sample_words_ +
+                const uint32_t* source = words + static_cast<size_t>(n) * sample_words +
                                          static_cast<size_t>(group) * channel_pairs_ * plane_words_;
                 // The group's first output plane, as an element index into the output.
                 const size_t target = (static_cast<size_t>(n) * g_.out_c + static_cast<size_t>(group) * group_out_) *
@@ -155,7 +170,8 @@ class Bf16Conv final : public Operator {
                 t.keep = wide_keep_[tile];
                 const size_t written = wide_written_[tile];  // the output index of the tile's first kept pixel
                 t.out = output_bf16_ ? nullptr : reinterpret_cast<float*>(out) + target + rows_before + written;
-                t.out_bf16 = output_bf16_ ? reinterpret_cast<uint16_t*>(out) + target + rows_before + written : nullptr;
+                // In the channel-pairs layout, (channel c even, pixel q) is halfword (n, c) * plane + 2q.
+                t.out_bf16 = output_bf16_ ? reinterpret_cast<uint16_t*>(out) + target + rows_before + 2 * written : nullptr;
                 t.skip = skip_plane ? skip_plane + written : nullptr;
                 kernel_(t);
             }
@@ -205,9 +221,11 @@ class Bf16Conv final : public Operator {
             const size_t odd = even + static_cast<size_t>(g_.in_h) * g_.in_w;
             const int inside = std::min(g_.in_w, wide_w_ - g_.pad_left);
             std::fill(values, values + g_.pad_left, 0u);
-            if (input_bf16_) {
-                const uint16_t* bits = reinterpret_cast<const uint16_t*>(in);
-                bits_pairs_kernel_(bits + even, has_odd ? bits + odd : nullptr, values + g_.pad_left, inside);
+            if (input_bf16_) {  // the channel pair's words as they are (channel even, so word (n, channel / 2, y, 0))
+                const size_t plane_size = static_cast<size_t>(g_.in_h) * g_.in_w;
+                const uint32_t* pairs = reinterpret_cast<const uint32_t*>(in) + (static_cast<size_t>(n) * g_.in_c + channel) / 2 * plane_size +
+                                        static_cast<size_t>(y) * g_.in_w;
+                std::copy(pairs, pairs + inside, values + g_.pad_left);
             } else {
                 const float* floats = reinterpret_cast<const float*>(in);
                 pairs_kernel_(floats + even, has_odd ? floats + odd : nullptr, values + g_.pad_left, inside);
@@ -227,7 +245,8 @@ class Bf16Conv final : public Operator {
 
     // Maps smaller than a tile at batch > 1: tiles of kBf16TilePixels (sample, pixel) outputs over the whole
     // batch, packed, computed into the scratch tile and scattered to each sample's planes (plus skip, clamped).
-    void run_spanning(int batch, const uint32_t* words, const float* skip, uint8_t* out, const ExecutionContext& context) const {
+    void run_spanning(int batch, const uint32_t* words, size_t sample_words, const float* skip, uint8_t* out,
+                      const ExecutionContext& context) const {
         const int plane = g_.out_h * g_.out_w, total = batch * plane;
         const int tiles = (total + kBf16TilePixels - 1) / kBf16TilePixels;
         context.scheduler.parallel(g_.groups * tiles * chunks_, 1, [&](int begin, int end, int thread) {
@@ -239,10 +258,12 @@ class Bf16Conv final : public Operator {
                 const int count = std::min(kBf16TilePixels, total - first);
                 long base[kBf16TilePixels];
                 size_t place[kBf16TilePixels];  // each output's index in the (batch, out_c, out_h, out_w) output
+                int pixel[kBf16TilePixels];
                 for (int p = 0; p < count; ++p) {
                     const int n = (first + p) / plane, q = (first + p) % plane;
-                    base[p] = static_cast<long>(n) * static_cast<long>(sample_words_) + pixel_base(q);
+                    base[p] = static_cast<long>(n) * static_cast<long>(sample_words) + pixel_base(q);
                     place[p] = (static_cast<size_t>(n) * g_.out_c + static_cast<size_t>(group) * group_out_) * plane + q;
+                    pixel[p] = q;
                 }
                 pack_tile(words + static_cast<size_t>(group) * channel_pairs_ * plane_words_, base, count, packed);
                 Bf16Tile t = chunk_tile(group, chunk);
@@ -258,8 +279,12 @@ class Bf16Conv final : public Operator {
                         const size_t at = place[p] + static_cast<size_t>(row0 + r) * plane;
                         float y = results[static_cast<size_t>(r) * kBf16TilePixels + p];
                         if (skip) y = clamped(y + skip[at]);
-                        if (output_bf16_) reinterpret_cast<uint16_t*>(out)[at] = bf16_bits(y);
-                        else reinterpret_cast<float*>(out)[at] = y;
+                        if (output_bf16_) {  // (n, c, q) is halfword (n, c & ~1) * plane + 2q + (c & 1) of the pairs
+                            const size_t odd = (group * group_out_ + row0 + r) & 1;
+                            reinterpret_cast<uint16_t*>(out)[at - odd * plane + pixel[p] + odd] = bf16_bits(y);
+                        } else {
+                            reinterpret_cast<float*>(out)[at] = y;
+                        }
                     }
             }
         });
@@ -330,8 +355,12 @@ class Bf16Conv final : public Operator {
             float* values = g_.stride_w == 1 ? target : line;
             std::fill(values, values + g_.pad_left, 0.0f);
             const size_t first = plane + static_cast<size_t>(y) * g_.in_w;
-            if (input_bf16_) widen_kernel_(reinterpret_cast<const uint16_t*>(in) + first, values + g_.pad_left, inside);
-            else round_kernel_(reinterpret_cast<const float*>(in) + first, values + g_.pad_left, inside);
+            if (input_bf16_) {  // the channel's half of its pair's words, from word (n, channel / 2, y, 0)
+                const size_t word = (static_cast<size_t>(n) * g_.in_c + channel) / 2 * g_.in_h * g_.in_w + static_cast<size_t>(y) * g_.in_w;
+                widen_kernel_(reinterpret_cast<const uint32_t*>(in) + word, channel & 1, values + g_.pad_left, inside);
+            } else {
+                round_kernel_(reinterpret_cast<const float*>(in) + first, values + g_.pad_left, inside);
+            }
             std::fill(values + g_.pad_left + inside, values + row_floats_, 0.0f);
             if (g_.stride_w == 2) {
                 split_kernel_(line, target, target + phase_floats_, static_cast<int>(phase_floats_));
@@ -351,7 +380,9 @@ class Bf16Conv final : public Operator {
         d.bias = bias_ ? bias_[o] : 0.0f;
         d.skip = skip ? skip + plane : nullptr;
         d.out = output_bf16_ ? nullptr : reinterpret_cast<float*>(out) + plane;
-        d.out_bf16 = output_bf16_ ? reinterpret_cast<uint16_t*>(out) + plane : nullptr;
+        // Channel o's first halfword in the channel-pairs layout: (n, o & ~1) * out_h * out_w + (o & 1).
+        const size_t odd = o & 1;
+        d.out_bf16 = output_bf16_ ? reinterpret_cast<uint16_t*>(out) + plane - odd * g_.out_h * g_.out_w + odd : nullptr;
         d.out_h = g_.out_h, d.out_w = g_.out_w, d.stride_h = g_.stride_h, d.taps = taps_;
         d.low = low_, d.high = high_;
         depthwise_kernel_(d);
@@ -387,10 +418,10 @@ class Bf16Conv final : public Operator {
     std::vector<uint64_t> wide_keep_;  // per tile of a stride-1 conv: its kept pixels
     std::vector<size_t> wide_written_;  // per tile of a stride-1 conv: the output index of its first kept pixel
     const float* bias_ = nullptr;
-    bool input_bf16_ = false, output_bf16_ = false;  // tensors stored as bfloat16 bits
+    bool input_bf16_ = false, output_bf16_ = false;  // tensors stored as bfloat16 bits (channel pairs)
+    bool in_place_ = false;  // the input is the GEMM's operand as it is (a 1x1 stride-1 conv of channel pairs)
     Bf16TileKernel kernel_ = nullptr;
     Bf16PairKernel pairs_kernel_ = nullptr;
-    Bf16BitsPairKernel bits_pairs_kernel_ = nullptr;
     // A depthwise conv's kernels, taps (bfloat16 values as float32, per output channel), plane geometry.
     Bf16DepthwiseKernel depthwise_kernel_ = nullptr;
     Bf16RoundKernel round_kernel_ = nullptr;
