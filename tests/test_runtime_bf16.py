@@ -151,6 +151,32 @@ def test_bf16_convs_reading_bfloat16_tensors_are_bit_exact(tmp_path):
     assert [plan["tensors"][op["output"]]["dtype"] for op in convs] == ["f32", "bf16", "bf16", "f32"]
 
 
+class DepthwiseOfPairs(nn.Module):
+    """A depthwise conv reading channel pairs (an expand conv's result), plus a float32 residual and a ReLU, its
+    result an output (float32) or the input of a 1x1 conv (channel pairs again)."""
+
+    def __init__(self, kernel: int, stride, padding: int, then_pointwise: bool):
+        super().__init__()
+        self.expand, self.side = nn.Conv2d(3, 12, 1), nn.Conv2d(3, 12, kernel, stride=stride, padding=padding)
+        self.depthwise = nn.Conv2d(12, 12, kernel, stride=stride, padding=padding, groups=12)
+        self.pointwise = nn.Conv2d(12, 4, 1) if then_pointwise else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(torch.relu(self.depthwise(self.expand(x)) + self.side(x)))
+
+
+@pytest.mark.parametrize("kernel, stride, padding, size", [(3, 1, 1, (37, 45)), (3, 2, 1, (37, 45)), (5, 2, 2, (20, 33)),
+                                                           (7, 1, 3, (9, 18)), (3, (2, 1), 0, (11, 40)), (5, (1, 2), 1, (16, 17))])
+@pytest.mark.parametrize("then_pointwise", [False, True])
+def test_bf16_depthwise_conv_of_channel_pairs_is_bit_exact(tmp_path, kernel, stride, padding, size, then_pointwise):
+    model = DepthwiseOfPairs(kernel, stride, padding, then_pointwise)
+    ops, _ = bf16_exact(model, tmp_path, "depthwise", (2, 3, *size))
+    plan = read_edge(tmp_path / "depthwise.edge")[0]
+    depthwise = next(op for op in ops if op["kind"] == "bf16_conv" and op["groups"] == 12)
+    assert depthwise["skip"] is not None and plan["tensors"][depthwise["input"]]["dtype"] == "bf16"
+    assert plan["tensors"][depthwise["output"]]["dtype"] == ("bf16" if then_pointwise else "f32")
+
+
 class Pointwise(nn.Module):
     """A 1x1 conv reading channel pairs in place (no conversion), on maps larger and smaller than a GEMM tile,
     after a grouped conv whose groups hold an even channel count (its result can be channel pairs too)."""

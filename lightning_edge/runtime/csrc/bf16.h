@@ -105,6 +105,28 @@ void bf16_depthwise_exact(const Bf16DepthwisePlane& plane);
 // lacks AVX-512F/BW/BF16).
 Bf16DepthwiseKernel bf16_depthwise_avx512();
 
+// A channel pair of a depthwise bf16_conv (multiplier 1, dilation 1, stride 1 or 2) read straight from its
+// channel-pairs input: `in` is the pair's (in_h, in_w) words. Output pixel (y, x) of channel k (0 even, 1 odd)
+// is Bf16DepthwisePlane's sum over the taps (a, b) of word (y * stride_h + a - pad_top, x * stride_w + b -
+// pad_left), zero outside the input, times weights[k][a * kernel_w + b], in the same order with the same flush;
+// then bias[k], the skip plane skip[k] (or nullptr) and the clamp in plain float32. The results go to the f32
+// planes out[k], or as channel pairs to the (out_h, out_w) words `pairs` where that is set.
+struct Bf16DepthwisePairs {
+    const uint32_t* in;
+    const float* weights[2];
+    float bias[2];
+    const float* skip[2];
+    float* out[2];
+    uint32_t* pairs;
+    int in_h, in_w, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
+    float low, high;
+};
+
+using Bf16DepthwisePairsKernel = void (*)(const Bf16DepthwisePairs& pair);
+// AVX-512 with vdpbf16ps's flush as in bf16_depthwise_avx512 (nullptr where the build or CPU lacks
+// AVX-512F/BW/BF16); other CPUs widen each channel into a padded plane and run Bf16DepthwiseKernel.
+Bf16DepthwisePairsKernel bf16_depthwise_pairs_avx512();
+
 // count float32 values rounded to bfloat16 (bf16_bits), as float32.
 using Bf16RoundKernel = void (*)(const float* in, float* out, size_t count);
 void bf16_round_exact(const float* in, float* out, size_t count);

@@ -290,6 +290,94 @@ void depthwise_avx512(const Bf16DepthwisePlane& d) {
     _mm_setcsr(saved);
 }
 
+// The lanes [begin, end) of 16, clipped to the vector.
+inline __mmask16 lanes(int begin, int end) {
+    begin = std::max(begin, 0), end = std::min(end, 16);
+    return begin >= end ? __mmask16(0) : __mmask16(((1u << (end - begin)) - 1) << begin);
+}
+
+// Rows [y, y + Rows) x the 16 columns from x0 of a depthwise channel pair, Stride its column stride: 2 x Rows fma
+// chains under flush-to-zero, each tap's words loaded once for both channels (masked to the input's columns,
+// zero for rows outside it), the epilogue in plain float32 under `csr`.
+template <int Rows, int Stride>
+void pairs_block(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0) {
+    __m512 acc[2 * Rows];
+    for (int c = 0; c < 2 * Rows; ++c) acc[c] = _mm512_setzero_ps();
+    const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    _mm_setcsr(csr | 0x8000u);
+    pinned(acc);
+    for (int a = 0; a < d.kernel_h; ++a) {
+        for (int b = 0; b < d.kernel_w; ++b) {
+            const int t = a * d.kernel_w + b, column = x0 * Stride + b - d.pad_left;
+            const __m512 even_weight = _mm512_set1_ps(d.weights[0][t]), odd_weight = _mm512_set1_ps(d.weights[1][t]);
+            const __mmask16 first = lanes(-column, d.in_w - column), second = lanes(-column - 16, d.in_w - column - 16);
+#pragma GCC unroll 8
+            for (int r = 0; r < Rows; ++r) {
+                const int row = (y + r) * d.stride_h + a - d.pad_top;
+                __m512i words = _mm512_setzero_si512();
+                if (row >= 0 && row < d.in_h) {
+                    const uint32_t* at = d.in + static_cast<long>(row) * d.in_w + column;
+                    words = _mm512_maskz_loadu_epi32(first, at);
+                    if constexpr (Stride == 2)
+                        words = _mm512_permutex2var_epi32(words, evens, _mm512_maskz_loadu_epi32(second, at + 16));
+                }
+                acc[2 * r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(words, 16)), even_weight, acc[2 * r]);
+                acc[2 * r + 1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(words, high_half)), odd_weight, acc[2 * r + 1]);
+            }
+        }
+    }
+    pinned(acc);
+    _mm_setcsr(csr);
+    pinned(acc);
+    const __m512 low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
+    const __m512i interleave = _mm512_load_si512(kBf16Interleave);
+    const __mmask16 mask = lanes(0, d.out_w - x0);
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) {
+        const long at = static_cast<long>(y + r) * d.out_w + x0;
+        __m512 out[2];
+        for (int k = 0; k < 2; ++k) {
+            out[k] = _mm512_add_ps(acc[2 * r + k], _mm512_set1_ps(d.bias[k]));
+            if (d.skip[k]) out[k] = _mm512_add_ps(out[k], _mm512_maskz_loadu_ps(mask, d.skip[k] + at));
+            // max(low, y) and min(high, y) return y where y is NaN, as the exact form's comparisons do.
+            out[k] = _mm512_min_ps(high, _mm512_max_ps(low, out[k]));
+        }
+        if (d.pairs) {
+            _mm512_mask_storeu_epi32(d.pairs + at, mask, _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(out[1], out[0])));
+        } else {
+            _mm512_mask_storeu_ps(d.out[0] + at, mask, out[0]);
+            _mm512_mask_storeu_ps(d.out[1] + at, mask, out[1]);
+        }
+    }
+}
+
+// The rows from y on, fewer than Rows, in one block.
+template <int Rows, int Stride>
+void pairs_tail(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0, int left) {
+    if constexpr (Rows > 0) {
+        if (left == Rows) pairs_block<Rows, Stride>(d, csr, y, x0);
+        else pairs_tail<Rows - 1, Stride>(d, csr, y, x0, left);
+    }
+}
+
+template <int Stride>
+void pairs_plane(const Bf16DepthwisePairs& d, unsigned csr) {
+    constexpr int kRows = 4;  // 8 fma chains a block
+    for (int x0 = 0; x0 < d.out_w; x0 += 16) {
+        int y = 0;
+        for (; y + kRows <= d.out_h; y += kRows) pairs_block<kRows, Stride>(d, csr, y, x0);
+        pairs_tail<kRows - 1, Stride>(d, csr, y, x0, d.out_h - y);
+    }
+}
+
+void depthwise_pairs_avx512(const Bf16DepthwisePairs& d) {
+    const unsigned saved = _mm_getcsr(), csr = saved & ~0x8040u;  // the epilogue's plain float32
+    if (d.stride_w == 1) pairs_plane<1>(d, csr);
+    else pairs_plane<2>(d, csr);
+    _mm_setcsr(saved);
+}
+
 void widen_avx512(const uint32_t* words, int half, float* out, size_t count) {
     const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
     for (size_t i = 0; i < count; i += 16) {
@@ -332,6 +420,11 @@ Bf16DepthwiseKernel bf16_depthwise_avx512() {
     return f.avx512f && f.avx512bw && f.avx512_bf16 ? depthwise_avx512 : nullptr;
 }
 
+Bf16DepthwisePairsKernel bf16_depthwise_pairs_avx512() {
+    const CpuFeatures& f = cpu_features();
+    return f.avx512f && f.avx512bw && f.avx512_bf16 ? depthwise_pairs_avx512 : nullptr;
+}
+
 Bf16WidenKernel bf16_widen_avx512() {
     const CpuFeatures& f = cpu_features();
     return f.avx512f && f.avx512bw ? widen_avx512 : nullptr;
@@ -360,7 +453,13 @@ Bf16TileKernel bf16_tile_avx512() { return nullptr; }
 Bf16PairKernel bf16_pairs_avx512() { return nullptr; }
 Bf16DepthwiseKernel bf16_depthwise_avx512() { return nullptr; }
 Bf16RoundKernel bf16_round_avx512() { return nullptr; }
+Bf16DepthwisePairsKernel bf16_depthwise_pairs_avx512() {
+    const CpuFeatures& f = cpu_features();
+    return f.avx512f && f.avx512bw && f.avx512_bf16 ? depthwise_pairs_avx512 : nullptr;
+}
+
 Bf16WidenKernel bf16_widen_avx512() { return nullptr; }
+Bf16DepthwisePairsKernel bf16_depthwise_pairs_avx512() { return nullptr; }
 Bf16SplitKernel bf16_split_avx512() { return nullptr; }
 }  // namespace edge
 

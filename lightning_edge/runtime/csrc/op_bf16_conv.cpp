@@ -75,6 +75,9 @@ class Bf16Conv final : public Operator {
                             bf16_widen_avx512() && bf16_split_avx512();
         split_kernel_ = native ? bf16_split_avx512() : bf16_split_exact;
         if (group_in_ == 1) {  // the depthwise planes only: no GEMM weights, offsets or workspace
+            // Channel pairs read in place, two channels at a time, where the CPU can and the geometry fits.
+            if (native && input_bf16_ && group_out_ == 1 && g_.dilation_h == 1 && g_.dilation_w == 1 && g_.stride_w <= 2)
+                channel_pairs_kernel_ = bf16_depthwise_pairs_avx512();
             depthwise_kernel_ = native ? bf16_depthwise_avx512() : bf16_depthwise_exact;
             round_kernel_ = native ? bf16_round_avx512() : bf16_round_exact;
             widen_kernel_ = native ? bf16_widen_avx512() : bf16_widen_exact;
@@ -119,6 +122,12 @@ class Bf16Conv final : public Operator {
         const uint8_t* in = context.tensor(tensors_.inputs[0]);
         uint8_t* out = context.tensor(tensors_.output);
         const float* skip = tensors_.inputs.size() > 1 ? reinterpret_cast<const float*>(context.tensor(tensors_.inputs[1])) : nullptr;
+        if (channel_pairs_kernel_) {
+            context.scheduler.parallel(context.batch * g_.in_c / 2, 1, [&](int begin, int end, int) {
+                for (int unit = begin; unit < end; ++unit) depthwise_pair(in, skip, out, unit);
+            });
+            return;
+        }
         if (depthwise_kernel_) {
             context.scheduler.parallel(context.batch * g_.in_c, 1, [&](int begin, int end, int thread) {
                 float* padded = static_cast<float*>(context.scratch(thread));
@@ -388,6 +397,26 @@ class Bf16Conv final : public Operator {
         depthwise_kernel_(d);
     }
 
+    // Channel pair `unit` (sample n = unit / (in_c / 2)) of a depthwise conv read in place from its channel pairs.
+    void depthwise_pair(const uint8_t* in, const float* skip, uint8_t* out, int unit) const {
+        const size_t in_plane = static_cast<size_t>(g_.in_h) * g_.in_w, out_plane = static_cast<size_t>(g_.out_h) * g_.out_w;
+        const int channel = unit % (g_.in_c / 2) * 2, n = unit / (g_.in_c / 2);
+        const size_t even = (static_cast<size_t>(n) * g_.out_c + channel) * out_plane;  // channel's f32 plane
+        Bf16DepthwisePairs d;
+        d.in = reinterpret_cast<const uint32_t*>(in) + static_cast<size_t>(unit) * in_plane;
+        for (int k = 0; k < 2; ++k) {
+            d.weights[k] = depthwise_weights_.data() + static_cast<size_t>(channel + k) * taps_;
+            d.bias[k] = bias_ ? bias_[channel + k] : 0.0f;
+            d.skip[k] = skip ? skip + even + k * out_plane : nullptr;
+            d.out[k] = output_bf16_ ? nullptr : reinterpret_cast<float*>(out) + even + k * out_plane;
+        }
+        d.pairs = output_bf16_ ? reinterpret_cast<uint32_t*>(out) + static_cast<size_t>(unit) * out_plane : nullptr;
+        d.in_h = g_.in_h, d.in_w = g_.in_w, d.out_h = g_.out_h, d.out_w = g_.out_w;
+        d.kernel_h = g_.kernel_h, d.kernel_w = g_.kernel_w, d.stride_h = g_.stride_h, d.stride_w = g_.stride_w;
+        d.pad_top = g_.pad_top, d.pad_left = g_.pad_left, d.low = low_, d.high = high_;
+        channel_pairs_kernel_(d);
+    }
+
     // Whether tensor attrs[key] (`elements` per sample) is stored as bfloat16 bits rather than float32, by its
     // size; the index goes to the op's inputs ("input") or output.
     bool float_or_bf16(const Attributes& attrs, const char* key, size_t elements, BuildContext& context) {
@@ -424,6 +453,7 @@ class Bf16Conv final : public Operator {
     Bf16PairKernel pairs_kernel_ = nullptr;
     // A depthwise conv's kernels, taps (bfloat16 values as float32, per output channel), plane geometry.
     Bf16DepthwiseKernel depthwise_kernel_ = nullptr;
+    Bf16DepthwisePairsKernel channel_pairs_kernel_ = nullptr;  // channel pairs in place (AVX-512), else the padded planes
     Bf16RoundKernel round_kernel_ = nullptr;
     Bf16WidenKernel widen_kernel_ = nullptr;
     Bf16SplitKernel split_kernel_ = nullptr;
