@@ -305,31 +305,42 @@ void pairs_block(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0) {
     for (int c = 0; c < 2 * Rows; ++c) acc[c] = _mm512_setzero_ps();
     const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
     const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const int in_w = d.in_w, kernel_w = d.kernel_w;
     _mm_setcsr(csr | 0x8000u);
-    pinned(acc);
+#pragma GCC unroll 16
+    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
     for (int a = 0; a < d.kernel_h; ++a) {
-        for (int b = 0; b < d.kernel_w; ++b) {
-            const int t = a * d.kernel_w + b, column = x0 * Stride + b - d.pad_left;
-            const __m512 even_weight = _mm512_set1_ps(d.weights[0][t]), odd_weight = _mm512_set1_ps(d.weights[1][t]);
-            const __mmask16 first = lanes(-column, d.in_w - column), second = lanes(-column - 16, d.in_w - column - 16);
+        // Each row's words, or no lanes for a row outside the input (its loads read row 0 and keep nothing).
+        const uint32_t* row[Rows];
+        __mmask16 inside[Rows];
+#pragma GCC unroll 8
+        for (int r = 0; r < Rows; ++r) {
+            const int y_in = (y + r) * d.stride_h + a - d.pad_top;
+            const bool valid = y_in >= 0 && y_in < d.in_h;
+            row[r] = d.in + static_cast<long>(valid ? y_in : 0) * in_w;
+            inside[r] = valid ? __mmask16(0xffff) : __mmask16(0);
+        }
+        const float* even_weights = d.weights[0] + a * kernel_w;
+        const float* odd_weights = d.weights[1] + a * kernel_w;
+        for (int b = 0; b < kernel_w; ++b) {
+            const int column = x0 * Stride + b - d.pad_left;
+            const __m512 even_weight = _mm512_set1_ps(even_weights[b]), odd_weight = _mm512_set1_ps(odd_weights[b]);
+            const __mmask16 first = lanes(-column, in_w - column), second = lanes(-column - 16, in_w - column - 16);
 #pragma GCC unroll 8
             for (int r = 0; r < Rows; ++r) {
-                const int row = (y + r) * d.stride_h + a - d.pad_top;
-                __m512i words = _mm512_setzero_si512();
-                if (row >= 0 && row < d.in_h) {
-                    const uint32_t* at = d.in + static_cast<long>(row) * d.in_w + column;
-                    words = _mm512_maskz_loadu_epi32(first, at);
-                    if constexpr (Stride == 2)
-                        words = _mm512_permutex2var_epi32(words, evens, _mm512_maskz_loadu_epi32(second, at + 16));
-                }
+                __m512i words = _mm512_maskz_loadu_epi32(first & inside[r], row[r] + column);
+                if constexpr (Stride == 2)
+                    words = _mm512_permutex2var_epi32(words, evens, _mm512_maskz_loadu_epi32(second & inside[r], row[r] + column + 16));
                 acc[2 * r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(words, 16)), even_weight, acc[2 * r]);
                 acc[2 * r + 1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(words, high_half)), odd_weight, acc[2 * r + 1]);
             }
         }
     }
-    pinned(acc);
+#pragma GCC unroll 16
+    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
     _mm_setcsr(csr);
-    pinned(acc);
+#pragma GCC unroll 16
+    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
     const __m512 low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
     const __m512i interleave = _mm512_load_si512(kBf16Interleave);
     const __mmask16 mask = lanes(0, d.out_w - x0);
