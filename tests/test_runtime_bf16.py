@@ -166,7 +166,8 @@ class DepthwiseOfPairs(nn.Module):
 
 
 @pytest.mark.parametrize("kernel, stride, padding, size", [(3, 1, 1, (37, 45)), (3, 2, 1, (37, 45)), (5, 2, 2, (20, 33)),
-                                                           (7, 1, 3, (9, 18)), (3, (2, 1), 0, (11, 40)), (5, (1, 2), 1, (16, 17))])
+                                                           (5, 1, 2, (23, 35)), (7, 1, 3, (9, 18)), (3, (2, 1), 0, (11, 40)),
+                                                           (5, (1, 2), 1, (16, 17))])
 @pytest.mark.parametrize("then_pointwise", [False, True])
 def test_bf16_depthwise_conv_of_channel_pairs_is_bit_exact(tmp_path, kernel, stride, padding, size, then_pointwise):
     model = DepthwiseOfPairs(kernel, stride, padding, then_pointwise)

@@ -296,16 +296,27 @@ inline __mmask16 lanes(int begin, int end) {
     return begin >= end ? __mmask16(0) : __mmask16(((1u << (end - begin)) - 1) << begin);
 }
 
-// Rows [y, y + Rows) x the 16 columns from x0 of a depthwise channel pair, Stride its column stride: 2 x Rows fma
-// chains under flush-to-zero, each tap's words loaded once for both channels (masked to the input's columns,
-// zero for rows outside it), the epilogue in plain float32 under `csr`.
-template <int Rows, int Stride>
+// One channel's result of a depthwise block: bias, skip (or nullptr), clamp, in plain float32.
+__attribute__((always_inline)) inline __m512 depthwise_result(__m512 acc, float bias, const float* skip, long at,
+                                                              __mmask16 mask, __m512 low, __m512 high) {
+    __m512 y = _mm512_add_ps(acc, _mm512_set1_ps(bias));
+    if (skip) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, skip + at));
+    // max(low, y) and min(high, y) return y where y is NaN, as the exact form's comparisons do.
+    return _mm512_min_ps(high, _mm512_max_ps(low, y));
+}
+
+// Rows [y, y + Rows) x the 16 columns from x0 of a depthwise channel pair, Stride its column stride and Width
+// its kernel width (0: d.kernel_w, not known when compiled): 2 x Rows fma chains under flush-to-zero, each
+// tap's words loaded once for both channels (masked to the input's columns, none for rows outside it), the
+// epilogue in plain float32 under `csr`.
+template <int Rows, int Stride, int Width>
 void pairs_block(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0) {
     __m512 acc[2 * Rows];
+#pragma GCC unroll 16
     for (int c = 0; c < 2 * Rows; ++c) acc[c] = _mm512_setzero_ps();
     const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
     const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const int in_w = d.in_w, kernel_w = d.kernel_w;
+    const int in_w = d.in_w, kernel_w = Width ? Width : d.kernel_w, origin = x0 * Stride - d.pad_left;
     _mm_setcsr(csr | 0x8000u);
 #pragma GCC unroll 16
     for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
@@ -317,20 +328,21 @@ void pairs_block(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0) {
         for (int r = 0; r < Rows; ++r) {
             const int y_in = (y + r) * d.stride_h + a - d.pad_top;
             const bool valid = y_in >= 0 && y_in < d.in_h;
-            row[r] = d.in + static_cast<long>(valid ? y_in : 0) * in_w;
+            row[r] = d.in + static_cast<long>(valid ? y_in : 0) * in_w + origin;
             inside[r] = valid ? __mmask16(0xffff) : __mmask16(0);
         }
         const float* even_weights = d.weights[0] + a * kernel_w;
         const float* odd_weights = d.weights[1] + a * kernel_w;
+#pragma GCC unroll 8
         for (int b = 0; b < kernel_w; ++b) {
-            const int column = x0 * Stride + b - d.pad_left;
+            const int column = origin + b;
             const __m512 even_weight = _mm512_set1_ps(even_weights[b]), odd_weight = _mm512_set1_ps(odd_weights[b]);
             const __mmask16 first = lanes(-column, in_w - column), second = lanes(-column - 16, in_w - column - 16);
 #pragma GCC unroll 8
             for (int r = 0; r < Rows; ++r) {
-                __m512i words = _mm512_maskz_loadu_epi32(first & inside[r], row[r] + column);
+                __m512i words = _mm512_maskz_loadu_epi32(first & inside[r], row[r] + b);
                 if constexpr (Stride == 2)
-                    words = _mm512_permutex2var_epi32(words, evens, _mm512_maskz_loadu_epi32(second & inside[r], row[r] + column + 16));
+                    words = _mm512_permutex2var_epi32(words, evens, _mm512_maskz_loadu_epi32(second & inside[r], row[r] + b + 16));
                 acc[2 * r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(words, 16)), even_weight, acc[2 * r]);
                 acc[2 * r + 1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(words, high_half)), odd_weight, acc[2 * r + 1]);
             }
@@ -347,45 +359,133 @@ void pairs_block(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0) {
 #pragma GCC unroll 8
     for (int r = 0; r < Rows; ++r) {
         const long at = static_cast<long>(y + r) * d.out_w + x0;
-        __m512 out[2];
-        for (int k = 0; k < 2; ++k) {
-            out[k] = _mm512_add_ps(acc[2 * r + k], _mm512_set1_ps(d.bias[k]));
-            if (d.skip[k]) out[k] = _mm512_add_ps(out[k], _mm512_maskz_loadu_ps(mask, d.skip[k] + at));
-            // max(low, y) and min(high, y) return y where y is NaN, as the exact form's comparisons do.
-            out[k] = _mm512_min_ps(high, _mm512_max_ps(low, out[k]));
-        }
+        const __m512 even = depthwise_result(acc[2 * r], d.bias[0], d.skip[0], at, mask, low, high);
+        const __m512 odd = depthwise_result(acc[2 * r + 1], d.bias[1], d.skip[1], at, mask, low, high);
         if (d.pairs) {
-            _mm512_mask_storeu_epi32(d.pairs + at, mask, _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(out[1], out[0])));
+            _mm512_mask_storeu_epi32(d.pairs + at, mask, _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(odd, even)));
         } else {
-            _mm512_mask_storeu_ps(d.out[0] + at, mask, out[0]);
-            _mm512_mask_storeu_ps(d.out[1] + at, mask, out[1]);
+            _mm512_mask_storeu_ps(d.out[0] + at, mask, even);
+            _mm512_mask_storeu_ps(d.out[1] + at, mask, odd);
         }
     }
 }
 
 // The rows from y on, fewer than Rows, in one block.
-template <int Rows, int Stride>
+template <int Rows, int Stride, int Width>
 void pairs_tail(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0, int left) {
     if constexpr (Rows > 0) {
-        if (left == Rows) pairs_block<Rows, Stride>(d, csr, y, x0);
-        else pairs_tail<Rows - 1, Stride>(d, csr, y, x0, left);
+        if (left == Rows) pairs_block<Rows, Stride, Width>(d, csr, y, x0);
+        else pairs_tail<Rows - 1, Stride, Width>(d, csr, y, x0, left);
     }
 }
 
-template <int Stride>
+template <int Stride, int Width>
 void pairs_plane(const Bf16DepthwisePairs& d, unsigned csr) {
     constexpr int kRows = 4;  // 8 fma chains a block
     for (int x0 = 0; x0 < d.out_w; x0 += 16) {
         int y = 0;
-        for (; y + kRows <= d.out_h; y += kRows) pairs_block<kRows, Stride>(d, csr, y, x0);
-        pairs_tail<kRows - 1, Stride>(d, csr, y, x0, d.out_h - y);
+        for (; y + kRows <= d.out_h; y += kRows) pairs_block<kRows, Stride, Width>(d, csr, y, x0);
+        pairs_tail<kRows - 1, Stride, Width>(d, csr, y, x0, d.out_h - y);
+    }
+}
+
+// pairs_block for a kernel of KH x KW taps at strides SH x SW, all known when compiled: each input row the
+// block's output rows read is loaded and widened once per tap column and added into every output row that
+// reads it (row i of the window of output row r is tap row i - r * SH), which keeps each output's taps in
+// row-major order. `first` and `second` are the masks of each tap column's two loads (the input's columns).
+template <int Rows, int KH, int KW, int SH, int SW>
+void pairs_block_fixed(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0, const __mmask16* first,
+                       const __mmask16* second) {
+    __m512 acc[2 * Rows];
+#pragma GCC unroll 16
+    for (int c = 0; c < 2 * Rows; ++c) acc[c] = _mm512_setzero_ps();
+    const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const int in_w = d.in_w, origin = x0 * SW - d.pad_left, top = y * SH - d.pad_top;
+    const float* even_weights = d.weights[0];
+    const float* odd_weights = d.weights[1];
+    _mm_setcsr(csr | 0x8000u);
+#pragma GCC unroll 16
+    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
+#pragma GCC unroll 32
+    for (int i = 0; i < (Rows - 1) * SH + KH; ++i) {
+        const int y_in = top + i;
+        const bool valid = y_in >= 0 && y_in < d.in_h;
+        const uint32_t* row = d.in + static_cast<long>(valid ? y_in : 0) * in_w + origin;
+        const __mmask16 inside = valid ? __mmask16(0xffff) : __mmask16(0);
+#pragma GCC unroll 8
+        for (int b = 0; b < KW; ++b) {
+            __m512i words = _mm512_maskz_loadu_epi32(first[b] & inside, row + b);
+            if constexpr (SW == 2)
+                words = _mm512_permutex2var_epi32(words, evens, _mm512_maskz_loadu_epi32(second[b] & inside, row + b + 16));
+            const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(words, 16));
+            const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(words, high_half));
+#pragma GCC unroll 8
+            for (int r = 0; r < Rows; ++r) {
+                const int a = i - r * SH;
+                if (a < 0 || a >= KH) continue;
+                acc[2 * r] = _mm512_fmadd_ps(even, _mm512_set1_ps(even_weights[a * KW + b]), acc[2 * r]);
+                acc[2 * r + 1] = _mm512_fmadd_ps(odd, _mm512_set1_ps(odd_weights[a * KW + b]), acc[2 * r + 1]);
+            }
+        }
+    }
+#pragma GCC unroll 16
+    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
+    _mm_setcsr(csr);
+#pragma GCC unroll 16
+    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
+    const __m512 low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
+    const __m512i interleave = _mm512_load_si512(kBf16Interleave);
+    const __mmask16 mask = lanes(0, d.out_w - x0);
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) {
+        const long at = static_cast<long>(y + r) * d.out_w + x0;
+        const __m512 even = depthwise_result(acc[2 * r], d.bias[0], d.skip[0], at, mask, low, high);
+        const __m512 odd = depthwise_result(acc[2 * r + 1], d.bias[1], d.skip[1], at, mask, low, high);
+        if (d.pairs) {
+            _mm512_mask_storeu_epi32(d.pairs + at, mask, _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(odd, even)));
+        } else {
+            _mm512_mask_storeu_ps(d.out[0] + at, mask, even);
+            _mm512_mask_storeu_ps(d.out[1] + at, mask, odd);
+        }
+    }
+}
+
+template <int Rows, int KH, int KW, int SH, int SW>
+void fixed_tail(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0, const __mmask16* first, const __mmask16* second, int left) {
+    if constexpr (Rows > 0) {
+        if (left == Rows) pairs_block_fixed<Rows, KH, KW, SH, SW>(d, csr, y, x0, first, second);
+        else fixed_tail<Rows - 1, KH, KW, SH, SW>(d, csr, y, x0, first, second, left);
+    }
+}
+
+template <int KH, int KW, int SH, int SW>
+void fixed_plane(const Bf16DepthwisePairs& d, unsigned csr) {
+    constexpr int kRows = 4;  // 8 fma chains a block
+    for (int x0 = 0; x0 < d.out_w; x0 += 16) {
+        __mmask16 first[KW], second[KW];
+        for (int b = 0; b < KW; ++b) {
+            const int column = x0 * SW - d.pad_left + b;
+            first[b] = lanes(-column, d.in_w - column), second[b] = lanes(-column - 16, d.in_w - column - 16);
+        }
+        int y = 0;
+        for (; y + kRows <= d.out_h; y += kRows) pairs_block_fixed<kRows, KH, KW, SH, SW>(d, csr, y, x0, first, second);
+        fixed_tail<kRows - 1, KH, KW, SH, SW>(d, csr, y, x0, first, second, d.out_h - y);
     }
 }
 
 void depthwise_pairs_avx512(const Bf16DepthwisePairs& d) {
     const unsigned saved = _mm_getcsr(), csr = saved & ~0x8040u;  // the epilogue's plain float32
-    if (d.stride_w == 1) pairs_plane<1>(d, csr);
-    else pairs_plane<2>(d, csr);
+    const int shape = d.kernel_h * 1000 + d.kernel_w * 100 + d.stride_h * 10 + d.stride_w;
+    switch (shape) {  // the common square kernels and strides unrolled; any other through pairs_block
+        case 3311: fixed_plane<3, 3, 1, 1>(d, csr); break;
+        case 3322: fixed_plane<3, 3, 2, 2>(d, csr); break;
+        case 5511: fixed_plane<5, 5, 1, 1>(d, csr); break;
+        case 5522: fixed_plane<5, 5, 2, 2>(d, csr); break;
+        default:
+            if (d.stride_w == 1) pairs_plane<1, 0>(d, csr);
+            else pairs_plane<2, 0>(d, csr);
+    }
     _mm_setcsr(saved);
 }
 
