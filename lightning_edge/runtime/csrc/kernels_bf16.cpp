@@ -113,33 +113,38 @@ __attribute__((always_inline)) inline __m512 finished(const Bf16Tile& t, __m512 
     return whole ? y : _mm512_maskz_compress_ps(keep, y);
 }
 
-template <int Rows>
+// Rows x Vectors accumulators of 16 pixels (a tile of up to 16 * Vectors pixels: a short last tile computes
+// only the vectors it has).
+template <int Rows, int Vectors>
 void rows_avx512(const Bf16Tile& t, int row0) {
-    __m512 acc[Rows][3];
+    __m512 acc[Rows][Vectors];
 #pragma GCC unroll 8
-    for (int r = 0; r < Rows; ++r) acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_ps();
+    for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 3
+        for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_setzero_ps();
     const uint32_t* w = t.w + static_cast<long>(row0 / kBf16Rows) * t.pairs * kBf16Rows;
     // Only the tile's pixels are read: a tensor read in place has nothing past its last plane.
     const uint64_t valid = t.pixels >= 64 ? ~uint64_t{0} : (uint64_t{1} << t.pixels) - 1;
-    const __mmask16 in0 = static_cast<__mmask16>(valid), in1 = static_cast<__mmask16>(valid >> 16),
-                    in2 = static_cast<__mmask16>(valid >> 32);
+    __mmask16 in[Vectors];
+#pragma GCC unroll 3
+    for (int v = 0; v < Vectors; ++v) in[v] = static_cast<__mmask16>(valid >> (16 * v));
     for (int j = 0; j < t.pairs; ++j) {
         const uint32_t* x = t.x + t.offsets[j];
-        const __m512bh x0 = (__m512bh)_mm512_maskz_loadu_epi32(in0, x), x1 = (__m512bh)_mm512_maskz_loadu_epi32(in1, x + 16),
-                       x2 = (__m512bh)_mm512_maskz_loadu_epi32(in2, x + 32);
+        __m512bh words[Vectors];
+#pragma GCC unroll 3
+        for (int v = 0; v < Vectors; ++v) words[v] = (__m512bh)_mm512_maskz_loadu_epi32(in[v], x + 16 * v);
 #pragma GCC unroll 8
         for (int r = 0; r < Rows; ++r) {
             const __m512bh weight = (__m512bh)_mm512_set1_epi32(static_cast<int>(w[static_cast<long>(j) * kBf16Rows + r]));
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x0, weight);
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x1, weight);
-            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], x2, weight);
+#pragma GCC unroll 3
+            for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], words[v], weight);
         }
     }
     const __m512 low = _mm512_set1_ps(t.low), high = _mm512_set1_ps(t.high);
     const __m512i interleave = _mm512_load_si512(kBf16Interleave);
     int written = 0;
 #pragma GCC unroll 3
-    for (int v = 0; v < 3; ++v) {
+    for (int v = 0; v < Vectors; ++v) {
         const __mmask16 keep = static_cast<__mmask16>((t.keep & valid) >> (16 * v));
         if (!keep) continue;
         const int count = __builtin_popcount(keep);
@@ -163,19 +168,26 @@ void rows_avx512(const Bf16Tile& t, int row0) {
     }
 }
 
-void tile_avx512(const Bf16Tile& t) {
+template <int Vectors>
+void tile_rows_avx512(const Bf16Tile& t) {
     int row = 0;
-    for (; row + kBf16Rows <= t.rows; row += kBf16Rows) rows_avx512<kBf16Rows>(t, row);
+    for (; row + kBf16Rows <= t.rows; row += kBf16Rows) rows_avx512<kBf16Rows, Vectors>(t, row);
     switch (t.rows - row) {
-        case 7: rows_avx512<7>(t, row); break;
-        case 6: rows_avx512<6>(t, row); break;
-        case 5: rows_avx512<5>(t, row); break;
-        case 4: rows_avx512<4>(t, row); break;
-        case 3: rows_avx512<3>(t, row); break;
-        case 2: rows_avx512<2>(t, row); break;
-        case 1: rows_avx512<1>(t, row); break;
+        case 7: rows_avx512<7, Vectors>(t, row); break;
+        case 6: rows_avx512<6, Vectors>(t, row); break;
+        case 5: rows_avx512<5, Vectors>(t, row); break;
+        case 4: rows_avx512<4, Vectors>(t, row); break;
+        case 3: rows_avx512<3, Vectors>(t, row); break;
+        case 2: rows_avx512<2, Vectors>(t, row); break;
+        case 1: rows_avx512<1, Vectors>(t, row); break;
         default: break;
     }
+}
+
+void tile_avx512(const Bf16Tile& t) {
+    if (t.pixels <= 16) tile_rows_avx512<1>(t);
+    else if (t.pixels <= 32) tile_rows_avx512<2>(t);
+    else tile_rows_avx512<3>(t);
 }
 
 // vcvtne2ps2bf16 puts the second operand's 16 conversions in the low half; vpermw interleaves the halves.
