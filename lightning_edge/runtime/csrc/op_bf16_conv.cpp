@@ -144,8 +144,7 @@ class Bf16Conv final : public Operator {
         size_t sample_words = static_cast<size_t>(g_.in_c / 2) * plane_words_;
         if (!in_place_) {
             uint32_t* converted = static_cast<uint32_t*>(context.workspace());
-            const int rows = context.batch * g_.groups * channel_pairs_ * g_.stride_h * phase_h_;
-            context.scheduler.parallel(rows, 16, [&](int begin, int end, int thread) {
+            context.scheduler.parallel(context.batch * g_.groups * channel_pairs_, 1, [&](int begin, int end, int thread) {
                 convert(in, converted, static_cast<uint32_t*>(context.scratch(thread)), begin, end);
             });
             for (int n = 0; n < context.batch; ++n)
@@ -207,47 +206,48 @@ class Bf16Conv final : public Operator {
         }
     }
 
-    // Rows [begin, end) of (sample, group, channel pair, padded row r < stride_h * phase_h): two input channels
-    // as bfloat16 pairs, zero in the border, past the last window and for the missing odd channel. Row r is
-    // row r / stride_h of phase (r % stride_h, c % stride_w) for its column c; `line` is a thread's scratch for
-    // a strided row before and after its columns split.
+    // Planes [begin, end) of (sample, group, channel pair): its padded rows r < stride_h * phase_h, two input
+    // channels as bfloat16 pairs, zero in the border, past the last window and for the missing odd channel.
+    // Row r is row r / stride_h of phase (r % stride_h, c % stride_w) for its column c; `line` is a thread's
+    // scratch for a strided row before and after its columns split.
     void convert(const uint8_t* in, uint32_t* words, uint32_t* line, int begin, int end) const {
         const int rows = g_.stride_h * phase_h_, sw = g_.stride_w;
-        for (int row = begin; row < end; ++row) {
-            const int r = row % rows, y = r - g_.pad_top, pair = row / rows % channel_pairs_;
-            const int group = row / rows / channel_pairs_ % g_.groups, n = row / rows / channel_pairs_ / g_.groups;
-            uint32_t* target = words + static_cast<size_t>(n) * sample_words_ +
-                               (static_cast<size_t>(group) * channel_pairs_ + pair) * plane_words_ +
-                               static_cast<size_t>(r % g_.stride_h) * sw * phase_words_ + static_cast<size_t>(r / g_.stride_h) * phase_w_;
-            if (y < 0 || y >= g_.in_h || r >= wide_h_) {
-                for (int p = 0; p < sw; ++p) std::fill(target + p * phase_words_, target + p * phase_words_ + phase_w_, 0u);
-                continue;
-            }
-            uint32_t* values = sw == 1 ? target : line;  // the padded row, wide_w words (sw * phase_w with zeros)
-            const int channel = group * group_in_ + 2 * pair;
+        const int inside = std::min(g_.in_w, wide_w_ - g_.pad_left);
+        const size_t plane_size = static_cast<size_t>(g_.in_h) * g_.in_w;
+        for (int unit = begin; unit < end; ++unit) {
+            const int pair = unit % channel_pairs_, group = unit / channel_pairs_ % g_.groups;
+            const int n = unit / channel_pairs_ / g_.groups, channel = group * group_in_ + 2 * pair;
             const bool has_odd = 2 * pair + 1 < group_in_;
-            const size_t even = ((static_cast<size_t>(n) * g_.in_c + channel) * g_.in_h + y) * g_.in_w;
-            const size_t odd = even + static_cast<size_t>(g_.in_h) * g_.in_w;
-            const int inside = std::min(g_.in_w, wide_w_ - g_.pad_left);
-            std::fill(values, values + g_.pad_left, 0u);
-            if (input_bf16_) {  // the channel pair's words as they are (channel even, so word (n, channel / 2, y, 0))
-                const size_t plane_size = static_cast<size_t>(g_.in_h) * g_.in_w;
-                const uint32_t* pairs = reinterpret_cast<const uint32_t*>(in) + (static_cast<size_t>(n) * g_.in_c + channel) / 2 * plane_size +
-                                        static_cast<size_t>(y) * g_.in_w;
-                std::copy(pairs, pairs + inside, values + g_.pad_left);
-            } else {
-                const float* floats = reinterpret_cast<const float*>(in);
-                pairs_kernel_(floats + even, has_odd ? floats + odd : nullptr, values + g_.pad_left, inside);
-            }
-            std::fill(values + g_.pad_left + inside, values + (sw == 1 ? phase_w_ : sw * line_words_), 0u);
-            if (sw == 2) {  // a permute of 32-bit lanes moves the words' bits unchanged
-                uint32_t* split = line + 2 * line_words_;
-                split_kernel_(reinterpret_cast<const float*>(line), reinterpret_cast<float*>(split),
-                              reinterpret_cast<float*>(split + line_words_), static_cast<int>(line_words_));
-                for (int p = 0; p < 2; ++p) std::copy(split + p * line_words_, split + p * line_words_ + phase_w_, target + p * phase_words_);
-            } else if (sw > 2) {
-                for (int p = 0; p < sw; ++p)
-                    for (int i = 0; i < phase_w_; ++i) target[p * phase_words_ + i] = line[i * sw + p];
+            uint32_t* plane = words + static_cast<size_t>(n) * sample_words_ + (static_cast<size_t>(group) * channel_pairs_ + pair) * plane_words_;
+            const size_t even = (static_cast<size_t>(n) * g_.in_c + channel) * plane_size;  // the even channel's plane
+            for (int r = 0; r < rows; ++r) {
+                const int y = r - g_.pad_top;
+                uint32_t* target = plane + static_cast<size_t>(r % g_.stride_h) * sw * phase_words_ + static_cast<size_t>(r / g_.stride_h) * phase_w_;
+                if (y < 0 || y >= g_.in_h || r >= wide_h_) {
+                    for (int p = 0; p < sw; ++p) std::fill(target + p * phase_words_, target + p * phase_words_ + phase_w_, 0u);
+                    continue;
+                }
+                uint32_t* values = sw == 1 ? target : line;  // the padded row, wide_w words (sw * phase_w with zeros)
+                for (int i = 0; i < g_.pad_left; ++i) values[i] = 0;
+                const size_t at = even + static_cast<size_t>(y) * g_.in_w;
+                if (input_bf16_) {  // the channel pair's words as they are (channel even: word (n, channel / 2, y, 0))
+                    const uint32_t* pairs = reinterpret_cast<const uint32_t*>(in) + even / 2 + static_cast<size_t>(y) * g_.in_w;
+                    std::copy(pairs, pairs + inside, values + g_.pad_left);
+                } else {
+                    const float* floats = reinterpret_cast<const float*>(in);
+                    pairs_kernel_(floats + at, has_odd ? floats + at + plane_size : nullptr, values + g_.pad_left, inside);
+                }
+                const int filled = g_.pad_left + inside, width = sw == 1 ? phase_w_ : sw * static_cast<int>(line_words_);
+                for (int i = filled; i < width; ++i) values[i] = 0;
+                if (sw == 2) {  // a permute of 32-bit lanes moves the words' bits unchanged
+                    uint32_t* split = line + 2 * line_words_;
+                    split_kernel_(reinterpret_cast<const float*>(line), reinterpret_cast<float*>(split),
+                                  reinterpret_cast<float*>(split + line_words_), static_cast<int>(line_words_));
+                    for (int p = 0; p < 2; ++p) std::copy(split + p * line_words_, split + p * line_words_ + phase_w_, target + p * phase_words_);
+                } else if (sw > 2) {
+                    for (int p = 0; p < sw; ++p)
+                        for (int i = 0; i < phase_w_; ++i) target[p * phase_words_ + i] = line[i * sw + p];
+                }
             }
         }
     }
