@@ -192,7 +192,8 @@ class Pointwise(nn.Module):
         return self.pointwise(torch.relu(self.split(torch.relu(self.grouped(x)))))
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 13, 11), (3, 3, 5, 4)])
+# 7x7 and 14x14: a plane's last tile is a long one (49 and 196 pixels; 63 wide pixels with dropped columns).
+@pytest.mark.parametrize("shape", [(2, 3, 13, 11), (3, 3, 5, 4), (2, 3, 7, 7), (1, 3, 14, 14)])
 def test_bf16_pointwise_conv_reads_channel_pairs_in_place(tmp_path, shape):
     ops, _ = bf16_exact(Pointwise(), tmp_path, "pointwise", shape)
     plan = read_edge(tmp_path / "pointwise.edge")[0]

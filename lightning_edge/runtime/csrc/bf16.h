@@ -18,6 +18,18 @@ namespace edge {
 
 // Pixels of one packed tile: three 16-lane vectors (the AVX-512 kernel keeps 8 rows x 3 vectors in registers).
 constexpr int kBf16TilePixels = 48;
+// A plane's last tile takes up to one vector more (4 rows x 4 vectors a block) rather than leave a sliver.
+constexpr int kBf16LongTilePixels = kBf16TilePixels + 16;
+
+// A plane of `pixels` in tiles: kBf16TilePixels each, the last one up to kBf16LongTilePixels.
+inline int bf16_tile_count(int pixels) {
+    const int tiles = (pixels + kBf16TilePixels - 1) / kBf16TilePixels;
+    return tiles > 1 && pixels - (tiles - 1) * kBf16TilePixels <= kBf16LongTilePixels - kBf16TilePixels ? tiles - 1 : tiles;
+}
+
+inline int bf16_tile_pixels(int tile, int tiles, int pixels) {
+    return tile + 1 < tiles ? kBf16TilePixels : pixels - tile * kBf16TilePixels;
+}
 // Output rows (channels) the AVX-512 kernel computes together.
 constexpr int kBf16Rows = 8;
 
@@ -44,7 +56,7 @@ inline uint32_t bf16_pair(float even, float odd) {
     return static_cast<uint32_t>(bf16_bits(even)) | static_cast<uint32_t>(bf16_bits(odd)) << 16;
 }
 
-// One tile: `rows` output rows of `pixels` (<= kBf16TilePixels) outputs. Pair j of the reduction is the 32-bit
+// One tile: `rows` output rows of `pixels` (<= kBf16LongTilePixels) outputs. Pair j of the reduction is the 32-bit
 // words x + offsets[j] .. + kBf16TilePixels (one per pixel; words past `pixels` are read but not used),
 // w: [ceil(rows / kBf16Rows)][pairs][kBf16Rows] words (a block's weight pairs for one j side by side, rows past
 // `rows` zero), bias: rows floats or nullptr. Only the pixels whose bit is set in `keep` are written, one

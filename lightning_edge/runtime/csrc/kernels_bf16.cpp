@@ -120,30 +120,30 @@ void rows_avx512(const Bf16Tile& t, int row0) {
     __m512 acc[Rows][Vectors];
 #pragma GCC unroll 8
     for (int r = 0; r < Rows; ++r)
-#pragma GCC unroll 3
+#pragma GCC unroll 4
         for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_setzero_ps();
-    const uint32_t* w = t.w + static_cast<long>(row0 / kBf16Rows) * t.pairs * kBf16Rows;
+    const uint32_t* w = t.w + static_cast<long>(row0 / kBf16Rows) * t.pairs * kBf16Rows + row0 % kBf16Rows;
     // Only the tile's pixels are read: a tensor read in place has nothing past its last plane.
     const uint64_t valid = t.pixels >= 64 ? ~uint64_t{0} : (uint64_t{1} << t.pixels) - 1;
     __mmask16 in[Vectors];
-#pragma GCC unroll 3
+#pragma GCC unroll 4
     for (int v = 0; v < Vectors; ++v) in[v] = static_cast<__mmask16>(valid >> (16 * v));
     for (int j = 0; j < t.pairs; ++j) {
         const uint32_t* x = t.x + t.offsets[j];
         __m512bh words[Vectors];
-#pragma GCC unroll 3
+#pragma GCC unroll 4
         for (int v = 0; v < Vectors; ++v) words[v] = (__m512bh)_mm512_maskz_loadu_epi32(in[v], x + 16 * v);
 #pragma GCC unroll 8
         for (int r = 0; r < Rows; ++r) {
             const __m512bh weight = (__m512bh)_mm512_set1_epi32(static_cast<int>(w[static_cast<long>(j) * kBf16Rows + r]));
-#pragma GCC unroll 3
+#pragma GCC unroll 4
             for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], words[v], weight);
         }
     }
     const __m512 low = _mm512_set1_ps(t.low), high = _mm512_set1_ps(t.high);
     const __m512i interleave = _mm512_load_si512(kBf16Interleave);
     int written = 0;
-#pragma GCC unroll 3
+#pragma GCC unroll 4
     for (int v = 0; v < Vectors; ++v) {
         const __mmask16 keep = static_cast<__mmask16>((t.keep & valid) >> (16 * v));
         if (!keep) continue;
@@ -185,9 +185,22 @@ void tile_rows_avx512(const Bf16Tile& t) {
 }
 
 void tile_avx512(const Bf16Tile& t) {
-    if (t.pixels <= 16) tile_rows_avx512<1>(t);
-    else if (t.pixels <= 32) tile_rows_avx512<2>(t);
-    else tile_rows_avx512<3>(t);
+    if (t.pixels <= 16) {
+        tile_rows_avx512<1>(t);
+    } else if (t.pixels <= 32) {
+        tile_rows_avx512<2>(t);
+    } else if (t.pixels <= kBf16TilePixels) {
+        tile_rows_avx512<3>(t);
+    } else {  // a long last tile: four vectors, so four rows at a time
+        int row = 0;
+        for (; row + 4 <= t.rows; row += 4) rows_avx512<4, 4>(t, row);
+        switch (t.rows - row) {
+            case 3: rows_avx512<3, 4>(t, row); break;
+            case 2: rows_avx512<2, 4>(t, row); break;
+            case 1: rows_avx512<1, 4>(t, row); break;
+            default: break;
+        }
+    }
 }
 
 // vcvtne2ps2bf16 puts the second operand's 16 conversions in the low half; vpermw interleaves the halves.

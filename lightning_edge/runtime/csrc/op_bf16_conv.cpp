@@ -47,8 +47,8 @@ class Bf16Conv final : public Operator {
         phase_h_ = (wide_h_ + g_.stride_h - 1) / g_.stride_h, phase_w_ = (wide_w_ + g_.stride_w - 1) / g_.stride_w;
         phase_words_ = element_count({phase_h_, phase_w_}, "bf16_conv");
         plane_words_ = element_count({g_.stride_h, g_.stride_w, phase_h_, phase_w_}, "bf16_conv");
-        // A wide tile's last pixels read up to kBf16TilePixels + phase_w words past a sample's planes (dropped columns).
-        slack_words_ = static_cast<size_t>(kBf16TilePixels) + phase_w_;
+        // A wide tile's last pixels read up to kBf16LongTilePixels + phase_w words past a sample's planes (dropped columns).
+        slack_words_ = static_cast<size_t>(kBf16LongTilePixels) + phase_w_;
         sample_words_ = element_count({g_.groups, channel_pairs_, static_cast<int>(plane_words_)}, "bf16_conv") + slack_words_;
         const float* weights = context.array<float>(attrs, "weights",
                                                     element_count({g_.out_c, group_in_, g_.kernel_h, g_.kernel_w}, "bf16_conv"));
@@ -96,7 +96,7 @@ class Bf16Conv final : public Operator {
             }
         // A layer with few tiles per sample (a Gemm is a 1x1 conv on a 1x1 map) splits its rows into chunks
         // of about 2048 pairs x 8 rows of work, so every thread gets some at batch 1.
-        const int tiles = (g_.out_h * phase_w_ + kBf16TilePixels - 1) / kBf16TilePixels;
+        const int tiles = bf16_tile_count(g_.out_h * phase_w_);
         if (static_cast<long>(tiles) * g_.groups < 16) chunk_blocks_ = std::clamp((2048 + pairs_ - 1) / pairs_, 1, row_blocks_);
         else chunk_blocks_ = row_blocks_;
         chunks_ = (row_blocks_ + chunk_blocks_ - 1) / chunk_blocks_;
@@ -109,9 +109,10 @@ class Bf16Conv final : public Operator {
         // Wide pixel q is output (q / phase_w, q % phase_w) when that column is inside out_w: per tile, the kept
         // pixels' mask and the output index of its first kept pixel.
         const int pixels = g_.out_h * phase_w_;
-        for (int first = 0; first < pixels; first += kBf16TilePixels) {
+        for (int tile = 0, tiles = bf16_tile_count(pixels); tile < tiles; ++tile) {
+            const int first = tile * kBf16TilePixels;
             uint64_t keep = 0;
-            for (int p = 0; p < std::min(kBf16TilePixels, pixels - first); ++p)
+            for (int p = 0; p < bf16_tile_pixels(tile, tiles, pixels); ++p)
                 keep |= uint64_t{(first + p) % phase_w_ < g_.out_w} << p;
             wide_keep_.push_back(keep);
             wide_written_.push_back(static_cast<size_t>(first / phase_w_) * g_.out_w + std::min(first % phase_w_, g_.out_w));
@@ -156,12 +157,12 @@ class Bf16Conv final : public Operator {
             return;
         }
         const int pixels = g_.out_h * phase_w_;
-        const int tiles = (pixels + kBf16TilePixels - 1) / kBf16TilePixels;
+        const int tiles = bf16_tile_count(pixels);
         context.scheduler.parallel(context.batch * g_.groups * tiles * chunks_, 1, [&](int begin, int end, int) {
             for (int task = begin; task < end; ++task) {
                 const int chunk = task % chunks_, unit = task / chunks_;
                 const int tile = unit % tiles, group = unit / tiles % g_.groups, n = unit / tiles / g_.groups;
-                const int first = tile * kBf16TilePixels, count = std::min(kBf16TilePixels, pixels - first);
+                const int first = tile * kBf16TilePixels, count = bf16_tile_pixels(tile, tiles, pixels);
                 const uint32_t* source = words + static_cast<size_t>(n) * sample_words +
                                          static_cast<size_t>(group) * channel_pairs_ * plane_words_;
                 // The group's first output plane, as an element index into the output.
