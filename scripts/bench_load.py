@@ -45,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20, help="alternating rounds per row")
     parser.add_argument("--calls", type=int, default=25, help="timed calls per engine per round")
-    parser.add_argument("--gap", type=float, default=0.02, help="idle seconds between blocks")
+    parser.add_argument("--gap", type=float, default=0.1, help="idle seconds between blocks (runtime.benchmark says why 0.1)")
     parser.add_argument("--out", default="outputs/bench/load")
     return parser.parse_args()
 
