@@ -45,8 +45,17 @@ class Bf16Conv final : public Operator {
         wide_w_ = static_cast<int>((static_cast<int64_t>(g_.out_w) - 1) * g_.stride_w + g_.extent_w);
         // The converted planes' phases: a strided conv's padded rows and columns split by their remainder.
         phase_h_ = (wide_h_ + g_.stride_h - 1) / g_.stride_h, phase_w_ = (wide_w_ + g_.stride_w - 1) / g_.stride_w;
-        phase_words_ = element_count({phase_h_, phase_w_}, "bf16_conv");
-        plane_words_ = element_count({g_.stride_h, g_.stride_w, phase_h_, phase_w_}, "bf16_conv");
+        // At stride_w 1, a row's right border can be the next row's left one (both zero) when it is no wider:
+        // rows of pad_left + in_w words, so fewer columns are computed and dropped; the last row's right
+        // border is `tail_` zero words after each phase.
+        const int pad_right = wide_w_ - g_.pad_left - g_.in_w;
+        if (g_.stride_w == 1 && pad_right >= 0 && pad_right <= g_.pad_left) phase_w_ = g_.pad_left + g_.in_w, tail_ = pad_right;
+        phase_words_ = element_count({phase_h_, phase_w_}, "bf16_conv") + tail_;
+        plane_words_ = phase_words_ * element_count({g_.stride_h, g_.stride_w}, "bf16_conv");
+        // The phases some tap reads (a 1x1 strided conv reads only phase (0, 0)): the others are not converted.
+        row_phase_read_.assign(g_.stride_h, false), column_phase_read_.assign(g_.stride_w, false);
+        for (int a = 0; a < g_.kernel_h; ++a) row_phase_read_[static_cast<long>(a) * g_.dilation_h % g_.stride_h] = true;
+        for (int b = 0; b < g_.kernel_w; ++b) column_phase_read_[static_cast<long>(b) * g_.dilation_w % g_.stride_w] = true;
         // A wide tile's last pixels read up to kBf16LongTilePixels + phase_w words past a sample's planes (dropped columns).
         slack_words_ = static_cast<size_t>(kBf16LongTilePixels) + phase_w_;
         sample_words_ = element_count({g_.groups, channel_pairs_, static_cast<int>(plane_words_)}, "bf16_conv") + slack_words_;
@@ -221,8 +230,11 @@ class Bf16Conv final : public Operator {
             const bool has_odd = 2 * pair + 1 < group_in_;
             uint32_t* plane = words + static_cast<size_t>(n) * sample_words_ + (static_cast<size_t>(group) * channel_pairs_ + pair) * plane_words_;
             const size_t even = (static_cast<size_t>(n) * g_.in_c + channel) * plane_size;  // the even channel's plane
+            if (tail_)
+                for (int p = 0; p < g_.stride_h; ++p) std::fill_n(plane + (p + 1) * phase_words_ - tail_, tail_, 0u);
             for (int r = 0; r < rows; ++r) {
                 const int y = r - g_.pad_top;
+                if (!row_phase_read_[r % g_.stride_h]) continue;
                 uint32_t* target = plane + static_cast<size_t>(r % g_.stride_h) * sw * phase_words_ + static_cast<size_t>(r / g_.stride_h) * phase_w_;
                 if (y < 0 || y >= g_.in_h || r >= wide_h_) {
                     for (int p = 0; p < sw; ++p) std::fill(target + p * phase_words_, target + p * phase_words_ + phase_w_, 0u);
@@ -244,7 +256,8 @@ class Bf16Conv final : public Operator {
                     uint32_t* split = line + 2 * line_words_;
                     split_kernel_(reinterpret_cast<const float*>(line), reinterpret_cast<float*>(split),
                                   reinterpret_cast<float*>(split + line_words_), static_cast<int>(line_words_));
-                    for (int p = 0; p < 2; ++p) std::copy(split + p * line_words_, split + p * line_words_ + phase_w_, target + p * phase_words_);
+                    for (int p = 0; p < 2; ++p)
+                        if (column_phase_read_[p]) std::copy(split + p * line_words_, split + p * line_words_ + phase_w_, target + p * phase_words_);
                 } else if (sw > 2) {
                     for (int p = 0; p < sw; ++p)
                         for (int i = 0; i < phase_w_; ++i) target[p * phase_words_ + i] = line[i * sw + p];
@@ -440,6 +453,8 @@ class Bf16Conv final : public Operator {
     const FloatConvGeometry g_;
     int group_in_, group_out_, channel_pairs_, taps_, pairs_;
     int wide_h_, wide_w_, phase_h_, phase_w_, row_blocks_ = 0;
+    int tail_ = 0;  // zero words after each converted phase: the last row's right border (rows sharing borders)
+    std::vector<bool> row_phase_read_, column_phase_read_;  // the phases some tap reads (the others stay unconverted)
     int chunk_blocks_ = 1, chunks_ = 1;  // row blocks per work unit, and units per (sample, group, tile)
     size_t phase_words_, plane_words_, sample_words_, slack_words_, line_words_ = 0;
     float low_, high_;
