@@ -115,10 +115,15 @@ class Bf16Conv final : public Operator {
         }
         chunks_ = (row_blocks_ + chunk_blocks_ - 1) / chunk_blocks_;
         if (!in_place_) context.need_workspace(sample_words_ * sizeof(uint32_t));
+        // A 1x1 stride-1 conv of a float32 input in one chunk converts each tile's pairs as it computes it, into
+        // the thread's scratch (no pass over the whole input, no wait between the two).
+        tile_convert_ = !input_bf16_ && g_.kernel_h == 1 && g_.kernel_w == 1 && g_.stride_h == 1 && g_.stride_w == 1 &&
+                        g_.pad_top == 0 && g_.pad_left == 0 && chunks_ == 1;
+        for (int j = 0; j < pairs_; ++j) tile_offsets_.push_back(static_cast<long>(j) * kBf16LongTilePixels);
         // A packed tile's words, then a tile of outputs (the batch-spanning tiles write there first); while the
         // input is converted, a strided conv's row before and after its columns split.
         line_words_ = static_cast<size_t>(phase_w_ + 15) / 16 * 16;
-        context.need_scratch(std::max(static_cast<size_t>(pairs_ + group_out_) * kBf16TilePixels,
+        context.need_scratch(std::max(static_cast<size_t>(pairs_ + group_out_) * kBf16LongTilePixels,
                                       (static_cast<size_t>(g_.stride_w) + 2) * line_words_) * sizeof(uint32_t) + 64);
         // Wide pixel q is output (q / phase_w, q % phase_w) when that column is inside out_w: per tile, the kept
         // pixels' mask and the output index of its first kept pixel.
@@ -157,7 +162,9 @@ class Bf16Conv final : public Operator {
         // The GEMM's operand: the input itself (read in place), or its conversion in the workspace.
         const uint32_t* words = reinterpret_cast<const uint32_t*>(in);
         size_t sample_words = static_cast<size_t>(g_.in_c / 2) * plane_words_;
-        if (!in_place_) {
+        const bool spanning = context.batch > 1 && g_.out_h * g_.out_w < kBf16TilePixels;
+        const bool per_tile = tile_convert_ && !spanning;
+        if (!in_place_ && !per_tile) {
             uint32_t* converted = static_cast<uint32_t*>(context.workspace());
             context.scheduler.parallel(context.batch * g_.groups * channel_pairs_, 1, [&](int begin, int end, int thread) {
                 convert(in, converted, static_cast<uint32_t*>(context.scratch(thread)), begin, end);
@@ -166,13 +173,13 @@ class Bf16Conv final : public Operator {
                 std::fill(converted + (n + 1) * sample_words_ - slack_words_, converted + (n + 1) * sample_words_, 0u);
             words = converted, sample_words = sample_words_;
         }
-        if (context.batch > 1 && g_.out_h * g_.out_w < kBf16TilePixels) {  // small maps: tiles span the batch
+        if (spanning) {  // small maps: tiles span the batch
             run_spanning(context.batch, words, sample_words, skip, out, context);
             return;
         }
         const int pixels = g_.out_h * phase_w_;
         const int tiles = bf16_tile_count(pixels);
-        context.scheduler.parallel(context.batch * g_.groups * tiles * chunks_, 1, [&](int begin, int end, int) {
+        context.scheduler.parallel(context.batch * g_.groups * tiles * chunks_, 1, [&](int begin, int end, int thread) {
             for (int task = begin; task < end; ++task) {
                 const int chunk = task % chunks_, unit = task / chunks_;
                 const int tile = unit % tiles, group = unit / tiles % g_.groups, n = unit / tiles / g_.groups;
@@ -190,6 +197,16 @@ class Bf16Conv final : public Operator {
                 const size_t rows_before = static_cast<size_t>(chunk) * chunk_blocks_ * kBf16Rows * t.row_stride;
                 const float* skip_plane = skip ? skip + target + rows_before : nullptr;
                 t.x = source + first;
+                if (per_tile) {  // the tile's pairs from the float32 channel planes, [pair][kBf16LongTilePixels]
+                    uint32_t* packed = static_cast<uint32_t*>(context.scratch(thread));
+                    const size_t plane = static_cast<size_t>(g_.in_h) * g_.in_w;
+                    const float* floats = reinterpret_cast<const float*>(in) +
+                                          (static_cast<size_t>(n) * g_.in_c + static_cast<size_t>(group) * group_in_) * plane + first;
+                    for (int j = 0; j < channel_pairs_; ++j)
+                        pairs_kernel_(floats + 2 * j * plane, 2 * j + 1 < group_in_ ? floats + (2 * j + 1) * plane : nullptr,
+                                      packed + static_cast<size_t>(j) * kBf16LongTilePixels, count);
+                    t.x = packed, t.offsets = tile_offsets_.data();
+                }
                 t.keep = wide_keep_[tile];
                 const size_t written = wide_written_[tile];  // the output index of the tile's first kept pixel
                 t.out = output_bf16_ ? nullptr : reinterpret_cast<float*>(out) + target + rows_before + written;
@@ -470,6 +487,8 @@ class Bf16Conv final : public Operator {
     const float* bias_ = nullptr;
     bool input_bf16_ = false, output_bf16_ = false;  // tensors stored as bfloat16 bits (channel pairs)
     bool in_place_ = false;  // the input is the GEMM's operand as it is (a 1x1 stride-1 conv of channel pairs)
+    bool tile_convert_ = false;  // a 1x1 stride-1 conv of float32 converting each tile as it computes it
+    std::vector<long> tile_offsets_;  // pair j's words in a tile converted that way
     Bf16TileKernel kernel_ = nullptr;
     Bf16PairKernel pairs_kernel_ = nullptr;
     // A depthwise conv's kernels, taps (bfloat16 values as float32, per output channel), plane geometry.
