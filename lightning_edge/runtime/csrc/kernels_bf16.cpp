@@ -330,18 +330,44 @@ __attribute__((always_inline)) inline __m512 depthwise_result(__m512 acc, float 
     return _mm512_min_ps(high, _mm512_max_ps(low, y));
 }
 
-// Rows [y, y + Rows) x the 16 columns from x0 of a depthwise channel pair, Stride its column stride and Width
-// its kernel width (0: d.kernel_w, not known when compiled): 2 x Rows fma chains under flush-to-zero, each
+// The end of a depthwise pair block: flush-to-zero off (MXCSR back to `csr`, the accumulators pinned on both
+// sides of the write), then each row's two channels finished in plain float32 and stored.
+template <int Rows>
+__attribute__((always_inline)) inline void pair_results(const Bf16DepthwisePairs& d, unsigned csr, __m512 (&acc)[2 * Rows], int y, int x0) {
+#pragma GCC unroll 16
+    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
+    _mm_setcsr(csr);
+#pragma GCC unroll 16
+    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
+    const __m512 low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
+    const __m512i interleave = _mm512_load_si512(kBf16Interleave);
+    const __mmask16 mask = lanes(0, d.out_w - x0);
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) {
+        const long at = static_cast<long>(y + r) * d.out_w + x0;
+        const __m512 even = depthwise_result(acc[2 * r], d.bias[0], d.skip[0], at, mask, low, high);
+        const __m512 odd = depthwise_result(acc[2 * r + 1], d.bias[1], d.skip[1], at, mask, low, high);
+        if (d.pairs) {
+            _mm512_mask_storeu_epi32(d.pairs + at, mask, _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(odd, even)));
+        } else {
+            _mm512_mask_storeu_ps(d.out[0] + at, mask, even);
+            _mm512_mask_storeu_ps(d.out[1] + at, mask, odd);
+        }
+    }
+}
+
+// Rows [y, y + Rows) x the 16 columns from x0 of a depthwise channel pair, Stride its column stride (any kernel
+// size, known when the plane is run): 2 x Rows fma chains under flush-to-zero, each
 // tap's words loaded once for both channels (masked to the input's columns, none for rows outside it), the
 // epilogue in plain float32 under `csr`.
-template <int Rows, int Stride, int Width>
+template <int Rows, int Stride>
 void pairs_block(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0) {
     __m512 acc[2 * Rows];
 #pragma GCC unroll 16
     for (int c = 0; c < 2 * Rows; ++c) acc[c] = _mm512_setzero_ps();
     const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
     const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const int in_w = d.in_w, kernel_w = Width ? Width : d.kernel_w, origin = x0 * Stride - d.pad_left;
+    const int in_w = d.in_w, kernel_w = d.kernel_w, origin = x0 * Stride - d.pad_left;
     _mm_setcsr(csr | 0x8000u);
 #pragma GCC unroll 16
     for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
@@ -373,44 +399,25 @@ void pairs_block(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0) {
             }
         }
     }
-#pragma GCC unroll 16
-    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
-    _mm_setcsr(csr);
-#pragma GCC unroll 16
-    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
-    const __m512 low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
-    const __m512i interleave = _mm512_load_si512(kBf16Interleave);
-    const __mmask16 mask = lanes(0, d.out_w - x0);
-#pragma GCC unroll 8
-    for (int r = 0; r < Rows; ++r) {
-        const long at = static_cast<long>(y + r) * d.out_w + x0;
-        const __m512 even = depthwise_result(acc[2 * r], d.bias[0], d.skip[0], at, mask, low, high);
-        const __m512 odd = depthwise_result(acc[2 * r + 1], d.bias[1], d.skip[1], at, mask, low, high);
-        if (d.pairs) {
-            _mm512_mask_storeu_epi32(d.pairs + at, mask, _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(odd, even)));
-        } else {
-            _mm512_mask_storeu_ps(d.out[0] + at, mask, even);
-            _mm512_mask_storeu_ps(d.out[1] + at, mask, odd);
-        }
-    }
+    pair_results<Rows>(d, csr, acc, y, x0);
 }
 
 // The rows from y on, fewer than Rows, in one block.
-template <int Rows, int Stride, int Width>
+template <int Rows, int Stride>
 void pairs_tail(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0, int left) {
     if constexpr (Rows > 0) {
-        if (left == Rows) pairs_block<Rows, Stride, Width>(d, csr, y, x0);
-        else pairs_tail<Rows - 1, Stride, Width>(d, csr, y, x0, left);
+        if (left == Rows) pairs_block<Rows, Stride>(d, csr, y, x0);
+        else pairs_tail<Rows - 1, Stride>(d, csr, y, x0, left);
     }
 }
 
-template <int Stride, int Width>
+template <int Stride>
 void pairs_plane(const Bf16DepthwisePairs& d, unsigned csr) {
     constexpr int kRows = 4;  // 8 fma chains a block
     for (int x0 = 0; x0 < d.out_w; x0 += 16) {
         int y = 0;
-        for (; y + kRows <= d.out_h; y += kRows) pairs_block<kRows, Stride, Width>(d, csr, y, x0);
-        pairs_tail<kRows - 1, Stride, Width>(d, csr, y, x0, d.out_h - y);
+        for (; y + kRows <= d.out_h; y += kRows) pairs_block<kRows, Stride>(d, csr, y, x0);
+        pairs_tail<kRows - 1, Stride>(d, csr, y, x0, d.out_h - y);
     }
 }
 
@@ -454,26 +461,7 @@ void pairs_block_fixed(const Bf16DepthwisePairs& d, unsigned csr, int y, int x0,
             }
         }
     }
-#pragma GCC unroll 16
-    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
-    _mm_setcsr(csr);
-#pragma GCC unroll 16
-    for (int c = 0; c < 2 * Rows; ++c) asm volatile("" : "+v"(acc[c]));
-    const __m512 low = _mm512_set1_ps(d.low), high = _mm512_set1_ps(d.high);
-    const __m512i interleave = _mm512_load_si512(kBf16Interleave);
-    const __mmask16 mask = lanes(0, d.out_w - x0);
-#pragma GCC unroll 8
-    for (int r = 0; r < Rows; ++r) {
-        const long at = static_cast<long>(y + r) * d.out_w + x0;
-        const __m512 even = depthwise_result(acc[2 * r], d.bias[0], d.skip[0], at, mask, low, high);
-        const __m512 odd = depthwise_result(acc[2 * r + 1], d.bias[1], d.skip[1], at, mask, low, high);
-        if (d.pairs) {
-            _mm512_mask_storeu_epi32(d.pairs + at, mask, _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(odd, even)));
-        } else {
-            _mm512_mask_storeu_ps(d.out[0] + at, mask, even);
-            _mm512_mask_storeu_ps(d.out[1] + at, mask, odd);
-        }
-    }
+    pair_results<Rows>(d, csr, acc, y, x0);
 }
 
 template <int Rows, int KH, int KW, int SH, int SW>
@@ -508,8 +496,8 @@ void depthwise_pairs_avx512(const Bf16DepthwisePairs& d) {
         case 5511: fixed_plane<5, 5, 1, 1>(d, csr); break;
         case 5522: fixed_plane<5, 5, 2, 2>(d, csr); break;
         default:
-            if (d.stride_w == 1) pairs_plane<1, 0>(d, csr);
-            else pairs_plane<2, 0>(d, csr);
+            if (d.stride_w == 1) pairs_plane<1>(d, csr);
+            else pairs_plane<2>(d, csr);
     }
     _mm_setcsr(saved);
 }
