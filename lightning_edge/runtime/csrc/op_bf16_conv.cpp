@@ -114,6 +114,10 @@ class Bf16Conv final : public Operator {
             chunk_blocks_ = row_blocks_;
         }
         chunks_ = (row_blocks_ + chunk_blocks_ - 1) / chunk_blocks_;
+        // Tiles that span the batch are packed once per chunk, which costs about 4 row blocks of GEMM: their
+        // chunks are about 2048 pairs x 8 rows of work each, and only where a sample has few tiles.
+        span_blocks_ = units < 16 ? std::clamp((2048 + pairs_ - 1) / pairs_, 1, row_blocks_) : row_blocks_;
+        span_chunks_ = (row_blocks_ + span_blocks_ - 1) / span_blocks_;
         if (!in_place_) context.need_workspace(sample_words_ * sizeof(uint32_t));
         // A 1x1 stride-1 conv of a float32 input in one chunk converts each tile's pairs as it computes it, into
         // the thread's scratch (no pass over the whole input, no wait between the two).
@@ -189,7 +193,7 @@ class Bf16Conv final : public Operator {
                 // The group's first output plane, as an element index into the output.
                 const size_t target = (static_cast<size_t>(n) * g_.out_c + static_cast<size_t>(group) * group_out_) *
                                       g_.out_h * g_.out_w;
-                Bf16Tile t = chunk_tile(group, chunk);
+                Bf16Tile t = chunk_tile(group, chunk, chunk_blocks_);
                 t.offsets = wide_offsets_.data();
                 t.pixels = count;
                 t.low = low_, t.high = high_;
@@ -294,11 +298,11 @@ class Bf16Conv final : public Operator {
                       const ExecutionContext& context) const {
         const int plane = g_.out_h * g_.out_w, total = batch * plane;
         const int tiles = (total + kBf16TilePixels - 1) / kBf16TilePixels;
-        context.scheduler.parallel(g_.groups * tiles * chunks_, 1, [&](int begin, int end, int thread) {
+        context.scheduler.parallel(g_.groups * tiles * span_chunks_, 1, [&](int begin, int end, int thread) {
             uint32_t* packed = static_cast<uint32_t*>(context.scratch(thread));
             float* results = reinterpret_cast<float*>(packed + static_cast<size_t>(pairs_) * kBf16TilePixels);
             for (int task = begin; task < end; ++task) {
-                const int chunk = task % chunks_, unit = task / chunks_;
+                const int chunk = task % span_chunks_, unit = task / span_chunks_;
                 const int group = unit / tiles, first = unit % tiles * kBf16TilePixels;
                 const int count = std::min(kBf16TilePixels, total - first);
                 long base[kBf16TilePixels];
@@ -311,11 +315,11 @@ class Bf16Conv final : public Operator {
                     pixel[p] = q;
                 }
                 pack_tile(words + static_cast<size_t>(group) * channel_pairs_ * plane_words_, base, count, packed);
-                Bf16Tile t = chunk_tile(group, chunk);
+                Bf16Tile t = chunk_tile(group, chunk, span_blocks_);
                 t.x = packed, t.offsets = packed_offsets_.data();
                 t.out = results, t.out_bf16 = nullptr, t.row_stride = kBf16TilePixels, t.skip = nullptr, t.keep = ~uint64_t{0};
                 t.pixels = count;
-                const int row0 = chunk * chunk_blocks_ * kBf16Rows;
+                const int row0 = chunk * span_blocks_ * kBf16Rows;
                 t.low = skip ? -std::numeric_limits<float>::infinity() : low_;
                 t.high = skip ? std::numeric_limits<float>::infinity() : high_;
                 kernel_(t);
@@ -335,14 +339,14 @@ class Bf16Conv final : public Operator {
         });
     }
 
-    // A tile's weights, bias and rows for the output rows of `chunk` in `group` (the caller fills the rest).
-    Bf16Tile chunk_tile(int group, int chunk) const {
-        const int row0 = chunk * chunk_blocks_ * kBf16Rows;
+    // A tile's weights, bias and rows for the output rows of `chunk` (of `blocks` row blocks each) in `group`
+    // (the caller fills the rest).
+    Bf16Tile chunk_tile(int group, int chunk, int blocks) const {
+        const int row0 = chunk * blocks * kBf16Rows;
         Bf16Tile t;
-        t.w = weights_.data() + (static_cast<size_t>(group) * row_blocks_ + static_cast<size_t>(chunk) * chunk_blocks_) *
-                                    pairs_ * kBf16Rows;
+        t.w = weights_.data() + (static_cast<size_t>(group) * row_blocks_ + static_cast<size_t>(chunk) * blocks) * pairs_ * kBf16Rows;
         t.bias = bias_ ? bias_ + static_cast<size_t>(group) * group_out_ + row0 : nullptr;
-        t.rows = std::min(group_out_ - row0, chunk_blocks_ * kBf16Rows), t.pairs = pairs_;
+        t.rows = std::min(group_out_ - row0, blocks * kBf16Rows), t.pairs = pairs_;
         return t;
     }
 
@@ -478,6 +482,7 @@ class Bf16Conv final : public Operator {
     int tail_ = 0;  // zero words after each converted phase: the last row's right border (rows sharing borders)
     std::vector<bool> row_phase_read_, column_phase_read_;  // the phases some tap reads (the others stay unconverted)
     int chunk_blocks_ = 1, chunks_ = 1;  // row blocks per work unit, and units per (sample, group, tile)
+    int span_blocks_ = 1, span_chunks_ = 1;  // the same for tiles that span the batch
     size_t phase_words_, plane_words_, sample_words_, slack_words_, line_words_ = 0;
     float low_, high_;
     std::vector<uint32_t> weights_;
