@@ -577,11 +577,6 @@ Bf16TileKernel bf16_tile_avx512() { return nullptr; }
 Bf16PairKernel bf16_pairs_avx512() { return nullptr; }
 Bf16DepthwiseKernel bf16_depthwise_avx512() { return nullptr; }
 Bf16RoundKernel bf16_round_avx512() { return nullptr; }
-Bf16DepthwisePairsKernel bf16_depthwise_pairs_avx512() {
-    const CpuFeatures& f = cpu_features();
-    return f.avx512f && f.avx512bw && f.avx512_bf16 ? depthwise_pairs_avx512 : nullptr;
-}
-
 Bf16WidenKernel bf16_widen_avx512() { return nullptr; }
 Bf16DepthwisePairsKernel bf16_depthwise_pairs_avx512() { return nullptr; }
 Bf16SplitKernel bf16_split_avx512() { return nullptr; }
