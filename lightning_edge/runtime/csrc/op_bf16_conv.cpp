@@ -123,7 +123,8 @@ class Bf16Conv final : public Operator {
         // the thread's scratch (no pass over the whole input, no wait between the two).
         tile_convert_ = !input_bf16_ && g_.kernel_h == 1 && g_.kernel_w == 1 && g_.stride_h == 1 && g_.stride_w == 1 &&
                         g_.pad_top == 0 && g_.pad_left == 0 && chunks_ == 1;
-        for (int j = 0; j < pairs_; ++j) tile_offsets_.push_back(static_cast<long>(j) * kBf16LongTilePixels);
+        if (tile_convert_)
+            for (int j = 0; j < pairs_; ++j) tile_offsets_.push_back(static_cast<long>(j) * kBf16LongTilePixels);
         // A packed tile's words, then a tile of outputs (the batch-spanning tiles write there first); while the
         // input is converted, a strided conv's row before and after its columns split.
         line_words_ = static_cast<size_t>(phase_w_ + 15) / 16 * 16;
@@ -269,8 +270,8 @@ class Bf16Conv final : public Operator {
                 uint32_t* values = sw == 1 ? target : line;  // the padded row, wide_w words (sw * phase_w with zeros)
                 for (int i = 0; i < g_.pad_left; ++i) values[i] = 0;
                 const size_t at = even + static_cast<size_t>(y) * g_.in_w;
-                if (input_bf16_) {  // the channel pair's words as they are (channel even: word (n, channel / 2, y, 0))
-                    const uint32_t* pairs = reinterpret_cast<const uint32_t*>(in) + even / 2 + static_cast<size_t>(y) * g_.in_w;
+                if (input_bf16_) {  // the channel pair's words as they are
+                    const uint32_t* pairs = reinterpret_cast<const uint32_t*>(in) + pair_word(n, channel, y);
                     std::copy(pairs, pairs + inside, values + g_.pad_left);
                 } else {
                     const float* floats = reinterpret_cast<const float*>(in);
@@ -350,6 +351,11 @@ class Bf16Conv final : public Operator {
         return t;
     }
 
+    // The word of a channel-pairs input holding (n, channel, y, 0): word (n, channel / 2, y, 0).
+    size_t pair_word(int n, int channel, int y) const {
+        return (static_cast<size_t>(n) * g_.in_c + channel) / 2 * g_.in_h * g_.in_w + static_cast<size_t>(y) * g_.in_w;
+    }
+
     // Output pixel q's window origin in a group's converted planes (words from the plane start).
     long pixel_base(int q) const { return static_cast<long>(q / g_.out_w) * phase_w_ + q % g_.out_w; }
 
@@ -404,9 +410,8 @@ class Bf16Conv final : public Operator {
             float* values = g_.stride_w == 1 ? target : line;
             std::fill(values, values + g_.pad_left, 0.0f);
             const size_t first = plane + static_cast<size_t>(y) * g_.in_w;
-            if (input_bf16_) {  // the channel's half of its pair's words, from word (n, channel / 2, y, 0)
-                const size_t word = (static_cast<size_t>(n) * g_.in_c + channel) / 2 * g_.in_h * g_.in_w + static_cast<size_t>(y) * g_.in_w;
-                widen_kernel_(reinterpret_cast<const uint32_t*>(in) + word, channel & 1, values + g_.pad_left, inside);
+            if (input_bf16_) {  // the channel's half of its pair's words
+                widen_kernel_(reinterpret_cast<const uint32_t*>(in) + pair_word(n, channel, y), channel & 1, values + g_.pad_left, inside);
             } else {
                 round_kernel_(reinterpret_cast<const float*>(in) + first, values + g_.pad_left, inside);
             }
