@@ -213,6 +213,40 @@ def test_batch_groups_give_the_same_numbers_as_op_by_op(tmp_path):
         session.batch_group = -1
 
 
+@pytest.mark.parametrize("name", ["mobilenetv2_100", "mnasnet_100"])
+def test_fused_blocks_give_the_reference_numbers(name, tmp_path):
+    """Inverted-residual blocks run fused, strip by strip of rows (MobileNetV2's expand, depthwise and projection
+    with its residual add; MNASNet's first block has no expansion), give the reference's output on every kernel
+    path, at batch 1 on one and two threads (rows shared between them) and in batch groups."""
+    torch.manual_seed(0)
+    network = create_model(name, num_classes=10, in_chans=1)
+    network.train()
+    with torch.no_grad():
+        network(torch.randn(8, 1, 96, 96))
+    from lightning_edge.quant import calibrate
+
+    network = calibrate(network.eval(), [torch.randn(4, 1, 96, 96)], num_batches=1)
+    onnx_path = to_onnx(network, torch.zeros(1, 1, 96, 96), str(tmp_path / "model.onnx"))
+    edge_path = str(tmp_path / "model.edge")
+    compile(onnx_path, edge_path)
+    x = np.random.default_rng(8).standard_normal((5, 1, 96, 96)).astype(np.float32)
+    want = ReferenceModel(onnx_path).run(x)[0]
+    fused_any = False
+    for kernels in KERNELS:
+        for threads in (1, 2):
+            session = load(edge_path, kernels=kernels, threads=threads)
+            assert session.fusion
+            fused_any |= session.fused_blocks > 0
+            assert np.array_equal(session.run(x), want), (kernels, threads)  # batch groups on two threads
+            assert np.array_equal(session.run(x[:1]), want[:1]), (kernels, threads)
+            session.fusion = False
+            assert np.array_equal(session.run(x[:1]), want[:1]), (kernels, threads, "unfused")
+    # The int16 pairs paths (scalar, AVX2, NEON) fuse; VNNI's u8 x s8 convs are not fused yet.
+    assert fused_any or KERNELS == ["avx512"]
+    with pytest.raises(ValueError, match="fusion=1"):
+        session.fusion = 1
+
+
 def test_thread_pool_policy_follows_contention(tmp_path):
     """shared_cpu=None (the default) turns the shared-CPU policy on when the pool sees contention: with seven
     threads on this machine's cores, workers are descheduled while they hold chunks. True keeps it on, False off."""

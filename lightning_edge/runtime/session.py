@@ -99,6 +99,25 @@ class Session:
         self._engine.batch_group = samples
 
     @property
+    def fusion(self) -> bool:
+        """Whether ``run`` computes each inverted-residual block (1x1 expansion, depthwise, 1x1 projection with
+        its residual add) fused, strip by strip of rows, so its expanded tensors stay in the core's cache (on by
+        default; AVX-512 VNNI plans, blocks whose depthwise output has at least 4 rows per thread). The codes are
+        the unfused plan's, bit for bit; ``trace`` and ``profile`` always run op by op."""
+        return self._engine.fusion
+
+    @fusion.setter
+    def fusion(self, on: bool) -> None:
+        if not isinstance(on, bool):
+            raise ValueError(f"fusion={on!r}: give True or False")
+        self._engine.fusion = on
+
+    @property
+    def fused_blocks(self) -> int:
+        """How many blocks ``run`` computes fused (see ``fusion``)."""
+        return self._engine.fused_blocks
+
+    @property
     def cpu_contended(self) -> bool:
         """Whether the pool acts now as if other busy processes share the CPU: always with ``shared_cpu=True``,
         never with False, and with None from three signs of contention in quick succession (a woken worker that

@@ -134,6 +134,9 @@ class PyEngine {
     bool contended() const { return engine_->contended(); }
     int batch_group() const { return engine_->batch_group(); }
     void set_batch_group(int samples) { engine_->set_batch_group(samples); }
+    bool fusion() const { return engine_->fusion(); }
+    void set_fusion(bool on) { engine_->set_fusion(on); }
+    int fused_blocks() const { return engine_->fused_blocks(); }
     int output_count() const { return engine_->output_count(); }
     int input_count() const { return engine_->input_count(); }
 
@@ -228,6 +231,8 @@ PYBIND11_MODULE(_engine, m) {
         .def_property_readonly("sharing", &edge::PyEngine::sharing)
         .def_property_readonly("contended", &edge::PyEngine::contended)
         .def_property("batch_group", &edge::PyEngine::batch_group, &edge::PyEngine::set_batch_group)
+        .def_property("fusion", &edge::PyEngine::fusion, &edge::PyEngine::set_fusion)
+        .def_property_readonly("fused_blocks", &edge::PyEngine::fused_blocks)
         .def_property_readonly("output_count", &edge::PyEngine::output_count)
         .def_property_readonly("input_count", &edge::PyEngine::input_count);
     m.def("int8_peak_ops", [](int threads, double seconds) {

@@ -44,6 +44,12 @@ inline void widen_rows(const ConvOp& op, const uint8_t* input, int16_t* wide, in
         std::memset(dst, 0, sizeof(int16_t) * left);
         if (dense) {
             copy(src, dst + left, columns * op.in_c, zero);
+        } else if (op.groups == 1 && op.sample_w == 1 && op.group_in_padded <= 4) {  // an RGB stem: 3 codes and a 0
+            for (int x = 0; x < columns; ++x) {
+                int16_t* out = dst + left + static_cast<size_t>(x) * op.wide_c;
+                const uint8_t* in = src + static_cast<size_t>(x) * op.in_c;
+                for (int c = 0; c < op.group_in_padded; ++c) out[c] = c < op.in_c ? static_cast<int16_t>(in[c] - zero) : 0;
+            }
         } else {  // odd channels per group (each group gets zero channels after its own), or a strided 1x1
             for (int x = 0; x < columns; ++x)
                 for (int g = 0; g < op.groups; ++g) {
@@ -127,6 +133,16 @@ void conv_driver(const ConvOp& op, const Element* wide, const Weight* packed, co
     for (int ky = 0; ky < op.kernel_h; ++ky)
         for (int kx = 0; kx < op.kernel_w; ++kx)
             tap_offsets[ky * op.kernel_w + kx] = (static_cast<size_t>(ky) * op.wide_w + kx) * op.wide_c;
+    // With one group, a window row's kernel_w taps are contiguous in the widened input and in the packed
+    // weights (taps, then depth): the micro-kernel reads the row as one tap kernel_w times as deep, fewer and
+    // longer loops (an RGB stem's 9 taps of 4 channels become 3 of 12).
+    ConvOp rows_as_taps = op;
+    const bool merge_rows = op.groups == 1 && op.kernel_w > 1 && !op.sparse;
+    if (merge_rows) {
+        rows_as_taps.taps = op.kernel_h, rows_as_taps.group_in_padded = op.kernel_w * op.group_in_padded;
+        for (int ky = 0; ky < op.kernel_h; ++ky) tap_offsets[ky] = static_cast<size_t>(ky) * op.wide_w * op.wide_c;
+    }
+    const ConvOp& shape = merge_rows ? rows_as_taps : op;
     const size_t block_stride = static_cast<size_t>(op.depth_padded) * op.block;
     const int depth_group = conv_depth_group(op);
     const int per_image = op.out_h * op.out_w;
@@ -166,7 +182,7 @@ void conv_driver(const ConvOp& op, const Element* wide, const Weight* packed, co
             for (int tile = 0; tile < tiles; ++tile) {
                 const int first = panel + tile * kTile, count = std::min(kTile, panel_end - first);
                 if (!op.sparse) {
-                    Kernels::multiply(op, group_wide, bases[tile], count, tap_offsets, weights, acc);
+                    Kernels::multiply(shape, group_wide, bases[tile], count, tap_offsets, weights, acc);
                 } else if constexpr (has_multiply_steps<Kernels>::value) {
                     Kernels::multiply_steps(op, group_wide, bases[tile], count, step_offsets, steps, weights, acc);
                 } else {

@@ -29,10 +29,16 @@ Engine::Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor
                                         "(dequantize or float_output) last");
     inputs_ = boundary_shapes(ops, 0, last_input + 1, "input");
     outputs_ = boundary_shapes(ops, first_output, ops.size(), "output");
-    std::vector<OpTensors> uses;
-    for (const auto& op : ops_) uses.push_back(op->tensors());
-    memory_ = std::make_unique<MemoryPlanner>(std::move(tensor_sizes), uses, build.workspace_per_sample(),
-                                              build.scratch_per_thread(), scheduler_.threads());
+    for (const auto& op : ops_) unfused_.push_back(op.get());
+    fused_ = fuse_blocks(ops_, build, kFuseRowsPerThread * scheduler_.threads());
+    auto planner = [&](const std::vector<const Operator*>& order) {
+        std::vector<OpTensors> uses;
+        for (const Operator* op : order) uses.push_back(op->tensors());
+        return std::make_unique<MemoryPlanner>(tensor_sizes, uses, build.workspace_per_sample(), build.scratch_per_thread(),
+                                               scheduler_.threads());
+    };
+    op_memory_ = planner(unfused_);
+    memory_ = planner(fused_.ops);
     for (int g = 0; g < scheduler_.threads(); ++g) group_schedulers_.push_back(std::make_unique<Scheduler>(1));
 }
 
@@ -53,8 +59,8 @@ void Engine::run_group(Arena& arena, int thread, int first, int count, const Inp
         inputs[i] = x[i] + static_cast<size_t>(first) * inputs_[i][0] * inputs_[i][1] * inputs_[i][2];
     for (size_t i = 0; i < out.size(); ++i)
         outputs[i] = out[i] + static_cast<size_t>(first) * outputs_[i][0] * outputs_[i][1] * outputs_[i][2];
-    ExecutionContext ctx{*group_schedulers_[thread], backend_, *memory_, arena, count, inputs.data(), outputs.data(), thread};
-    for (const auto& op : ops_) op->run(ctx);
+    ExecutionContext ctx{*group_schedulers_[thread], backend_, run_memory(), arena, count, inputs.data(), outputs.data(), thread};
+    for (const Operator* op : run_ops()) op->run(ctx);
 }
 
 std::vector<std::array<int, 3>> Engine::boundary_shapes(const std::vector<OpDescription>& ops, size_t begin, size_t end,
@@ -111,16 +117,17 @@ void Engine::run(const Inputs& x, int batch, const Outputs& out) {
     check_batch(batch);
     check_buffers(x, out);
     const int groups = batch_groups(batch);
+    MemoryPlanner& memory = run_memory();
     if (groups == 1) {
-        const ExecutionContext ctx = context(memory_->arena(batch), batch, x.data(), out.data());
-        for (const auto& op : ops_) op->run(ctx);
+        const ExecutionContext ctx{scheduler_, backend_, memory, memory.arena(batch), batch, x.data(), out.data()};
+        for (const Operator* op : run_ops()) op->run(ctx);
         return;
     }
     // One arena per pool thread, reused by each group it runs; all of one batch size, so making one never
     // drops another. They are made here, before the groups start (arena() is not thread-safe).
     std::vector<Arena*> arenas;
     const int group = batch_group_;
-    for (int t = 0; t < scheduler_.threads(); ++t) arenas.push_back(&memory_->arena(group, t));
+    for (int t = 0; t < scheduler_.threads(); ++t) arenas.push_back(&memory.arena(group, t));
     scheduler_.parallel(groups, 1, [&](int begin, int end, int thread) {
         for (int g = begin; g < end; ++g) {
             const int first = g * group;
@@ -133,11 +140,11 @@ void Engine::trace(const Inputs& x, int batch, const Outputs& out,
                    const std::function<void(int, const uint8_t*, size_t)>& tensor) {
     check_batch(batch);
     check_buffers(x, out);
-    const ExecutionContext ctx = context(memory_->arena(batch), batch, x.data(), out.data());
+    const ExecutionContext ctx = context(op_memory_->arena(batch), batch, x.data(), out.data());
     for (const auto& op : ops_) {
         op->run(ctx);
         const int written = op->tensors().output;
-        if (written >= 0) tensor(written, ctx.tensor(written), memory_->tensor_size(written) * batch);
+        if (written >= 0) tensor(written, ctx.tensor(written), op_memory_->tensor_size(written) * batch);
     }
 }
 
@@ -145,7 +152,7 @@ std::vector<double> Engine::profile(const Inputs& x, int batch, const Outputs& o
     check_batch(batch);
     check_buffers(x, out);
     if (repeats < 1) throw std::invalid_argument("repeats must be positive");
-    const ExecutionContext ctx = context(memory_->arena(batch), batch, x.data(), out.data());
+    const ExecutionContext ctx = context(op_memory_->arena(batch), batch, x.data(), out.data());
     std::vector<std::vector<double>> times(ops_.size());
     for (int r = 0; r <= repeats; ++r)
         for (size_t i = 0; i < ops_.size(); ++i) {
@@ -165,12 +172,12 @@ double Engine::time_op(int index, int batch, int repeats) {
     if (index < 0 || index >= op_count()) throw std::out_of_range("op index");
     check_batch(batch);
     if (repeats < 1) throw std::invalid_argument("repeats must be positive");
-    const ExecutionContext ctx = context(memory_->arena(batch), batch, nullptr, nullptr);
+    const ExecutionContext ctx = context(op_memory_->arena(batch), batch, nullptr, nullptr);
     const Operator& op = *ops_[index];
     uint32_t state = 12345;
     for (int input : op.tensors().inputs) {
         uint8_t* data = ctx.tensor(input);
-        for (size_t i = 0; i < memory_->tensor_size(input) * batch; ++i) {
+        for (size_t i = 0; i < op_memory_->tensor_size(input) * batch; ++i) {
             state = state * 1664525u + 1013904223u;
             data[i] = static_cast<uint8_t>(state >> 24);
         }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attributes.h"
+#include "fused_block.h"
 #include "kernels.h"
 #include "memory_planner.h"
 #include "op_registry.h"
@@ -72,6 +73,13 @@ class Engine {
     // Samples per batch group; 0 runs every batch op by op.
     int batch_group() const { return batch_group_; }
     void set_batch_group(int samples);
+    // Whether run() runs the inverted-residual blocks fused (fused_block.h; on by default), and how many
+    // blocks that is. Trace, profile and time_op always run the ops one by one.
+    bool fusion() const { return fusion_; }
+    void set_fusion(bool on) { fusion_ = on; }
+    int fused_blocks() const { return fused_.blocks; }
+    // A block is fused where its depthwise output has at least this many rows per thread.
+    static constexpr int kFuseRowsPerThread = 8;
     void run(const Inputs& x, int batch, const Outputs& out);
     void run(const float* x, int batch, float* out) { run(Inputs{x}, batch, Outputs{out}); }
     // Like run, and calls tensor(index, codes, bytes) after each op with the uint8 tensor it wrote.
@@ -95,9 +103,13 @@ class Engine {
     // (C, H, W) of the boundary ops ops[begin, end), by their index, checked to be 0 .. end - begin - 1 once each.
     static std::vector<std::array<int, 3>> boundary_shapes(const std::vector<OpDescription>& ops, size_t begin, size_t end,
                                                            const char* what);
+    // Op by op (trace, profile, time_op): the unfused plan's buffers.
     ExecutionContext context(Arena& arena, int batch, const float* const* x, float* const* out) {
-        return ExecutionContext{scheduler_, backend_, *memory_, arena, batch, x, out};
+        return ExecutionContext{scheduler_, backend_, *op_memory_, arena, batch, x, out};
     }
+    // What run() runs: the fused plan, or every op.
+    const std::vector<const Operator*>& run_ops() const { return fusion_ ? fused_.ops : unfused_; }
+    MemoryPlanner& run_memory() { return fusion_ ? *memory_ : *op_memory_; }
     // Samples [first, first + count) of the batch through every op on pool thread `thread`, in its arena.
     void run_group(Arena& arena, int thread, int first, int count, const Inputs& x, const Outputs& out);
 
@@ -106,7 +118,11 @@ class Engine {
     int batch_group_ = kBatchGroup;
     std::vector<std::unique_ptr<Scheduler>> group_schedulers_;  // per pool thread: the single-thread scheduler of its groups
     std::vector<std::unique_ptr<Operator>> ops_;
-    std::unique_ptr<MemoryPlanner> memory_;
+    std::vector<const Operator*> unfused_;  // ops_, in order
+    FusedPlan fused_;
+    bool fusion_ = true;
+    std::unique_ptr<MemoryPlanner> memory_;     // the fused plan's buffers
+    std::unique_ptr<MemoryPlanner> op_memory_;  // the unfused plan's
     std::vector<std::array<int, 3>> inputs_, outputs_;  // (C, H, W) of each input and output, by index
 };
 

@@ -129,6 +129,14 @@ struct Backend {
     void (*depthwise_columns)(const DepthwiseOp& op, const uint8_t* input, uint8_t* output, int pixel_begin, int pixel_end) = nullptr;
 };
 
+// The backend's depthwise kernel for `layout` (nullptr where the path has none).
+inline auto depthwise_kernel(const Backend& backend, DepthwiseLayout layout) {
+    return layout == DepthwiseLayout::quads     ? backend.depthwise_quads
+           : layout == DepthwiseLayout::pairs   ? backend.depthwise_pairs
+           : layout == DepthwiseLayout::columns ? backend.depthwise_columns
+                                                : backend.depthwise;
+}
+
 // Per-thread scratch of a Winograd conv: transformed inputs V [16][chunk][wide_c] int16 and GEMM results
 // M [16][chunk][block] int32.
 inline size_t winograd_scratch_bytes(const ConvOp& op) {

@@ -91,6 +91,14 @@ class Conv final : public Operator {
         scheduler.split_conv(pixels, kTilePixels, columns, [&](Range range) { backend.conv(c, wide, skip, out, range); });
     }
 
+    // A 1x1 stride-1 conv on the int16 pairs layout (dense or sparse) runs on any rows of its input. (The u8 x s8
+    // quads layout is not fused yet: its fused blocks have not been measured on a VNNI CPU.)
+    const ConvOp* fusable_conv() const override {
+        const ConvOp& c = conv_;
+        const bool pointwise = c.taps == 1 && c.stride_h == 1 && c.stride_w == 1 && c.pad_top == 0 && c.pad_left == 0;
+        return pointwise && !wide_ && !c.winograd && !c.quads ? &conv_ : nullptr;
+    }
+
   private:
     // The sparse layout's step lists (kernels.h): step_starts [columns + 1] rising from 0, and each step's index
     // tap * depth groups + group, checked and turned into offsets into a pixel's window. Returns the packed

@@ -53,13 +53,12 @@ class Depthwise final : public Operator {
     void run(const ExecutionContext& context) const override {
         const uint8_t* in = context.tensor(tensors_.inputs[0]);
         uint8_t* out = context.tensor(tensors_.output);
-        const auto kernel = op_.layout == DepthwiseLayout::quads     ? context.backend.depthwise_quads
-                            : op_.layout == DepthwiseLayout::pairs   ? context.backend.depthwise_pairs
-                            : op_.layout == DepthwiseLayout::columns ? context.backend.depthwise_columns
-                                                                     : context.backend.depthwise;
         const int pixels = context.batch * op_.out_h * op_.out_w;
+        const auto kernel = depthwise_kernel(context.backend, op_.layout);
         context.scheduler.parallel(pixels, 4, [&](int begin, int end, int) { kernel(op_, in, out, begin, end); });
     }
+
+    const DepthwiseOp* fusable_depthwise() const override { return &op_; }
 
   private:
     DepthwiseOp op_{};

@@ -85,6 +85,10 @@ class Operator {
     virtual ~Operator() = default;
     virtual void run(const ExecutionContext& context) const = 0;
     const OpTensors& tensors() const { return tensors_; }
+    // What block fusion (fused_block.h) may run of this op as one stage of a fused block: its fields, when
+    // its kernel reads and writes whole rows of NHWC codes with no workspace (nullptr otherwise).
+    virtual const ConvOp* fusable_conv() const { return nullptr; }
+    virtual const DepthwiseOp* fusable_depthwise() const { return nullptr; }
 
   protected:
     OpTensors tensors_;
