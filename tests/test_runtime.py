@@ -231,18 +231,16 @@ def test_fused_blocks_give_the_reference_numbers(name, tmp_path):
     compile(onnx_path, edge_path)
     x = np.random.default_rng(8).standard_normal((5, 1, 96, 96)).astype(np.float32)
     want = ReferenceModel(onnx_path).run(x)[0]
-    fused_any = False
     for kernels in KERNELS:
         for threads in (1, 2):
             session = load(edge_path, kernels=kernels, threads=threads)
             assert session.fusion
-            fused_any |= session.fused_blocks > 0
+            if kernels != "avx512":  # the int16 pairs paths fuse; VNNI's u8 x s8 convs are not fused yet
+                assert session.fused_blocks > 0, (kernels, threads)
             assert np.array_equal(session.run(x), want), (kernels, threads)  # batch groups on two threads
             assert np.array_equal(session.run(x[:1]), want[:1]), (kernels, threads)
             session.fusion = False
             assert np.array_equal(session.run(x[:1]), want[:1]), (kernels, threads, "unfused")
-    # The int16 pairs paths (scalar, AVX2, NEON) fuse; VNNI's u8 x s8 convs are not fused yet.
-    assert fused_any or KERNELS == ["avx512"]
     with pytest.raises(ValueError, match="fusion=1"):
         session.fusion = 1
 

@@ -102,7 +102,8 @@ class Session:
     def fusion(self) -> bool:
         """Whether ``run`` computes each inverted-residual block (1x1 expansion, depthwise, 1x1 projection with
         its residual add) fused, strip by strip of rows, so its expanded tensors stay in the core's cache (on by
-        default; AVX-512 VNNI plans, blocks whose depthwise output has at least 4 rows per thread). The codes are
+        default; the int16 pairs paths, scalar, AVX2 and NEON, where the block's depthwise output has at least 8
+        rows per thread; VNNI's u8 x s8 convs are not fused yet). The codes are
         the unfused plan's, bit for bit; ``trace`` and ``profile`` always run op by op."""
         return self._engine.fusion
 

@@ -129,20 +129,18 @@ void conv_driver(const ConvOp& op, const Element* wide, const Weight* packed, co
                  Range range) {
     constexpr int kTile = Kernels::kTile;
     alignas(64) int32_t acc[kTile * 32];
-    size_t tap_offsets[kMaxTaps];
-    for (int ky = 0; ky < op.kernel_h; ++ky)
-        for (int kx = 0; kx < op.kernel_w; ++kx)
-            tap_offsets[ky * op.kernel_w + kx] = (static_cast<size_t>(ky) * op.wide_w + kx) * op.wide_c;
     // With one group, a window row's kernel_w taps are contiguous in the widened input and in the packed
     // weights (taps, then depth): the micro-kernel reads the row as one tap kernel_w times as deep, fewer and
     // longer loops (an RGB stem's 9 taps of 4 channels become 3 of 12).
     ConvOp rows_as_taps = op;
     const bool merge_rows = op.groups == 1 && op.kernel_w > 1 && !op.sparse;
-    if (merge_rows) {
-        rows_as_taps.taps = op.kernel_h, rows_as_taps.group_in_padded = op.kernel_w * op.group_in_padded;
-        for (int ky = 0; ky < op.kernel_h; ++ky) tap_offsets[ky] = static_cast<size_t>(ky) * op.wide_w * op.wide_c;
-    }
+    if (merge_rows) rows_as_taps.taps = op.kernel_h, rows_as_taps.group_in_padded = op.kernel_w * op.group_in_padded;
     const ConvOp& shape = merge_rows ? rows_as_taps : op;
+    const int tap_columns = merge_rows ? 1 : op.kernel_w;
+    size_t tap_offsets[kMaxTaps];
+    for (int ky = 0; ky < op.kernel_h; ++ky)
+        for (int kx = 0; kx < tap_columns; ++kx)
+            tap_offsets[ky * tap_columns + kx] = (static_cast<size_t>(ky) * op.wide_w + kx) * op.wide_c;
     const size_t block_stride = static_cast<size_t>(op.depth_padded) * op.block;
     const int depth_group = conv_depth_group(op);
     const int per_image = op.out_h * op.out_w;

@@ -38,7 +38,7 @@ Engine::Engine(const std::vector<OpDescription>& ops, std::vector<size_t> tensor
                                                scheduler_.threads());
     };
     op_memory_ = planner(unfused_);
-    memory_ = planner(fused_.ops);
+    if (fused_.blocks > 0) memory_ = planner(fused_.ops);  // else run() shares trace's buffers
     for (int g = 0; g < scheduler_.threads(); ++g) group_schedulers_.push_back(std::make_unique<Scheduler>(1));
 }
 

@@ -43,8 +43,8 @@ class Engine {
     CpuSharing sharing() const { return scheduler_.sharing(); }
     bool contended() const { return scheduler_.contended(); }
     int op_count() const { return static_cast<int>(ops_.size()); }
-    int tensor_count() const { return memory_->tensor_count(); }
-    size_t tensor_size(int index) const { return memory_->tensor_size(index); }
+    int tensor_count() const { return op_memory_->tensor_count(); }
+    size_t tensor_size(int index) const { return op_memory_->tensor_size(index); }
     const OpTensors& op_tensors(int index) const { return ops_[index]->tensors(); }
 
     // How many inputs the plan reads (its input ops). The batch size of a float32 input `index` of this shape;
@@ -109,7 +109,7 @@ class Engine {
     }
     // What run() runs: the fused plan, or every op.
     const std::vector<const Operator*>& run_ops() const { return fusion_ ? fused_.ops : unfused_; }
-    MemoryPlanner& run_memory() { return fusion_ ? *memory_ : *op_memory_; }
+    MemoryPlanner& run_memory() { return fusion_ && memory_ ? *memory_ : *op_memory_; }
     // Samples [first, first + count) of the batch through every op on pool thread `thread`, in its arena.
     void run_group(Arena& arena, int thread, int first, int count, const Inputs& x, const Outputs& out);
 
@@ -121,7 +121,7 @@ class Engine {
     std::vector<const Operator*> unfused_;  // ops_, in order
     FusedPlan fused_;
     bool fusion_ = true;
-    std::unique_ptr<MemoryPlanner> memory_;     // the fused plan's buffers
+    std::unique_ptr<MemoryPlanner> memory_;     // the fused plan's buffers (none when no block is fused)
     std::unique_ptr<MemoryPlanner> op_memory_;  // the unfused plan's
     std::vector<std::array<int, 3>> inputs_, outputs_;  // (C, H, W) of each input and output, by index
 };

@@ -33,7 +33,6 @@ class FusedBlock final : public Operator {
         if (project_.residual) tensors_.inputs.push_back(project.tensors().inputs[1]);
         tensors_.output = project.tensors().output;
         in_row_bytes_ = static_cast<size_t>(dw_.in_w) * dw_.channels;
-        out_row_bytes_ = static_cast<size_t>(dw_.out_w) * dw_.channels;
         strip_rows_ = static_cast<int>(std::max<size_t>(1, kStripBytes / (dw_.stride_h * in_row_bytes_)));
         strip_rows_ = std::min(strip_rows_, dw_.out_h);
         capacity_rows_ = 4 * window_rows(strip_rows_);
@@ -41,7 +40,7 @@ class FusedBlock final : public Operator {
         size_t wide = static_cast<size_t>(strip_rows_) * project_.out_w * project_.wide_c;
         if (has_expand_) wide = std::max(wide, static_cast<size_t>(window_rows(strip_rows_)) * expand_.out_w * expand_.wide_c);
         expanded_bytes_ = has_expand_ ? align64(capacity_rows_ * in_row_bytes_) : 0;
-        depthwise_bytes_ = align64(strip_rows_ * out_row_bytes_);
+        depthwise_bytes_ = align64(static_cast<size_t>(strip_rows_) * dw_.out_w * dw_.channels);
         build.need_scratch(expanded_bytes_ + depthwise_bytes_ + align64(wide * sizeof(int16_t)) + 64);
     }
 
@@ -123,7 +122,7 @@ class FusedBlock final : public Operator {
     ConvOp project_;
     const Backend* backend_;
     void (*depthwise_kernel_)(const DepthwiseOp&, const uint8_t*, uint8_t*, int, int) = nullptr;
-    size_t in_row_bytes_, out_row_bytes_, expanded_bytes_, depthwise_bytes_;
+    size_t in_row_bytes_, expanded_bytes_, depthwise_bytes_;
     int strip_rows_, capacity_rows_;
 };
 
@@ -152,7 +151,8 @@ FusedPlan fuse_blocks(const std::vector<std::unique_ptr<Operator>>& ops, BuildCo
         if (d && p && d->out_h >= min_rows && projects(*d, *p) && ops[i + 1]->tensors().inputs[0] == ops[i]->tensors().output &&
             only_reader(ops[i]->tensors().output)) {
             const Operator* expand = nullptr;
-            const ConvOp* e = i > 0 && !plan.ops.empty() && plan.ops.back() == ops[i - 1].get() ? ops[i - 1]->fusable_conv() : nullptr;
+            // (the op before, if it is still unfused: not a block's projection)
+            const ConvOp* e = !plan.ops.empty() && plan.ops.back() == ops[i - 1].get() ? ops[i - 1]->fusable_conv() : nullptr;
             if (e && expands(*e, *d) && ops[i - 1]->tensors().output == ops[i]->tensors().inputs[0] &&
                 only_reader(ops[i]->tensors().inputs[0])) {
                 expand = ops[i - 1].get();
